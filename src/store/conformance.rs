@@ -1,0 +1,865 @@
+//! The conformance suite every [`KeyStore`] implementation passes, so SQLite
+//! and Postgres cannot drift apart (STYLE.md §3.14).
+//!
+//! Each case is a `pub async fn` taking a freshly migrated, empty store and
+//! panicking on a violation. A backend runs them all with
+//! [`conformance_tests!`], given an async factory returning a [`Fixture`]
+//! per test (or `None` to skip, e.g. Postgres without `KEYGATE_TEST_PG`):
+//!
+//! ```ignore
+//! mod conformance {
+//!     async fn fixture() -> Option<crate::store::conformance::Fixture> { … }
+//!     crate::store::conformance::conformance_tests!(fixture);
+//! }
+//! ```
+//!
+//! What only one backend can check (opening files, its migration table,
+//! locking) stays in that backend's own tests.
+
+use std::any::Any;
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+
+use super::rows::timestamp_text;
+use super::{
+    Actor, AuditEntry, KeyFilter, KeyStore, NewKey, PageRequest, SharedStore, StoreError, UsageDelta,
+};
+use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeySource, KeyStatus, ModelError};
+
+/// A store for one test, and whatever must live as long as it (a temporary
+/// directory, a Postgres schema to drop).
+pub struct Fixture {
+    /// The store, migrated and empty.
+    pub store: SharedStore,
+    /// Dropped after the test.
+    pub guard: Box<dyn Any + Send>,
+}
+
+/// Instantiates every conformance case as a `#[tokio::test]` for a backend.
+/// `$factory` is an `async fn() -> Option<Fixture>`.
+macro_rules! conformance_tests {
+    ($factory:path) => {
+        $crate::store::conformance::conformance_tests!(@cases $factory;
+            create_get_round_trip,
+            list_pagination_and_filters,
+            short_prefix_collisions,
+            update_writes_one_audit_row,
+            revoked_is_final,
+            rotate_with_grace,
+            rotate_without_grace,
+            import_is_atomic,
+            audit_order_and_change_seq,
+            usage_recording,
+            migrate_is_idempotent,
+        );
+    };
+    (@cases $factory:path; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let Some(fixture) = $factory().await else {
+                    return;
+                };
+                $crate::store::conformance::$case(&*fixture.store).await;
+                drop(fixture.guard);
+            }
+        )+
+    };
+}
+pub(crate) use conformance_tests;
+
+/// A fixed instant `secs` seconds (plus some microseconds, so precision is
+/// exercised) after 2026-11-23T12:00:00Z.
+pub fn t(secs: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+        .single()
+        .expect("a valid instant")
+        + Duration::seconds(secs)
+        + Duration::microseconds(123_456)
+}
+
+/// A PHC-shaped hash, distinct per `tag` (the store never parses it).
+pub fn hash(tag: &str) -> KeyHash {
+    KeyHash::from_phc(format!("$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ${tag}"))
+}
+
+/// A minimal active, generated key created at `at`.
+pub fn key(short_prefix: &str, at: DateTime<Utc>) -> Key {
+    Key {
+        id: KeyId::generate(at),
+        name: format!("key {short_prefix}"),
+        owner: None,
+        scopes: BTreeSet::new(),
+        plan: "free".into(),
+        status: KeyStatus::Active,
+        expires_at: None,
+        prefix: "kg_test_".into(),
+        short_prefix: short_prefix.into(),
+        source: KeySource::Generated,
+        metadata: json!({}),
+        created_at: at,
+        updated_at: at,
+        last_used_at: None,
+        request_count: 0,
+    }
+}
+
+/// `key` as a [`NewKey`] with a hash derived from its short prefix.
+pub fn new_key(key: Key) -> NewKey {
+    let hash = hash(&key.short_prefix);
+    NewKey { key, hash }
+}
+
+async fn create(store: &dyn KeyStore, short_prefix: &str, at: DateTime<Utc>) -> Key {
+    store
+        .create_key(new_key(key(short_prefix, at)), &Actor::cli())
+        .await
+        .expect("create_key")
+}
+
+async fn all_audit(store: &dyn KeyStore) -> Vec<AuditEntry> {
+    let mut entries = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .audit(PageRequest { limit: 100, after })
+            .await
+            .expect("audit");
+        entries.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return entries,
+        }
+    }
+}
+
+/// Every page of a listing: the ids in order and each page's size.
+async fn all_pages(store: &dyn KeyStore, filter: &KeyFilter, limit: u32) -> (Vec<KeyId>, Vec<usize>) {
+    let mut ids = Vec::new();
+    let mut sizes = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_keys(filter, PageRequest { limit, after })
+            .await
+            .expect("list_keys");
+        sizes.push(page.items.len());
+        ids.extend(page.items.into_iter().map(|k| k.id));
+        match page.next {
+            Some(next) => {
+                assert_eq!(ids.last(), Some(&next), "next is the last id returned");
+                after = Some(next);
+            }
+            None => return (ids, sizes),
+        }
+    }
+}
+
+fn patch() -> KeyPatch {
+    KeyPatch::default()
+}
+
+/// Every field survives create and get; timestamps come back at microsecond
+/// precision; the secret is findable by its short prefix.
+pub async fn create_get_round_trip(store: &dyn KeyStore) {
+    let full = Key {
+        owner: Some("acme".into()),
+        scopes: ["orders:read", "orders:write"]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        plan: "pro".into(),
+        status: KeyStatus::Inactive,
+        expires_at: Some(t(86_400)),
+        prefix: "sk_live_".into(),
+        metadata: json!({"team": "billing", "nested": {"n": 1, "list": [true, null, "x"]}}),
+        updated_at: t(5),
+        last_used_at: Some(t(3)),
+        request_count: 7,
+        name: "Billing — ünïcode".into(),
+        ..key("full0001", t(0))
+    };
+    let actor = Actor::admin_token("tok1");
+    let created = store
+        .create_key(new_key(full.clone()), &actor)
+        .await
+        .expect("create");
+    assert_eq!(created, full);
+    assert_eq!(store.get_key(&full.id).await.expect("get"), full);
+
+    // Sub-microsecond input is truncated, and the returned key says so.
+    let mut fine = key("fine0001", t(1) + Duration::nanoseconds(789));
+    fine.source = KeySource::Imported;
+    let created = store
+        .create_key(new_key(fine.clone()), &actor)
+        .await
+        .expect("create");
+    assert_eq!(created.created_at, t(1));
+    assert_eq!(created.updated_at, t(1));
+    assert_eq!(store.get_key(&fine.id).await.expect("get"), created);
+    assert_eq!(created.source, KeySource::Imported);
+
+    let candidates = store.find_candidates("full0001").await.expect("candidates");
+    assert_eq!(candidates.len(), 1);
+    assert_eq!(candidates[0].key, full);
+    assert_eq!(candidates[0].secret.key_id, full.id);
+    assert_eq!(candidates[0].secret.prefix, "sk_live_");
+    assert_eq!(candidates[0].secret.short_prefix, "full0001");
+    assert_eq!(candidates[0].secret.hash, hash("full0001"));
+    assert_eq!(candidates[0].secret.valid_until, None);
+    assert!(
+        store
+            .find_candidates("nothing0")
+            .await
+            .expect("candidates")
+            .is_empty()
+    );
+
+    let missing = KeyId::generate(t(9));
+    assert!(matches!(store.get_key(&missing).await, Err(StoreError::NotFound(id)) if id == missing));
+
+    let audit = all_audit(store).await;
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[0].key_id, full.id);
+    assert_eq!(audit[0].action, "created");
+    assert_eq!(audit[0].actor, actor);
+    assert_eq!(audit[0].at, t(0));
+    assert_eq!(audit[0].details["short_prefix"], "full0001");
+}
+
+/// 25 keys listed 10 at a time are each seen once, in id order; owner and
+/// status filters (alone and together) paginate the same way.
+pub async fn list_pagination_and_filters(store: &dyn KeyStore) {
+    let mut all = Vec::new();
+    for i in 0..25 {
+        let mut k = key(&format!("list{i:04}"), t(i));
+        k.owner = match i % 3 {
+            0 => Some("a".into()),
+            1 => Some("b".into()),
+            _ => None,
+        };
+        if i % 4 == 0 {
+            k.status = KeyStatus::Inactive;
+        }
+        all.push(store.create_key(new_key(k), &Actor::cli()).await.expect("create"));
+    }
+    let mut sorted: Vec<KeyId> = all.iter().map(|k| k.id.clone()).collect();
+    sorted.sort();
+
+    let (ids, sizes) = all_pages(store, &KeyFilter::default(), 10).await;
+    assert_eq!(sizes, vec![10, 10, 5]);
+    assert_eq!(ids, sorted);
+
+    let (ids, sizes) = all_pages(store, &KeyFilter::default(), 25).await;
+    assert_eq!((ids.len(), sizes), (25, vec![25]));
+
+    let expect = |pred: &dyn Fn(&Key) -> bool| {
+        let mut ids: Vec<KeyId> = all.iter().filter(|k| pred(k)).map(|k| k.id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    let filters = [
+        (
+            KeyFilter {
+                owner: Some("a".into()),
+                status: None,
+            },
+            expect(&|k| k.owner.as_deref() == Some("a")),
+        ),
+        (
+            KeyFilter {
+                owner: None,
+                status: Some(KeyStatus::Inactive),
+            },
+            expect(&|k| k.status == KeyStatus::Inactive),
+        ),
+        (
+            KeyFilter {
+                owner: Some("b".into()),
+                status: Some(KeyStatus::Active),
+            },
+            expect(&|k| k.owner.as_deref() == Some("b") && k.status == KeyStatus::Active),
+        ),
+        (
+            KeyFilter {
+                owner: Some("nobody".into()),
+                status: None,
+            },
+            Vec::new(),
+        ),
+    ];
+    for (filter, want) in filters {
+        let (ids, _) = all_pages(store, &filter, 3).await;
+        assert_eq!(ids, want, "{filter:?}");
+    }
+
+    // `after` is exclusive, and a page ending exactly at the last key has no next.
+    let page = store
+        .list_keys(
+            &KeyFilter::default(),
+            PageRequest {
+                limit: 10,
+                after: Some(sorted[19].clone()),
+            },
+        )
+        .await
+        .expect("list");
+    let ids: Vec<KeyId> = page.items.into_iter().map(|k| k.id).collect();
+    assert_eq!(ids, sorted[20..].to_vec());
+    assert_eq!(page.next, None);
+}
+
+/// A generated key's short prefix may not match any stored secret's, and a
+/// refused create or rotate writes nothing.
+pub async fn short_prefix_collisions(store: &dyn KeyStore) {
+    let first = create(store, "collide1", t(0)).await;
+    let seq = store.change_seq().await.expect("seq");
+
+    let twin = key("collide1", t(1));
+    let err = store.create_key(new_key(twin.clone()), &Actor::cli()).await;
+    assert!(matches!(err, Err(StoreError::ShortPrefixTaken)), "{err:?}");
+    assert!(matches!(
+        store.get_key(&twin.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Imported keys may share a short prefix among themselves, but a
+    // generated key may not take one of theirs.
+    let mut imported = key("shared01", t(2));
+    imported.source = KeySource::Imported;
+    store
+        .import_keys(vec![new_key(imported)], &Actor::cli())
+        .await
+        .expect("import");
+    let seq_after_import = store.change_seq().await.expect("seq");
+    assert!(seq_after_import > seq);
+    let err = store
+        .create_key(new_key(key("shared01", t(3))), &Actor::cli())
+        .await;
+    assert!(matches!(err, Err(StoreError::ShortPrefixTaken)), "{err:?}");
+
+    let err = store
+        .rotate_key(
+            &first.id,
+            "kg_test_",
+            "shared01",
+            hash("r"),
+            None,
+            t(4),
+            &Actor::cli(),
+        )
+        .await;
+    assert!(matches!(err, Err(StoreError::ShortPrefixTaken)), "{err:?}");
+    assert_eq!(store.get_key(&first.id).await.expect("get"), first);
+    assert_eq!(store.find_candidates("collide1").await.expect("find").len(), 1);
+    assert_eq!(store.change_seq().await.expect("seq"), seq_after_import);
+}
+
+/// A patch changes the fields it names and writes exactly one audit row; a
+/// patch that changes nothing writes none; status changes get their own
+/// action names.
+pub async fn update_writes_one_audit_row(store: &dyn KeyStore) {
+    let k = create(store, "upd00001", t(0)).await;
+    let actor = Actor::admin_token("ops");
+    let before = all_audit(store).await.len();
+
+    let change = KeyPatch {
+        name: Some("renamed".into()),
+        scopes: Some(["read".to_owned()].into_iter().collect()),
+        expires_at: Some(Some(t(1_000))),
+        plan: Some("free".into()), // unchanged: not reported
+        ..patch()
+    };
+    let updated = store
+        .update_key(&k.id, &change, t(10), &actor)
+        .await
+        .expect("update");
+    assert_eq!(updated.name, "renamed");
+    assert_eq!(updated.scopes, ["read".to_owned()].into_iter().collect());
+    assert_eq!(updated.expires_at, Some(t(1_000)));
+    assert_eq!(updated.updated_at, t(10));
+    assert_eq!(updated.created_at, k.created_at);
+    assert_eq!(store.get_key(&k.id).await.expect("get"), updated);
+
+    let audit = all_audit(store).await;
+    assert_eq!(audit.len(), before + 1);
+    let last = audit.last().expect("an audit row");
+    assert_eq!(last.action, "updated");
+    assert_eq!(last.details, json!({"changed": ["name", "scopes", "expires_at"]}));
+    assert_eq!((&last.key_id, &last.actor, last.at), (&k.id, &actor, t(10)));
+    assert_eq!(store.change_seq().await.expect("seq"), last.seq);
+
+    // The same patch again, and an empty one, change nothing.
+    for noop in [change, patch()] {
+        let same = store
+            .update_key(&k.id, &noop, t(20), &actor)
+            .await
+            .expect("update");
+        assert_eq!(same, updated);
+        assert_eq!(all_audit(store).await.len(), before + 1);
+    }
+    assert_eq!(store.get_key(&k.id).await.expect("get").updated_at, t(10));
+
+    // Clearing an optional field is a change.
+    let cleared = store
+        .update_key(
+            &k.id,
+            &KeyPatch {
+                expires_at: Some(None),
+                owner: Some(Some("acme".into())),
+                metadata: Some(json!({"a": 1})),
+                ..patch()
+            },
+            t(25),
+            &actor,
+        )
+        .await
+        .expect("update");
+    assert_eq!(cleared.expires_at, None);
+    assert_eq!(cleared.owner.as_deref(), Some("acme"));
+    assert_eq!(store.get_key(&k.id).await.expect("get"), cleared);
+
+    let disable = KeyPatch {
+        status: Some(KeyStatus::Inactive),
+        name: Some("off".into()),
+        ..patch()
+    };
+    let off = store
+        .update_key(&k.id, &disable, t(30), &actor)
+        .await
+        .expect("disable");
+    assert_eq!(off.status, KeyStatus::Inactive);
+    let enable = KeyPatch {
+        status: Some(KeyStatus::Active),
+        ..patch()
+    };
+    store
+        .update_key(&k.id, &enable, t(40), &actor)
+        .await
+        .expect("enable");
+    let audit = all_audit(store).await;
+    let tail: Vec<(&str, &serde_json::Value)> = audit[before + 1..]
+        .iter()
+        .map(|e| (e.action.as_str(), &e.details))
+        .collect();
+    assert_eq!(
+        tail,
+        vec![
+            (
+                "updated",
+                &json!({"changed": ["owner", "expires_at", "metadata"]})
+            ),
+            ("disabled", &json!({"changed": ["status", "name"]})),
+            ("enabled", &json!({"changed": ["status"]})),
+        ]
+    );
+
+    let missing = KeyId::generate(t(50));
+    let err = store.update_key(&missing, &enable, t(50), &actor).await;
+    assert!(matches!(err, Err(StoreError::NotFound(_))), "{err:?}");
+}
+
+/// Revoking is final: re-activating or disabling a revoked key fails with
+/// the model's error and changes nothing; so does rotating it.
+pub async fn revoked_is_final(store: &dyn KeyStore) {
+    let k = create(store, "rev00001", t(0)).await;
+    let revoke = KeyPatch {
+        status: Some(KeyStatus::Revoked),
+        ..patch()
+    };
+    let revoked = store
+        .update_key(&k.id, &revoke, t(1), &Actor::cli())
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.status, KeyStatus::Revoked);
+    let audit = all_audit(store).await;
+    let last = audit.last().expect("audit row");
+    assert_eq!(
+        (last.action.as_str(), &last.details),
+        ("revoked", &json!({"changed": ["status"]}))
+    );
+    let seq = store.change_seq().await.expect("seq");
+
+    for status in [KeyStatus::Active, KeyStatus::Inactive] {
+        let back = KeyPatch {
+            status: Some(status),
+            name: Some("sneaky".into()),
+            ..patch()
+        };
+        let err = store.update_key(&k.id, &back, t(2), &Actor::cli()).await;
+        assert!(
+            matches!(err, Err(StoreError::Model(ModelError::RevokedIsFinal))),
+            "{status}: {err:?}"
+        );
+    }
+    let err = store
+        .rotate_key(
+            &k.id,
+            "kg_test_",
+            "rev00002",
+            hash("n"),
+            None,
+            t(3),
+            &Actor::cli(),
+        )
+        .await;
+    assert!(
+        matches!(err, Err(StoreError::Model(ModelError::RevokedIsFinal))),
+        "{err:?}"
+    );
+
+    assert_eq!(store.get_key(&k.id).await.expect("get"), revoked);
+    assert_eq!(store.change_seq().await.expect("seq"), seq);
+    assert!(store.find_candidates("rev00002").await.expect("find").is_empty());
+    // Revoking again is a no-op, not an error.
+    store
+        .update_key(&k.id, &revoke, t(4), &Actor::cli())
+        .await
+        .expect("revoke again");
+    assert_eq!(store.change_seq().await.expect("seq"), seq);
+}
+
+/// Rotation with grace keeps the old secret findable until `grace_until`;
+/// a later rotation drops secrets whose grace ended.
+pub async fn rotate_with_grace(store: &dyn KeyStore) {
+    let k = create(store, "old00001", t(0)).await;
+    let grace = t(3_700);
+    let rotated = store
+        .rotate_key(
+            &k.id,
+            "kg_new_",
+            "new00001",
+            hash("new1"),
+            Some(grace),
+            t(100),
+            &Actor::cli(),
+        )
+        .await
+        .expect("rotate");
+    assert_eq!(rotated.prefix, "kg_new_");
+    assert_eq!(rotated.short_prefix, "new00001");
+    assert_eq!(rotated.updated_at, t(100));
+    assert_eq!(
+        (rotated.name.as_str(), rotated.created_at),
+        (k.name.as_str(), k.created_at)
+    );
+    assert_eq!(store.get_key(&k.id).await.expect("get"), rotated);
+
+    let old = store.find_candidates("old00001").await.expect("find");
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0].secret.valid_until, Some(grace));
+    assert_eq!(old[0].secret.hash, hash("old00001"));
+    assert_eq!(old[0].key, rotated);
+    assert!(old[0].secret.usable_at(t(3_699)) && !old[0].secret.usable_at(grace));
+    let new = store.find_candidates("new00001").await.expect("find");
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].secret.valid_until, None);
+    assert_eq!(
+        (new[0].secret.prefix.as_str(), &new[0].secret.hash),
+        ("kg_new_", &hash("new1"))
+    );
+
+    let audit = all_audit(store).await;
+    let last = audit.last().expect("audit row");
+    assert_eq!(last.action, "rotated");
+    assert_eq!(last.at, t(100));
+    assert_eq!(last.details["grace_until"], json!(timestamp_text(grace)));
+    assert_eq!(last.details["short_prefix"], "new00001");
+
+    // After the grace period, rotating again (without grace) removes both
+    // the expired secret and the previous current one.
+    store
+        .rotate_key(
+            &k.id,
+            "kg_new_",
+            "new00002",
+            hash("new2"),
+            None,
+            t(4_000),
+            &Actor::cli(),
+        )
+        .await
+        .expect("rotate");
+    assert!(store.find_candidates("old00001").await.expect("find").is_empty());
+    assert!(store.find_candidates("new00001").await.expect("find").is_empty());
+    assert_eq!(store.find_candidates("new00002").await.expect("find").len(), 1);
+}
+
+/// Rotation without grace (or with a grace already over) removes the old
+/// secret at once; an imported key becomes a generated one.
+pub async fn rotate_without_grace(store: &dyn KeyStore) {
+    let mut imported = key("imp00009", t(0));
+    imported.source = KeySource::Imported;
+    imported.prefix = "tc_".into();
+    store
+        .import_keys(vec![new_key(imported.clone())], &Actor::cli())
+        .await
+        .expect("import");
+    let rotated = store
+        .rotate_key(
+            &imported.id,
+            "kg_test_",
+            "gen00001",
+            hash("g"),
+            None,
+            t(10),
+            &Actor::cli(),
+        )
+        .await
+        .expect("rotate");
+    assert_eq!(rotated.source, KeySource::Generated);
+    assert!(store.find_candidates("imp00009").await.expect("find").is_empty());
+    assert_eq!(store.find_candidates("gen00001").await.expect("find").len(), 1);
+    assert!(store.imported_prefixes().await.expect("prefixes").is_empty());
+    let audit = all_audit(store).await;
+    assert_eq!(audit.last().expect("audit").details["grace_until"], json!(null));
+
+    store
+        .rotate_key(
+            &imported.id,
+            "kg_test_",
+            "gen00002",
+            hash("g2"),
+            Some(t(20)),
+            t(20),
+            &Actor::cli(),
+        )
+        .await
+        .expect("rotate");
+    assert!(store.find_candidates("gen00001").await.expect("find").is_empty());
+
+    let missing = KeyId::generate(t(30));
+    let err = store
+        .rotate_key(
+            &missing,
+            "kg_test_",
+            "gen00003",
+            hash("g3"),
+            None,
+            t(30),
+            &Actor::cli(),
+        )
+        .await;
+    assert!(matches!(err, Err(StoreError::NotFound(_))), "{err:?}");
+}
+
+/// An import is all or nothing; imported keys may share a short prefix.
+pub async fn import_is_atomic(store: &dyn KeyStore) {
+    let imported = |short_prefix: &str, prefix: &str, secs: i64| {
+        let mut k = key(short_prefix, t(secs));
+        k.source = KeySource::Imported;
+        k.prefix = prefix.into();
+        k
+    };
+    let first = imported("imp00001", "tc_", 0);
+    let second = imported("imp00002", "tc_", 1);
+    // The third reuses the first's id: the primary key refuses it, after two
+    // rows went in.
+    let third = Key {
+        id: first.id.clone(),
+        ..imported("imp00003", "tc_", 2)
+    };
+    let batch = vec![new_key(first.clone()), new_key(second.clone()), new_key(third)];
+    assert!(store.import_keys(batch, &Actor::cli()).await.is_err());
+    let (ids, _) = all_pages(store, &KeyFilter::default(), 10).await;
+    assert!(ids.is_empty(), "nothing written: {ids:?}");
+    assert!(all_audit(store).await.is_empty());
+    assert_eq!(store.change_seq().await.expect("seq"), 0);
+    assert!(store.imported_prefixes().await.expect("prefixes").is_empty());
+    assert!(store.find_candidates("imp00001").await.expect("find").is_empty());
+
+    assert!(
+        store
+            .import_keys(Vec::new(), &Actor::cli())
+            .await
+            .expect("empty")
+            .is_empty()
+    );
+
+    let a = imported("shared99", "tc_", 3);
+    let b = imported("shared99", "sk_live_", 4);
+    let c = imported("imp00004", "tc_", 5);
+    let stored = store
+        .import_keys(
+            vec![new_key(a.clone()), new_key(b.clone()), new_key(c.clone())],
+            &Actor::cli(),
+        )
+        .await
+        .expect("import");
+    assert_eq!(stored, vec![a.clone(), b.clone(), c.clone()]);
+    for k in [&a, &b, &c] {
+        assert_eq!(&store.get_key(&k.id).await.expect("get"), k);
+    }
+    let shared: BTreeSet<KeyId> = store
+        .find_candidates("shared99")
+        .await
+        .expect("find")
+        .into_iter()
+        .map(|c| c.key.id)
+        .collect();
+    assert_eq!(shared, [a.id.clone(), b.id.clone()].into_iter().collect());
+    assert_eq!(
+        store.imported_prefixes().await.expect("prefixes"),
+        ["sk_live_", "tc_"].into_iter().map(String::from).collect()
+    );
+    let audit = all_audit(store).await;
+    let actions: Vec<(&str, &KeyId)> = audit.iter().map(|e| (e.action.as_str(), &e.key_id)).collect();
+    assert_eq!(
+        actions,
+        vec![("imported", &a.id), ("imported", &b.id), ("imported", &c.id)]
+    );
+}
+
+/// The audit trail pages in sequence order and `change_seq` grows with every
+/// change.
+pub async fn audit_order_and_change_seq(store: &dyn KeyStore) {
+    assert_eq!(store.change_seq().await.expect("seq"), 0);
+    let empty = store
+        .audit(PageRequest {
+            limit: 5,
+            after: None,
+        })
+        .await
+        .expect("audit");
+    assert!(empty.items.is_empty() && empty.next.is_none());
+
+    let cli = Actor::cli();
+    let admin = Actor::admin_token("t1");
+    let mut seqs = vec![0];
+    let a = create(store, "aud00001", t(0)).await;
+    seqs.push(store.change_seq().await.expect("seq"));
+    let b = store
+        .create_key(new_key(key("aud00002", t(1))), &admin)
+        .await
+        .expect("create");
+    seqs.push(store.change_seq().await.expect("seq"));
+    let rename = KeyPatch {
+        name: Some("n".into()),
+        ..patch()
+    };
+    store
+        .update_key(&a.id, &rename, t(2), &admin)
+        .await
+        .expect("update");
+    seqs.push(store.change_seq().await.expect("seq"));
+    let disable = KeyPatch {
+        status: Some(KeyStatus::Inactive),
+        ..patch()
+    };
+    store
+        .update_key(&b.id, &disable, t(3), &cli)
+        .await
+        .expect("disable");
+    seqs.push(store.change_seq().await.expect("seq"));
+    store
+        .rotate_key(&a.id, "kg_test_", "aud00003", hash("r"), None, t(4), &cli)
+        .await
+        .expect("rotate");
+    seqs.push(store.change_seq().await.expect("seq"));
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "change_seq grows: {seqs:?}");
+
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.audit(PageRequest { limit: 2, after }).await.expect("audit");
+        pages.push(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+    let entries: Vec<AuditEntry> = pages.into_iter().flatten().collect();
+    let summary: Vec<(&str, &KeyId, &str)> = entries
+        .iter()
+        .map(|e| (e.action.as_str(), &e.key_id, e.actor.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("created", &a.id, "cli"),
+            ("created", &b.id, "admin:t1"),
+            ("updated", &a.id, "admin:t1"),
+            ("disabled", &b.id, "cli"),
+            ("rotated", &a.id, "cli"),
+        ]
+    );
+    let entry_seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(entry_seqs, seqs[1..].to_vec());
+    let ats: Vec<DateTime<Utc>> = entries.iter().map(|e| e.at).collect();
+    assert_eq!(ats, (0..5).map(t).collect::<Vec<_>>());
+
+    let rest = store
+        .audit(PageRequest {
+            limit: 10,
+            after: Some(entries[2].seq),
+        })
+        .await
+        .expect("audit");
+    assert_eq!(rest.items, entries[3..].to_vec());
+    assert_eq!(rest.next, None);
+}
+
+/// Usage batches add up per outcome, keep the latest use whatever the order,
+/// bump the key's counters and skip unknown keys; they are not changes.
+pub async fn usage_recording(store: &dyn KeyStore) {
+    let a = create(store, "use00001", t(0)).await;
+    let b = create(store, "use00002", t(0)).await;
+    let seq = store.change_seq().await.expect("seq");
+    let delta = |id: &KeyId, outcome: &str, count: u64, at: i64| UsageDelta {
+        key_id: id.clone(),
+        outcome: outcome.into(),
+        count,
+        last_used_at: t(at),
+    };
+    let gone = KeyId::generate(t(1));
+    store
+        .record_usage(&[
+            delta(&a.id, "ok", 3, 10),
+            delta(&a.id, "rate_limited", 1, 20),
+            delta(&gone, "ok", 5, 30),
+        ])
+        .await
+        .expect("record");
+    store.record_usage(&[]).await.expect("empty batch");
+    let usage = store.usage(&a.id).await.expect("usage");
+    assert_eq!(usage.total, 4);
+    assert_eq!(usage.last_used_at, Some(t(20)));
+    assert_eq!(
+        usage.by_outcome.into_iter().collect::<Vec<_>>(),
+        vec![("ok".to_owned(), 3), ("rate_limited".to_owned(), 1)]
+    );
+
+    // An older batch arriving late adds its counts but not its timestamp.
+    store
+        .record_usage(&[delta(&a.id, "ok", 2, 15)])
+        .await
+        .expect("record");
+    let usage = store.usage(&a.id).await.expect("usage");
+    assert_eq!(
+        (usage.total, usage.by_outcome["ok"], usage.last_used_at),
+        (6, 5, Some(t(20)))
+    );
+    let stored = store.get_key(&a.id).await.expect("get");
+    assert_eq!((stored.request_count, stored.last_used_at), (6, Some(t(20))));
+
+    let none = store.usage(&b.id).await.expect("usage");
+    assert_eq!(
+        (none.total, none.by_outcome.len(), none.last_used_at),
+        (0, 0, None)
+    );
+    assert!(matches!(store.usage(&gone).await, Err(StoreError::NotFound(_))));
+    assert_eq!(store.change_seq().await.expect("seq"), seq);
+}
+
+/// Migrating a migrated store applies nothing and reports the same version.
+pub async fn migrate_is_idempotent(store: &dyn KeyStore) {
+    let first = store.migrate().await.expect("migrate");
+    assert!(first.applied.is_empty(), "{first:?}");
+    assert!(first.current > 0);
+    let second = store.migrate().await.expect("migrate");
+    assert_eq!(second, first);
+    store.ping().await.expect("ping");
+}

@@ -1,0 +1,349 @@
+//! The key store: one async [`KeyStore`] trait, its SQLite implementation
+//! (the embedded default) and, later, Postgres. Only this module touches sqlx.
+//!
+//! Every change to a key is written in the same transaction as an append-only
+//! audit row; the audit row's sequence number is the store's change sequence,
+//! which running gateways watch to invalidate their caches.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeySource, KeyStatus, ModelError, SecretRecord};
+
+#[cfg(test)]
+pub(crate) mod conformance;
+pub(crate) mod rows;
+pub mod sqlite;
+
+/// Settings for the store (`[database]`).
+#[derive(Clone, PartialEq)]
+pub struct StoreSettings {
+    /// `sqlite://…` or `postgres://…` (`database.url`).
+    pub url: String,
+    /// Migrate on `serve` start (`database.auto_migrate`).
+    pub auto_migrate: bool,
+    /// Connection pool size (`database.max_connections`).
+    pub max_connections: u32,
+    /// Time allowed to obtain a connection (`database.connect_timeout`).
+    pub connect_timeout: Duration,
+    /// Longest a single statement may run (`database.statement_timeout`).
+    pub statement_timeout: Duration,
+}
+
+impl std::fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("url", &redact_url(&self.url))
+            .field("auto_migrate", &self.auto_migrate)
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+/// A database URL with any password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Who made a change, as recorded in the audit trail: `cli`, or an admin
+/// token's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Actor(String);
+
+impl Actor {
+    /// The command line.
+    pub fn cli() -> Self {
+        Self("cli".into())
+    }
+
+    /// An admin token, by its id.
+    pub fn admin_token(id: &str) -> Self {
+        Self(format!("admin:{id}"))
+    }
+
+    /// The recorded text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A key to insert, with its first secret's hash.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// The key's metadata (timestamps, status and counters included).
+    pub key: Key,
+    /// Hash of its secret (the prefix and short prefix are on `key`).
+    pub hash: KeyHash,
+}
+
+/// A filter for listings.
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    /// Only keys of this owner.
+    pub owner: Option<String>,
+    /// Only keys with this stored status.
+    pub status: Option<KeyStatus>,
+}
+
+/// One page request: at most `limit` items after the position `after`
+/// (exclusive; `None` = from the start).
+#[derive(Debug, Clone)]
+pub struct PageRequest<C> {
+    /// Maximum items.
+    pub limit: u32,
+    /// Resume after this position.
+    pub after: Option<C>,
+}
+
+/// One page of results and the position to resume after, if more follow.
+#[derive(Debug, Clone)]
+pub struct Page<T, C> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Where the next page starts (`None` on the last page).
+    pub next: Option<C>,
+}
+
+/// One audit row: who changed which key, how, when.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    /// Monotonic sequence number (the store's change sequence).
+    pub seq: i64,
+    /// The key changed.
+    pub key_id: KeyId,
+    /// Who changed it.
+    pub actor: Actor,
+    /// `created`, `imported`, `updated`, `rotated`, `revoked`, …
+    pub action: String,
+    /// What changed (field names, never secrets).
+    pub details: serde_json::Value,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A candidate for a presented secret: the key and one of its secrets.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The key's metadata.
+    pub key: Key,
+    /// The secret whose short prefix matched.
+    pub secret: SecretRecord,
+}
+
+/// Usage seen by a gateway since its last flush, for one key and outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    /// The key.
+    pub key_id: KeyId,
+    /// The SPEC outcome code, or `ok`.
+    pub outcome: String,
+    /// Requests to add.
+    pub count: u64,
+    /// Latest use in this batch.
+    pub last_used_at: DateTime<Utc>,
+}
+
+/// A key's usage: request counts by outcome and last use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Count per outcome code.
+    pub by_outcome: std::collections::BTreeMap<String, u64>,
+    /// Sum of all outcomes.
+    pub total: u64,
+    /// Last use.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MigrationReport {
+    /// Versions applied by this run, in order.
+    pub applied: Vec<i64>,
+    /// The schema version after the run.
+    pub current: i64,
+}
+
+/// A store failure. Edges map these to SPEC codes; the messages are for
+/// operators (CLI output, logs), never for proxy clients.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// No key with that id.
+    #[error("no key with id {0}")]
+    NotFound(KeyId),
+    /// The short prefix of a new generated secret is taken (the caller draws
+    /// a new key and tries again).
+    #[error("short prefix already in use")]
+    ShortPrefixTaken,
+    /// An imported key's secret is already in the store (or twice in one import).
+    #[error("duplicate key: {0}")]
+    Duplicate(String),
+    /// A state rule forbids the change (e.g. re-activating a revoked key).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The store is unreachable or timed out.
+    #[error("key store unavailable: {0}")]
+    Unavailable(String),
+    /// The schema is newer than this binary, or migrations failed.
+    #[error("migration problem: {0}")]
+    Migration(String),
+    /// A stored row is not what this binary expects.
+    #[error("corrupt row in the key store: {0}")]
+    Corrupt(String),
+    /// Any other database error.
+    #[error("key store error: {0}")]
+    Database(String),
+}
+
+/// The key store. Implementations must make each mutating call atomic (the
+/// change and its audit row in one transaction), store timestamps with
+/// microsecond precision (returned keys are truncated to match), and pass
+/// the shared conformance suite (`store::conformance`).
+#[async_trait]
+pub trait KeyStore: Send + Sync + std::fmt::Debug {
+    /// Applies pending migrations; idempotent.
+    async fn migrate(&self) -> Result<MigrationReport, StoreError>;
+
+    /// Cheap liveness probe.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts a generated key and records `created`. Fails with
+    /// [`StoreError::ShortPrefixTaken`] if any stored secret has the same
+    /// short prefix.
+    async fn create_key(&self, new: NewKey, actor: &Actor) -> Result<Key, StoreError>;
+
+    /// Inserts imported keys in one transaction: all or nothing. (Callers
+    /// check for secrets already stored before hashing; the store only
+    /// guarantees atomicity.)
+    async fn import_keys(&self, keys: Vec<NewKey>, actor: &Actor) -> Result<Vec<Key>, StoreError>;
+
+    /// One key by id.
+    async fn get_key(&self, id: &KeyId) -> Result<Key, StoreError>;
+
+    /// Keys in id order (ids sort by creation time), filtered, one page. A
+    /// limit of 0 is treated as 1, so paging on `next` always progresses.
+    async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        page: PageRequest<KeyId>,
+    ) -> Result<Page<Key, KeyId>, StoreError>;
+
+    /// Applies a patch atomically (status rules enforced by the model) and
+    /// records `updated`, or `disabled` / `enabled` / `revoked` when the
+    /// status changed, with the changed field names. A patch that changes
+    /// nothing writes nothing.
+    async fn update_key(
+        &self,
+        id: &KeyId,
+        patch: &KeyPatch,
+        now: DateTime<Utc>,
+        actor: &Actor,
+    ) -> Result<Key, StoreError>;
+
+    /// Replaces the key's current secret with a keygate-generated one (the
+    /// key's source becomes `generated`) and records `rotated`. The previous
+    /// secret stays valid until `grace_until` (or is removed when `None` or
+    /// not after `now`); older secrets whose grace has ended are removed.
+    /// Fails with [`StoreError::ShortPrefixTaken`] like `create_key`, and
+    /// with [`ModelError::RevokedIsFinal`] for a revoked key.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one atomic store call; the new secret's parts and the instants are all distinct inputs"
+    )]
+    async fn rotate_key(
+        &self,
+        id: &KeyId,
+        prefix: &str,
+        short_prefix: &str,
+        hash: KeyHash,
+        grace_until: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        actor: &Actor,
+    ) -> Result<Key, StoreError>;
+
+    /// Every stored secret with this short prefix and its key (imported keys
+    /// may share one, so callers verify against each).
+    async fn find_candidates(&self, short_prefix: &str) -> Result<Vec<Candidate>, StoreError>;
+
+    /// The distinct prefixes of imported keys (for lookups of presented keys
+    /// that carry no keygate checksum).
+    async fn imported_prefixes(&self) -> Result<BTreeSet<String>, StoreError>;
+
+    /// The audit trail in sequence order, one page.
+    async fn audit(&self, page: PageRequest<i64>) -> Result<Page<AuditEntry, i64>, StoreError>;
+
+    /// The latest change sequence (0 for an empty store).
+    async fn change_seq(&self) -> Result<i64, StoreError>;
+
+    /// Adds a batch of usage counts (per outcome, and to the key's request
+    /// count and latest use). Deltas for keys that no longer exist are
+    /// dropped. Not a change: writes no audit row.
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError>;
+
+    /// A key's usage.
+    async fn usage(&self, id: &KeyId) -> Result<Usage, StoreError>;
+}
+
+/// A shared store handle.
+pub type SharedStore = Arc<dyn KeyStore>;
+
+/// Opens the store named by `settings.url`.
+pub async fn open(settings: &StoreSettings) -> Result<SharedStore, StoreError> {
+    if settings.url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(settings).await?))
+    } else if settings.url.starts_with("postgres://") || settings.url.starts_with("postgresql://") {
+        Err(StoreError::Unavailable(
+            "the Postgres key store is not available in this build yet; use a sqlite:// url".into(),
+        ))
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "unsupported database url {}: expected sqlite://… or postgres://…",
+            redact_url(&settings.url)
+        )))
+    }
+}
+
+/// Helper for implementations: whether a source string is a known source.
+pub(crate) fn source_from_db(s: &str) -> Result<KeySource, StoreError> {
+    s.parse()
+        .map_err(|e: ModelError| StoreError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_print_without_passwords() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db:5432/keys?sslmode=require"),
+            "postgres://app:***@db:5432/keys?sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://app@db/keys"), "postgres://app@db/keys");
+        assert_eq!(
+            redact_url("sqlite://keygate.db?mode=rwc"),
+            "sqlite://keygate.db?mode=rwc"
+        );
+    }
+}

@@ -1,0 +1,369 @@
+//! Row <-> model conversions shared by the SQL stores, plus the few rules both
+//! backends must apply the same way (audit action names and details, page
+//! arithmetic, timestamp precision, error classes that are not backend codes).
+//!
+//! The row structs derive `sqlx::FromRow` generically, so one struct decodes a
+//! SQLite row and a Postgres row alike: timestamps decode into
+//! `DateTime<Utc>` from SQLite's RFC 3339 text and from Postgres'
+//! `timestamptz`; JSON columns decode through [`Json`] from SQLite text and
+//! from Postgres `jsonb`. Writing stays in each backend, because SQLite binds
+//! timestamps as text ([`timestamp_text`]) and Postgres binds them natively.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, TimeZone, Utc};
+use serde_json::{Value, json};
+use sqlx::FromRow;
+use sqlx::error::DatabaseError;
+use sqlx::types::Json;
+
+use super::{Actor, AuditEntry, Candidate, Page, StoreError, Usage, source_from_db};
+use crate::keys::{Key, KeyHash, KeyId, KeySource, KeyStatus, SecretRecord};
+
+/// The `keys` columns in [`KeyRow`] order, for a `keys` table aliased `k`.
+pub(crate) const KEY_COLUMNS: &str = "k.id, k.name, k.owner, k.scopes, k.plan, k.status, k.expires_at, \
+     k.prefix, k.short_prefix, k.source, k.metadata, k.created_at, k.updated_at, k.last_used_at, \
+     k.request_count";
+
+/// The `key_secrets` columns of a [`CandidateRow`], for a table aliased `s`.
+/// Aliased because the key's own `prefix` and `short_prefix` share the names.
+pub(crate) const SECRET_COLUMNS: &str = "s.prefix AS secret_prefix, s.short_prefix AS secret_short_prefix, \
+     s.hash AS secret_hash, s.valid_until AS secret_valid_until";
+
+/// The `audit_log` columns of an [`AuditRow`].
+pub(crate) const AUDIT_COLUMNS: &str = "seq, key_id, actor, action, details, at";
+
+/// Audit action: a generated key was inserted.
+pub(crate) const ACTION_CREATED: &str = "created";
+/// Audit action: a key was imported.
+pub(crate) const ACTION_IMPORTED: &str = "imported";
+/// Audit action: a key's secret was replaced.
+pub(crate) const ACTION_ROTATED: &str = "rotated";
+
+/// The source a rotated key ends up with: rotation always issues a
+/// keygate-generated secret.
+pub(crate) const ROTATED_SOURCE: KeySource = KeySource::Generated;
+
+/// Both backends store timestamps with microsecond precision (Postgres'
+/// `timestamptz` cannot hold more), so returned keys are truncated the same
+/// way and a created key equals the key read back.
+pub(crate) const TIMESTAMP_DIGITS: u16 = 6;
+
+/// An instant as stored in SQLite text columns and in audit details:
+/// RFC 3339, UTC, always six fractional digits, so text order is time order.
+pub(crate) fn timestamp_text(at: DateTime<Utc>) -> String {
+    at_stored_precision(at).to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// An instant as the store keeps it: at microsecond precision, and within
+/// years 1 to 9999. RFC 3339 cannot write other years (chrono would print
+/// `+33000-…`, which neither parses back nor sorts as text), and a 30 000
+/// year expiry or grace period means "forever" anyway.
+pub(crate) fn at_stored_precision(at: DateTime<Utc>) -> DateTime<Utc> {
+    let earliest = Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).single();
+    let latest = Utc
+        .with_ymd_and_hms(9999, 12, 31, 23, 59, 59)
+        .single()
+        .and_then(|at| at.checked_add_signed(chrono::Duration::microseconds(999_999)));
+    let at = match (earliest, latest) {
+        (Some(earliest), _) if at < earliest => earliest,
+        (_, Some(latest)) if at > latest => latest,
+        _ => at,
+    };
+    at.trunc_subsecs(TIMESTAMP_DIGITS)
+}
+
+/// A key as the store holds it: its timestamps at stored precision.
+pub(crate) fn as_stored(mut key: Key) -> Key {
+    key.expires_at = key.expires_at.map(at_stored_precision);
+    key.created_at = at_stored_precision(key.created_at);
+    key.updated_at = at_stored_precision(key.updated_at);
+    key.last_used_at = key.last_used_at.map(at_stored_precision);
+    key
+}
+
+/// A counter for a signed 64-bit column. Counters never approach 2^63, so
+/// saturating is a formality that keeps the conversion infallible.
+pub(crate) fn count_to_db(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+fn count_from_db(what: &str, count: i64) -> Result<u64, StoreError> {
+    u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("{what} is negative ({count})")))
+}
+
+fn key_id_from_db(id: String) -> Result<KeyId, StoreError> {
+    id.parse()
+        .map_err(|e| StoreError::Corrupt(format!("stored key id: {e}")))
+}
+
+/// One `keys` row ([`KEY_COLUMNS`]).
+#[derive(Debug, FromRow)]
+pub(crate) struct KeyRow {
+    id: String,
+    name: String,
+    owner: Option<String>,
+    scopes: Json<BTreeSet<String>>,
+    plan: String,
+    status: String,
+    expires_at: Option<DateTime<Utc>>,
+    prefix: String,
+    short_prefix: String,
+    source: String,
+    metadata: Json<Value>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    last_used_at: Option<DateTime<Utc>>,
+    request_count: i64,
+}
+
+impl KeyRow {
+    /// The model, or [`StoreError::Corrupt`] naming the key and the column.
+    pub(crate) fn into_key(self) -> Result<Key, StoreError> {
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("key {}: {what}: {e}", self.id))
+        };
+        let status: KeyStatus = self.status.parse().map_err(|e| corrupt("status", &e))?;
+        let source = source_from_db(&self.source)?;
+        let request_count =
+            count_from_db("request_count", self.request_count).map_err(|e| corrupt("request_count", &e))?;
+        Ok(Key {
+            id: key_id_from_db(self.id)?,
+            name: self.name,
+            owner: self.owner,
+            scopes: self.scopes.0,
+            plan: self.plan,
+            status,
+            expires_at: self.expires_at,
+            prefix: self.prefix,
+            short_prefix: self.short_prefix,
+            source,
+            metadata: self.metadata.0,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            last_used_at: self.last_used_at,
+            request_count,
+        })
+    }
+}
+
+/// A secret joined with its key ([`KEY_COLUMNS`], [`SECRET_COLUMNS`]).
+/// No `Debug`: it holds a PHC hash.
+#[derive(FromRow)]
+pub(crate) struct CandidateRow {
+    #[sqlx(flatten)]
+    key: KeyRow,
+    secret_prefix: String,
+    secret_short_prefix: String,
+    secret_hash: String,
+    secret_valid_until: Option<DateTime<Utc>>,
+}
+
+impl CandidateRow {
+    /// The model.
+    pub(crate) fn into_candidate(self) -> Result<Candidate, StoreError> {
+        let key = self.key.into_key()?;
+        let secret = SecretRecord {
+            key_id: key.id.clone(),
+            prefix: self.secret_prefix,
+            short_prefix: self.secret_short_prefix,
+            hash: KeyHash::from_phc(self.secret_hash),
+            valid_until: self.secret_valid_until,
+        };
+        Ok(Candidate { key, secret })
+    }
+}
+
+/// One `audit_log` row ([`AUDIT_COLUMNS`]).
+#[derive(Debug, FromRow)]
+pub(crate) struct AuditRow {
+    seq: i64,
+    key_id: String,
+    actor: String,
+    action: String,
+    details: Json<Value>,
+    at: DateTime<Utc>,
+}
+
+impl AuditRow {
+    /// The model.
+    pub(crate) fn into_entry(self) -> Result<AuditEntry, StoreError> {
+        Ok(AuditEntry {
+            seq: self.seq,
+            key_id: key_id_from_db(self.key_id)?,
+            actor: Actor(self.actor),
+            action: self.action,
+            details: self.details.0,
+            at: self.at,
+        })
+    }
+}
+
+/// One row of `keys LEFT JOIN key_usage` for one key: the key's last use and
+/// one outcome counter (both `NULL` when the key has no usage yet).
+#[derive(Debug, FromRow)]
+pub(crate) struct UsageRow {
+    last_used_at: Option<DateTime<Utc>>,
+    outcome: Option<String>,
+    count: Option<i64>,
+}
+
+/// Folds a key's usage rows; `None` when there are none (no such key).
+pub(crate) fn usage_from_rows(rows: Vec<UsageRow>) -> Result<Option<Usage>, StoreError> {
+    let Some(last_used_at) = rows.first().map(|r| r.last_used_at) else {
+        return Ok(None);
+    };
+    let mut by_outcome = BTreeMap::new();
+    let mut total: u64 = 0;
+    for row in rows {
+        if let (Some(outcome), Some(count)) = (row.outcome, row.count) {
+            let count = count_from_db("usage count", count)?;
+            total = total.saturating_add(count);
+            by_outcome.insert(outcome, count);
+        }
+    }
+    Ok(Some(Usage {
+        by_outcome,
+        total,
+        last_used_at,
+    }))
+}
+
+/// The audit action for a patch that changed `changed` and left the key in
+/// `status`: the most specific name for a status change, else `updated`.
+pub(crate) fn update_action(changed: &[&str], status: KeyStatus) -> &'static str {
+    if !changed.contains(&"status") {
+        return "updated";
+    }
+    match status {
+        KeyStatus::Active => "enabled",
+        KeyStatus::Inactive => "disabled",
+        KeyStatus::Revoked => "revoked",
+    }
+}
+
+/// Details of an `updated` / status-change audit row: the field names.
+pub(crate) fn update_details(changed: &[&str]) -> Value {
+    json!({ "changed": changed })
+}
+
+/// Details of a `created` / `imported` audit row. The short prefix is public
+/// (shown in listings and logs), so it may be recorded.
+pub(crate) fn insert_details(key: &Key) -> Value {
+    json!({ "short_prefix": key.short_prefix, "source": key.source.as_str() })
+}
+
+/// Details of a `rotated` audit row.
+pub(crate) fn rotate_details(grace_until: Option<DateTime<Utc>>, short_prefix: &str) -> Value {
+    json!({
+        "grace_until": grace_until.map(timestamp_text),
+        "short_prefix": short_prefix,
+    })
+}
+
+/// The row count to fetch for a page: one more than the limit, to learn
+/// whether another page follows. A limit of 0 is treated as 1, so a caller
+/// that loops on `next` always makes progress.
+pub(crate) fn fetch_limit(limit: u32) -> i64 {
+    i64::from(limit.max(1)) + 1
+}
+
+/// Cuts rows fetched with [`fetch_limit`] into a page; `next` is the position
+/// of the last item returned when more rows exist.
+pub(crate) fn into_page<T, C>(mut items: Vec<T>, limit: u32, position: impl Fn(&T) -> C) -> Page<T, C> {
+    let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(position)
+    } else {
+        None
+    };
+    Page { items, next }
+}
+
+/// Maps the sqlx errors that mean the same on every backend; a database's
+/// own error goes to `database`, which classifies it by backend error code.
+/// Messages carry sqlx's text, which never includes bound values (so no
+/// secrets or hashes).
+pub(crate) fn map_sqlx_error(
+    e: sqlx::Error,
+    database: impl FnOnce(&dyn DatabaseError) -> StoreError,
+) -> StoreError {
+    match e {
+        sqlx::Error::Database(db) => database(db.as_ref()),
+        sqlx::Error::PoolTimedOut => StoreError::Unavailable(
+            "timed out waiting for a database connection (database.connect_timeout); \
+             the pool is exhausted or the database is unreachable"
+                .into(),
+        ),
+        sqlx::Error::PoolClosed => StoreError::Unavailable("the database connection pool is closed".into()),
+        sqlx::Error::Io(e) => StoreError::Unavailable(format!("database I/O error: {e}")),
+        sqlx::Error::Tls(e) => StoreError::Unavailable(format!("database TLS error: {e}")),
+        sqlx::Error::WorkerCrashed => {
+            StoreError::Unavailable("the database connection worker crashed".into())
+        }
+        e @ (sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_)) => {
+            StoreError::Corrupt(e.to_string())
+        }
+        other => StoreError::Database(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_fixed_precision_and_sort_as_text() {
+        let a = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        let b = a + chrono::Duration::microseconds(1);
+        let c = a + chrono::Duration::nanoseconds(1_500);
+        assert_eq!(timestamp_text(a), "2026-11-23T12:00:00.000000Z");
+        assert_eq!(timestamp_text(b), "2026-11-23T12:00:00.000001Z");
+        assert!(timestamp_text(a) < timestamp_text(b));
+        assert_eq!(at_stored_precision(c), b);
+        let far = a + chrono::Duration::days(365 * 30_000);
+        assert_eq!(timestamp_text(far), "9999-12-31T23:59:59.999999Z");
+        assert_eq!(
+            DateTime::parse_from_rfc3339(&timestamp_text(far)).unwrap(),
+            at_stored_precision(far)
+        );
+    }
+
+    #[test]
+    fn status_changes_get_the_most_specific_action() {
+        assert_eq!(update_action(&["name"], KeyStatus::Active), "updated");
+        assert_eq!(update_action(&["status", "name"], KeyStatus::Revoked), "revoked");
+        assert_eq!(update_action(&["status"], KeyStatus::Inactive), "disabled");
+        assert_eq!(update_action(&["status"], KeyStatus::Active), "enabled");
+        assert_eq!(
+            update_details(&["status", "name"]),
+            json!({"changed": ["status", "name"]})
+        );
+    }
+
+    #[test]
+    fn pages_cut_at_the_limit() {
+        let page = into_page(vec![1, 2, 3], 2, |n| *n);
+        assert_eq!((page.items, page.next), (vec![1, 2], Some(2)));
+        let page = into_page(vec![1, 2], 2, |n| *n);
+        assert_eq!((page.items, page.next), (vec![1, 2], None));
+        assert_eq!(fetch_limit(0), 2);
+        assert_eq!(fetch_limit(10), 11);
+    }
+
+    /// The row structs decode Postgres rows too (checked at compile time), so
+    /// the Postgres store can reuse them.
+    #[test]
+    fn rows_decode_from_both_backends() {
+        fn decodes<T>()
+        where
+            T: for<'r> FromRow<'r, sqlx::sqlite::SqliteRow> + for<'r> FromRow<'r, sqlx::postgres::PgRow>,
+        {
+        }
+        decodes::<KeyRow>();
+        decodes::<CandidateRow>();
+        decodes::<AuditRow>();
+        decodes::<UsageRow>();
+    }
+}

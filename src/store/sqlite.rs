@@ -1,0 +1,956 @@
+//! The SQLite key store, keygate's embedded default
+//! (`database.url = "sqlite://keygate.db?mode=rwc"`).
+//!
+//! How it uses SQLite, and why:
+//! - WAL journal: gateway lookups (readers) never wait for a writer, and a
+//!   writer never waits for readers.
+//! - Every write transaction starts with `BEGIN IMMEDIATE`, taking the write
+//!   lock before its first read. A deferred transaction that reads and then
+//!   writes can fail at once with `SQLITE_BUSY` when another connection wrote
+//!   in between (SQLite cannot wait there without risking a deadlock);
+//!   taking the lock up front lets `busy_timeout` queue writers instead.
+//! - `busy_timeout` is `database.statement_timeout`: SQLite has no statement
+//!   timeout, and waiting for the write lock is where a statement can stall.
+//! - Timestamps are RFC 3339 UTC text with six fractional digits
+//!   ([`rows::timestamp_text`]), so SQL compares them as text; scopes,
+//!   metadata and audit details are JSON text.
+//!
+//! Row decoding and the audit rules shared with Postgres live in
+//! [`super::rows`]; this file holds the SQL and SQLite's error codes.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::error::DatabaseError;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+};
+use sqlx::types::Json;
+use sqlx::{QueryBuilder, Sqlite, Transaction};
+
+use super::rows::{
+    self, AUDIT_COLUMNS, AuditRow, CandidateRow, KEY_COLUMNS, KeyRow, SECRET_COLUMNS, UsageRow,
+    timestamp_text,
+};
+use super::{
+    Actor, AuditEntry, Candidate, KeyFilter, KeyStore, MigrationReport, NewKey, Page, PageRequest,
+    StoreError, StoreSettings, Usage, UsageDelta, redact_url,
+};
+use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeyStatus, ModelError};
+
+/// The SQLite migrations, embedded at compile time.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+// SQLite primary result codes (the low byte of an extended code), see
+// https://www.sqlite.org/rescode.html.
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+const SQLITE_READONLY: i32 = 8;
+const SQLITE_IOERR: i32 = 10;
+const SQLITE_CORRUPT: i32 = 11;
+const SQLITE_FULL: i32 = 13;
+const SQLITE_CANTOPEN: i32 = 14;
+const SQLITE_NOTADB: i32 = 26;
+
+/// A key store in one SQLite file (or in memory, for tests and `demo`).
+pub struct SqliteStore {
+    pool: SqlitePool,
+    /// The database file, or `:memory:`; for logs and `Debug`.
+    location: String,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The location and pool size are what an operator needs; SQLite
+        // urls carry no password, but nothing else is printed regardless.
+        f.debug_struct("SqliteStore")
+            .field("location", &self.location)
+            .field("connections", &self.pool.size())
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (and with `?mode=rwc` creates) the database named by
+    /// `settings.url`: `sqlite://PATH[?mode=rwc]` or `sqlite::memory:`. Opens
+    /// one connection at once, so an unusable file fails here with
+    /// [`StoreError::Unavailable`] naming the file and what to fix.
+    pub async fn open(settings: &StoreSettings) -> Result<Self, StoreError> {
+        let url = settings.url.as_str();
+        let options = SqliteConnectOptions::from_str(url).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "database.url {} is not a usable SQLite url ({e}); expected sqlite://PATH?mode=rwc or sqlite::memory:",
+                redact_url(url)
+            ))
+        })?;
+        let in_memory = url.starts_with("sqlite::memory:") || url.contains("mode=memory");
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(settings.statement_timeout);
+        let path = options.get_filename().to_path_buf();
+        let pool_options = SqlitePoolOptions::new()
+            .max_connections(settings.max_connections.max(1))
+            .acquire_timeout(settings.connect_timeout);
+        // An in-memory database lives as long as one of its connections: keep
+        // exactly one open forever, which also serialises its writers.
+        let pool_options = if in_memory {
+            pool_options
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            pool_options
+        };
+        let pool = pool_options
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(&path, url.contains("mode=rwc"), &e))?;
+        let location = if in_memory {
+            ":memory:".to_owned()
+        } else {
+            path.display().to_string()
+        };
+        Ok(Self { pool, location })
+    }
+
+    /// A write transaction holding the database's write lock from its start
+    /// (see the module docs for why).
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)
+    }
+}
+
+/// The one-line message for a database that cannot be opened: the file, the
+/// likely cause and what to change.
+fn open_error(path: &Path, create: bool, e: &sqlx::Error) -> StoreError {
+    let (reason, code) = match e {
+        sqlx::Error::Database(db) => (db.message().to_owned(), sqlite_code(db.as_ref())),
+        other => (other.to_string(), 0),
+    };
+    let file = path.display();
+    // Checking the filesystem here is blocking, but it runs once, on a
+    // failure path, before the store exists.
+    let hint = match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        _ if matches!(code, SQLITE_NOTADB | SQLITE_CORRUPT) => {
+            "the file is not a SQLite database or is damaged; point database.url at keygate's database \
+             or move the file away"
+                .to_owned()
+        }
+        Some(dir) if !dir.is_dir() => format!(
+            "the directory {} does not exist or is not a directory; create it or point database.url elsewhere",
+            dir.display()
+        ),
+        _ if !create && !path.exists() => {
+            "the file does not exist; add ?mode=rwc to database.url to create it, or fix the path".to_owned()
+        }
+        _ => "check that the user running keygate may read and write the file and write to its directory"
+            .to_owned(),
+    };
+    StoreError::Unavailable(format!(
+        "cannot open the SQLite database {file}: {hint} ({reason})"
+    ))
+}
+
+/// Maps a sqlx error for this backend.
+fn store_error(e: sqlx::Error) -> StoreError {
+    rows::map_sqlx_error(e, sqlite_error)
+}
+
+/// Classifies a SQLite error by its result code. Only the message is kept:
+/// SQLite's messages name tables and columns, never bound values.
+fn sqlite_error(db: &dyn DatabaseError) -> StoreError {
+    let message = db.message();
+    match sqlite_code(db) {
+        SQLITE_BUSY | SQLITE_LOCKED => StoreError::Unavailable(format!(
+            "the SQLite database stayed locked by another writer for longer than database.statement_timeout ({message})"
+        )),
+        SQLITE_READONLY => StoreError::Unavailable(format!(
+            "the SQLite database is read-only; check the permissions of the file and its directory ({message})"
+        )),
+        SQLITE_IOERR | SQLITE_FULL | SQLITE_CANTOPEN => {
+            StoreError::Unavailable(format!("SQLite cannot read or write its file ({message})"))
+        }
+        SQLITE_CORRUPT | SQLITE_NOTADB => StoreError::Corrupt(format!(
+            "the SQLite file is damaged or not a database ({message})"
+        )),
+        _ => StoreError::Database(message.to_owned()),
+    }
+}
+
+/// The primary result code of a SQLite error (0 when there is none).
+fn sqlite_code(db: &dyn DatabaseError) -> i32 {
+    db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0) & 0xff
+}
+
+/// Maps an error from inserting a secret: a violation of the unique index on
+/// generated short prefixes means the short prefix is taken.
+fn insert_error(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        if db.is_unique_violation() && db.message().contains("key_secrets.short_prefix") {
+            return StoreError::ShortPrefixTaken;
+        }
+    }
+    store_error(e)
+}
+
+/// Maps a migration failure to an operator-facing message.
+fn migrate_error(e: MigrateError) -> StoreError {
+    match e {
+        MigrateError::VersionMissing(version) => newer_schema(version),
+        MigrateError::VersionMismatch(version) => StoreError::Migration(format!(
+            "migration {version} was changed after it was applied to this database; \
+             this keygate build does not match the one that migrated it"
+        )),
+        MigrateError::Dirty(version) => StoreError::Migration(format!(
+            "migration {version} failed part-way and left the schema in an unknown state; \
+             restore the database from a backup"
+        )),
+        MigrateError::Execute(e) => match store_error(e) {
+            StoreError::Unavailable(m) => StoreError::Unavailable(m),
+            other => StoreError::Migration(other.to_string()),
+        },
+        MigrateError::ExecuteMigration(e, version) => {
+            StoreError::Migration(format!("migration {version} failed: {}", store_error(e)))
+        }
+        other => StoreError::Migration(other.to_string()),
+    }
+}
+
+fn newer_schema(version: i64) -> StoreError {
+    StoreError::Migration(format!(
+        "the database schema (migration {version}) is newer than this keygate binary knows; \
+         a newer keygate migrated it: upgrade keygate"
+    ))
+}
+
+/// The migration versions recorded as applied (none before the first run).
+async fn applied_versions(conn: &mut SqliteConnection) -> Result<Vec<i64>, StoreError> {
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(store_error)?;
+    if exists.is_none() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = 1 ORDER BY version")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(store_error)
+}
+
+/// Refuses a database that records a migration this binary does not have.
+fn check_known(applied: &[i64]) -> Result<(), StoreError> {
+    let known: BTreeSet<i64> = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .collect();
+    let latest_known = known.last().copied().unwrap_or(0);
+    match applied.iter().copied().filter(|v| !known.contains(v)).max() {
+        Some(version) if version > latest_known => Err(newer_schema(version)),
+        Some(version) => Err(StoreError::Migration(format!(
+            "the database records migration {version}, which this keygate binary does not have; \
+             it was migrated by a different build of keygate"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Whether any stored secret (generated or imported) has this short prefix.
+async fn short_prefix_taken(conn: &mut SqliteConnection, short_prefix: &str) -> Result<bool, StoreError> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM key_secrets WHERE short_prefix = ? LIMIT 1")
+        .bind(short_prefix)
+        .fetch_optional(conn)
+        .await
+        .map_err(store_error)?;
+    Ok(found.is_some())
+}
+
+/// One key row, read inside a transaction.
+async fn fetch_key(conn: &mut SqliteConnection, id: &KeyId) -> Result<Key, StoreError> {
+    let row: Option<KeyRow> = sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.id = ?"))
+        .bind(id.as_str())
+        .fetch_optional(conn)
+        .await
+        .map_err(store_error)?;
+    row.ok_or_else(|| StoreError::NotFound(id.clone()))?.into_key()
+}
+
+/// Inserts a key and its first (current) secret.
+async fn insert_key(conn: &mut SqliteConnection, new: &NewKey) -> Result<(), StoreError> {
+    let key = &new.key;
+    sqlx::query(
+        "INSERT INTO keys (id, name, owner, scopes, plan, status, expires_at, prefix, short_prefix, source, \
+         metadata, created_at, updated_at, last_used_at, request_count) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(key.id.as_str())
+    .bind(&key.name)
+    .bind(&key.owner)
+    .bind(Json(&key.scopes))
+    .bind(&key.plan)
+    .bind(key.status.as_str())
+    .bind(key.expires_at.map(timestamp_text))
+    .bind(&key.prefix)
+    .bind(&key.short_prefix)
+    .bind(key.source.as_str())
+    .bind(Json(&key.metadata))
+    .bind(timestamp_text(key.created_at))
+    .bind(timestamp_text(key.updated_at))
+    .bind(key.last_used_at.map(timestamp_text))
+    .bind(rows::count_to_db(key.request_count))
+    .execute(&mut *conn)
+    .await
+    .map_err(store_error)?;
+    insert_secret(
+        conn,
+        &key.id,
+        &key.prefix,
+        &key.short_prefix,
+        &new.hash,
+        key.source.as_str(),
+        key.created_at,
+    )
+    .await
+}
+
+/// Inserts a current secret (`valid_until` NULL).
+async fn insert_secret(
+    conn: &mut SqliteConnection,
+    key_id: &KeyId,
+    prefix: &str,
+    short_prefix: &str,
+    hash: &KeyHash,
+    source: &str,
+    created_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO key_secrets (key_id, prefix, short_prefix, hash, source, valid_until, created_at) \
+         VALUES (?, ?, ?, ?, ?, NULL, ?)",
+    )
+    .bind(key_id.as_str())
+    .bind(prefix)
+    .bind(short_prefix)
+    .bind(hash.as_phc())
+    .bind(source)
+    .bind(timestamp_text(created_at))
+    .execute(conn)
+    .await
+    .map(drop)
+    .map_err(insert_error)
+}
+
+/// Appends one audit row (in the caller's transaction).
+async fn append_audit(
+    conn: &mut SqliteConnection,
+    key_id: &KeyId,
+    actor: &Actor,
+    action: &str,
+    details: &Value,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO audit_log (key_id, actor, action, details, at) VALUES (?, ?, ?, ?, ?)")
+        .bind(key_id.as_str())
+        .bind(actor.as_str())
+        .bind(action)
+        .bind(Json(details))
+        .bind(timestamp_text(at))
+        .execute(conn)
+        .await
+        .map(drop)
+        .map_err(store_error)
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+        // One IMMEDIATE transaction around the whole run: two gateways
+        // starting together on one file migrate one after the other, and the
+        // second sees the first one's work instead of re-running it. sqlx
+        // runs each migration in a savepoint inside it.
+        let mut tx = self.begin_write().await?;
+        let before = applied_versions(&mut tx).await?;
+        check_known(&before)?;
+        MIGRATOR.run_direct(&mut *tx).await.map_err(migrate_error)?;
+        let after = applied_versions(&mut tx).await?;
+        tx.commit().await.map_err(store_error)?;
+        let applied = after.iter().copied().filter(|v| !before.contains(v)).collect();
+        Ok(MigrationReport {
+            applied,
+            current: after.last().copied().unwrap_or(0),
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    async fn create_key(&self, new: NewKey, actor: &Actor) -> Result<Key, StoreError> {
+        let mut tx = self.begin_write().await?;
+        if short_prefix_taken(&mut tx, &new.key.short_prefix).await? {
+            return Err(StoreError::ShortPrefixTaken);
+        }
+        insert_key(&mut tx, &new).await?;
+        let details = rows::insert_details(&new.key);
+        append_audit(
+            &mut tx,
+            &new.key.id,
+            actor,
+            rows::ACTION_CREATED,
+            &details,
+            new.key.created_at,
+        )
+        .await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(rows::as_stored(new.key))
+    }
+
+    async fn import_keys(&self, keys: Vec<NewKey>, actor: &Actor) -> Result<Vec<Key>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        for new in &keys {
+            insert_key(&mut tx, new).await?;
+            let details = rows::insert_details(&new.key);
+            append_audit(
+                &mut tx,
+                &new.key.id,
+                actor,
+                rows::ACTION_IMPORTED,
+                &details,
+                new.key.created_at,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(keys.into_iter().map(|new| rows::as_stored(new.key)).collect())
+    }
+
+    async fn get_key(&self, id: &KeyId) -> Result<Key, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        fetch_key(&mut conn, id).await
+    }
+
+    async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        page: PageRequest<KeyId>,
+    ) -> Result<Page<Key, KeyId>, StoreError> {
+        // Only the conditions in use are added, so SQLite can pick the
+        // (owner, id) or (status, id) index.
+        let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {KEY_COLUMNS} FROM keys k WHERE 1 = 1"));
+        if let Some(owner) = &filter.owner {
+            query.push(" AND k.owner = ").push_bind(owner.clone());
+        }
+        if let Some(status) = filter.status {
+            query.push(" AND k.status = ").push_bind(status.as_str());
+        }
+        if let Some(after) = &page.after {
+            query.push(" AND k.id > ").push_bind(after.as_str().to_owned());
+        }
+        query
+            .push(" ORDER BY k.id LIMIT ")
+            .push_bind(rows::fetch_limit(page.limit));
+        let fetched: Vec<KeyRow> = query
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        let keys = fetched
+            .into_iter()
+            .map(KeyRow::into_key)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows::into_page(keys, page.limit, |key| key.id.clone()))
+    }
+
+    async fn update_key(
+        &self,
+        id: &KeyId,
+        patch: &KeyPatch,
+        now: DateTime<Utc>,
+        actor: &Actor,
+    ) -> Result<Key, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut key = fetch_key(&mut tx, id).await?;
+        // On a refused change the transaction is dropped, which rolls it back.
+        let changed = key.apply(patch, now)?;
+        if changed.is_empty() {
+            tx.rollback().await.map_err(store_error)?;
+            return Ok(key);
+        }
+        sqlx::query(
+            "UPDATE keys SET name = ?, owner = ?, scopes = ?, plan = ?, status = ?, expires_at = ?, \
+             metadata = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(&key.name)
+        .bind(&key.owner)
+        .bind(Json(&key.scopes))
+        .bind(&key.plan)
+        .bind(key.status.as_str())
+        .bind(key.expires_at.map(timestamp_text))
+        .bind(Json(&key.metadata))
+        .bind(timestamp_text(key.updated_at))
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let action = rows::update_action(&changed, key.status);
+        append_audit(&mut tx, id, actor, action, &rows::update_details(&changed), now).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(rows::as_stored(key))
+    }
+
+    async fn rotate_key(
+        &self,
+        id: &KeyId,
+        prefix: &str,
+        short_prefix: &str,
+        hash: KeyHash,
+        grace_until: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        actor: &Actor,
+    ) -> Result<Key, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut key = fetch_key(&mut tx, id).await?;
+        if key.status == KeyStatus::Revoked {
+            return Err(ModelError::RevokedIsFinal.into());
+        }
+        if short_prefix_taken(&mut tx, short_prefix).await? {
+            return Err(StoreError::ShortPrefixTaken);
+        }
+        // A grace period that has already ended is no grace period.
+        let grace_until = grace_until.filter(|until| *until > now);
+        let now_text = timestamp_text(now);
+        sqlx::query(
+            "DELETE FROM key_secrets WHERE key_id = ? AND valid_until IS NOT NULL AND valid_until <= ?",
+        )
+        .bind(id.as_str())
+        .bind(&now_text)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let demote = match grace_until {
+            Some(until) => {
+                sqlx::query("UPDATE key_secrets SET valid_until = ? WHERE key_id = ? AND valid_until IS NULL")
+                    .bind(timestamp_text(until))
+                    .bind(id.as_str())
+            }
+            None => sqlx::query("DELETE FROM key_secrets WHERE key_id = ? AND valid_until IS NULL")
+                .bind(id.as_str()),
+        };
+        demote.execute(&mut *tx).await.map_err(store_error)?;
+        let source = rows::ROTATED_SOURCE.as_str();
+        insert_secret(&mut tx, id, prefix, short_prefix, &hash, source, now).await?;
+        sqlx::query("UPDATE keys SET prefix = ?, short_prefix = ?, source = ?, updated_at = ? WHERE id = ?")
+            .bind(prefix)
+            .bind(short_prefix)
+            .bind(source)
+            .bind(&now_text)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let details = rows::rotate_details(grace_until, short_prefix);
+        append_audit(&mut tx, id, actor, rows::ACTION_ROTATED, &details, now).await?;
+        tx.commit().await.map_err(store_error)?;
+        key.prefix = prefix.to_owned();
+        key.short_prefix = short_prefix.to_owned();
+        key.source = rows::ROTATED_SOURCE;
+        key.updated_at = now;
+        Ok(rows::as_stored(key))
+    }
+
+    async fn find_candidates(&self, short_prefix: &str) -> Result<Vec<Candidate>, StoreError> {
+        let found: Vec<CandidateRow> = sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS}, {SECRET_COLUMNS} FROM key_secrets s JOIN keys k ON k.id = s.key_id \
+             WHERE s.short_prefix = ? ORDER BY s.id"
+        ))
+        .bind(short_prefix)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        found.into_iter().map(CandidateRow::into_candidate).collect()
+    }
+
+    async fn imported_prefixes(&self) -> Result<BTreeSet<String>, StoreError> {
+        let prefixes: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT prefix FROM key_secrets WHERE source = 'imported'")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(store_error)?;
+        Ok(prefixes.into_iter().collect())
+    }
+
+    async fn audit(&self, page: PageRequest<i64>) -> Result<Page<AuditEntry, i64>, StoreError> {
+        let fetched: Vec<AuditRow> = sqlx::query_as(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?"
+        ))
+        .bind(page.after.unwrap_or(0))
+        .bind(rows::fetch_limit(page.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let entries = fetched
+            .into_iter()
+            .map(AuditRow::into_entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows::into_page(entries, page.limit, |entry| entry.seq))
+    }
+
+    async fn change_seq(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_log")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for delta in batch {
+            let count = rows::count_to_db(delta.count);
+            // The EXISTS guard drops deltas for keys deleted since the
+            // gateway counted them (the foreign key would refuse the row).
+            sqlx::query(
+                "INSERT INTO key_usage (key_id, outcome, count) \
+                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM keys WHERE id = ?1) \
+                 ON CONFLICT (key_id, outcome) DO UPDATE SET count = count + excluded.count",
+            )
+            .bind(delta.key_id.as_str())
+            .bind(&delta.outcome)
+            .bind(count)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            // Batches from several gateways arrive in any order: keep the
+            // latest use, not the last written.
+            sqlx::query(
+                "UPDATE keys SET request_count = request_count + ?1, \
+                 last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < ?2 THEN ?2 ELSE last_used_at END \
+                 WHERE id = ?3",
+            )
+            .bind(count)
+            .bind(timestamp_text(delta.last_used_at))
+            .bind(delta.key_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn usage(&self, id: &KeyId) -> Result<Usage, StoreError> {
+        let fetched: Vec<UsageRow> = sqlx::query_as(
+            "SELECT k.last_used_at, u.outcome, u.count FROM keys k \
+             LEFT JOIN key_usage u ON u.key_id = k.id WHERE k.id = ? ORDER BY u.outcome",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows::usage_from_rows(fetched)?.ok_or_else(|| StoreError::NotFound(id.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::conformance::{self, Fixture, key, new_key, t};
+
+    fn settings(url: String) -> StoreSettings {
+        StoreSettings {
+            url,
+            auto_migrate: true,
+            max_connections: 4,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn file_url(path: &Path) -> String {
+        format!("sqlite://{}?mode=rwc", path.display())
+    }
+
+    async fn open_file(path: &Path) -> SqliteStore {
+        SqliteStore::open(&settings(file_url(path))).await.unwrap()
+    }
+
+    /// A migrated store in its own temporary directory.
+    async fn migrated() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_file(&dir.path().join("keys.db")).await;
+        store.migrate().await.unwrap();
+        (store, dir)
+    }
+
+    mod conformance_suite {
+        use super::*;
+
+        async fn fixture() -> Option<Fixture> {
+            let (store, dir) = migrated().await;
+            Some(Fixture {
+                store: Arc::new(store),
+                guard: Box::new(dir),
+            })
+        }
+
+        conformance::conformance_tests!(fixture);
+    }
+
+    fn latest_known() -> i64 {
+        MIGRATOR.iter().map(|m| m.version).max().unwrap()
+    }
+
+    #[tokio::test]
+    async fn first_migration_applies_every_version_then_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_file(&dir.path().join("keys.db")).await;
+        let first = store.migrate().await.unwrap();
+        assert_eq!(first.applied, vec![20261123000001]);
+        assert_eq!(first.current, latest_known());
+        let second = store.migrate().await.unwrap();
+        assert_eq!((second.applied.len(), second.current), (0, first.current));
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let (store, dir) = migrated().await;
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (?, 'from a newer keygate', 1, X'00', 0)",
+        )
+        .bind(29991231000001_i64)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let err = store.migrate().await.unwrap_err();
+        let StoreError::Migration(message) = &err else {
+            panic!("expected a migration error, got {err:?}");
+        };
+        assert!(message.contains("29991231000001"), "{message}");
+        assert!(message.contains("newer than this keygate binary"), "{message}");
+        assert!(message.contains("upgrade keygate"), "{message}");
+
+        // A second gateway opening the same file is refused the same way,
+        // and nothing was applied or broken by the refusal.
+        let other = open_file(&dir.path().join("keys.db")).await;
+        assert!(matches!(other.migrate().await, Err(StoreError::Migration(_))));
+        other.ping().await.unwrap();
+    }
+
+    /// Root ignores directory permissions, so a read-only directory would
+    /// not fail in this sandbox. SQLite never creates directories, so a file
+    /// under a missing directory, or under a regular file, fails for every
+    /// user and is the reliable way to test an unopenable database.
+    #[tokio::test]
+    async fn an_unopenable_file_is_unavailable_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing_dir = dir.path().join("missing");
+        let not_a_dir = dir.path().join("plain-file");
+        std::fs::write(&not_a_dir, b"not a directory").unwrap();
+        for parent in [missing_dir, not_a_dir] {
+            let path = parent.join("keys.db");
+            let err = SqliteStore::open(&settings(file_url(&path))).await.unwrap_err();
+            let StoreError::Unavailable(message) = &err else {
+                panic!("expected Unavailable, got {err:?}");
+            };
+            assert!(message.contains(&path.display().to_string()), "{message}");
+            assert!(
+                message.contains("does not exist or is not a directory"),
+                "{message}"
+            );
+            assert!(!message.contains('\n'), "{message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_without_mode_rwc_says_how_to_create_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let url = format!("sqlite://{}", path.display());
+        let err = SqliteStore::open(&settings(url)).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(m) if m.contains("mode=rwc") && m.contains("keys.db")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+        let result = SqliteStore::open(&settings(file_url(&path))).await;
+        let err = match result {
+            Ok(store) => store.migrate().await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(&err, StoreError::Unavailable(m) | StoreError::Corrupt(m) if m.contains("not a SQLite database")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_use_wal_foreign_keys_and_the_statement_timeout() {
+        let (store, _dir) = migrated().await;
+        let mut conn = store.pool.acquire().await.unwrap();
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let fks: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!((mode.as_str(), fks, busy), ("wal", 1, 5_000));
+        assert!(format!("{store:?}").contains("keys.db"));
+    }
+
+    #[tokio::test]
+    async fn timestamps_and_json_are_stored_as_sortable_text() {
+        let (store, _dir) = migrated().await;
+        let k = key("text0001", t(0));
+        store.create_key(new_key(k.clone()), &Actor::cli()).await.unwrap();
+        let (created, scopes, metadata): (String, String, String) =
+            sqlx::query_as("SELECT created_at, scopes, metadata FROM keys WHERE id = ?")
+                .bind(k.id.as_str())
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(created, "2026-11-23T12:00:00.123456Z");
+        assert_eq!((scopes.as_str(), metadata.as_str()), ("[]", "{}"));
+    }
+
+    #[tokio::test]
+    async fn the_audit_log_is_append_only() {
+        let (store, _dir) = migrated().await;
+        let k = key("appd0001", t(0));
+        store.create_key(new_key(k), &Actor::cli()).await.unwrap();
+        for sql in ["UPDATE audit_log SET action = 'x'", "DELETE FROM audit_log"] {
+            let err = sqlx::query(sql).execute(&store.pool).await.unwrap_err();
+            assert!(err.to_string().contains("append-only"), "{err}");
+        }
+    }
+
+    /// Many read-then-write transactions from two stores (two gateways) on
+    /// one file: with BEGIN IMMEDIATE they queue on busy_timeout instead of
+    /// failing with SQLITE_BUSY.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_queue_instead_of_failing() {
+        let (first, dir) = migrated().await;
+        let second = open_file(&dir.path().join("keys.db")).await;
+        let k = key("conc0001", t(0));
+        first.create_key(new_key(k.clone()), &Actor::cli()).await.unwrap();
+        let stores = [Arc::new(first), Arc::new(second)];
+        let mut tasks = Vec::new();
+        for i in 0..24_i64 {
+            let store = Arc::clone(&stores[usize::try_from(i % 2).unwrap()]);
+            let id = k.id.clone();
+            tasks.push(tokio::spawn(async move {
+                let patch = KeyPatch {
+                    name: Some(format!("name {i}")),
+                    ..KeyPatch::default()
+                };
+                store.update_key(&id, &patch, t(i + 1), &Actor::cli()).await?;
+                let delta = UsageDelta {
+                    key_id: id.clone(),
+                    outcome: "ok".into(),
+                    count: 1,
+                    last_used_at: t(i),
+                };
+                store.record_usage(&[delta]).await
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let store = &stores[0];
+        assert_eq!(store.change_seq().await.unwrap(), 25);
+        assert_eq!(store.usage(&k.id).await.unwrap().total, 24);
+        assert_eq!(store.get_key(&k.id).await.unwrap().request_count, 24);
+    }
+
+    #[tokio::test]
+    async fn in_memory_stores_work_for_tests_and_demos() {
+        let store = SqliteStore::open(&settings("sqlite::memory:".into()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let k = key("memo0001", t(0));
+        store.create_key(new_key(k.clone()), &Actor::cli()).await.unwrap();
+        assert_eq!(store.get_key(&k.id).await.unwrap(), k);
+        assert!(format!("{store:?}").contains(":memory:"));
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_is_unavailable() {
+        let err = SqliteStore::open(&settings("sqlite://keys.db?mode=bogus".into()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(m) if m.contains("database.url")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn error_mapping_classifies_sqlite_codes() {
+        assert!(matches!(
+            store_error(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(m) if m.contains("connect_timeout")
+        ));
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "gone");
+        assert!(matches!(
+            store_error(sqlx::Error::Io(io)),
+            StoreError::Unavailable(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_writer_held_past_the_statement_timeout_is_unavailable() {
+        let (first, dir) = migrated().await;
+        let mut short = settings(file_url(&dir.path().join("keys.db")));
+        short.statement_timeout = Duration::from_millis(100);
+        let second = SqliteStore::open(&short).await.unwrap();
+        let held = first.begin_write().await.unwrap();
+        let err = second
+            .create_key(new_key(key("busy0001", t(0))), &Actor::cli())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(m) if m.contains("locked")),
+            "{err:?}"
+        );
+        drop(held);
+        // Readers are not blocked by a writer (WAL), and writes resume.
+        second.change_seq().await.unwrap();
+        second
+            .create_key(new_key(key("busy0001", t(0))), &Actor::cli())
+            .await
+            .unwrap();
+    }
+}
