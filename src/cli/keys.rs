@@ -1,0 +1,423 @@
+//! `keygate keys …`: the key lifecycle from the command line, a thin edge over
+//! [`crate::manage::KeyManager`]. The secret is printed once, by `create` and
+//! `rotate`, and never again.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::{CliError, output};
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::keys::model::{parse_duration, parse_expiry, parse_scopes};
+use crate::keys::{Key, KeyPatch, KeyStatus};
+use crate::manage::{CreateKey, Issued, KeyManager, KeyView};
+use crate::store::{self, Actor, KeyFilter};
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Issue a key and print its secret (shown once).
+    Create(CreateArgs),
+    /// List keys (never secrets).
+    List(ListArgs),
+    /// Show one key.
+    Show(IdArgs),
+    /// Change a key's name, scopes, plan, expiry, owner or metadata.
+    Update(UpdateArgs),
+    /// Disable a key (it can be enabled again).
+    Disable(IdArgs),
+    /// Re-enable a disabled key (a revoked key cannot be).
+    Enable(IdArgs),
+    /// Revoke a key permanently.
+    Revoke(IdArgs),
+    /// Issue a new secret for a key; the old one works for --grace.
+    Rotate(RotateArgs),
+    /// Import existing keys from a JSON-lines file, all or nothing.
+    Import(ImportArgs),
+}
+
+/// Arguments of `keys create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Human name.
+    #[arg(long)]
+    pub name: String,
+    /// Comma-separated scopes.
+    #[arg(long, default_value = "")]
+    pub scopes: String,
+    /// Plan (default: keys.default_plan).
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// RFC 3339 instant, a duration such as 30d, or never.
+    #[arg(long, default_value = "never", value_name = "WHEN")]
+    pub expires: String,
+    /// Owner (account / tenant).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Key prefix (default: keys.default_prefix).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Free-form JSON object.
+    #[arg(long)]
+    pub metadata: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `keys list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this owner's keys.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Only keys with this status (active, inactive, revoked).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A command on one key.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// The key id (key_…).
+    pub id: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `keys update`.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// The key id (key_…).
+    pub id: String,
+    /// New name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// New comma-separated scopes (replaces the set; "" clears it).
+    #[arg(long)]
+    pub scopes: Option<String>,
+    /// New plan.
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// New expiry: RFC 3339, a duration such as 30d, or never.
+    #[arg(long, value_name = "WHEN")]
+    pub expires: Option<String>,
+    /// New owner ("" clears it).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// New metadata (a JSON object; replaces it).
+    #[arg(long)]
+    pub metadata: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `keys rotate`.
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The key id (key_…).
+    pub id: String,
+    /// How long the old secret keeps working (e.g. 24h; default 0 = stops now).
+    #[arg(long, default_value = "0", value_name = "DURATION")]
+    pub grace: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `keys import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// JSON-lines file: {"key": "…", "name", "scopes", "plan", "expires_at", "owner", "prefix"?}.
+    pub file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a `keys` subcommand.
+pub async fn run(config: Config, cmd: KeysCommand) -> Result<(), CliError> {
+    let manager = open_manager(&config).await?;
+    let actor = Actor::cli();
+    match cmd {
+        KeysCommand::Create(args) => create(&manager, args, &actor).await,
+        KeysCommand::List(args) => list(&manager, args).await,
+        KeysCommand::Show(args) => {
+            let key = manager.get(&args.id).await?;
+            print_key(&manager, &key, args.json)
+        }
+        KeysCommand::Update(args) => update(&manager, args, &actor).await,
+        KeysCommand::Disable(args) => set_status(&manager, args, KeyStatus::Inactive, &actor).await,
+        KeysCommand::Enable(args) => set_status(&manager, args, KeyStatus::Active, &actor).await,
+        KeysCommand::Revoke(args) => set_status(&manager, args, KeyStatus::Revoked, &actor).await,
+        KeysCommand::Rotate(args) => rotate(&manager, args, &actor).await,
+        KeysCommand::Import(args) => import(&manager, args, &actor).await,
+    }
+}
+
+/// Opens the store (migrating it when `database.auto_migrate` is on, as
+/// `serve` does) and builds the key manager.
+async fn open_manager(config: &Config) -> Result<KeyManager, CliError> {
+    let store = store::open(&config.database).await?;
+    if config.database.auto_migrate {
+        store.migrate().await?;
+    }
+    Ok(KeyManager::new(
+        store,
+        config.keys.clone(),
+        config.plans.keys().cloned().collect(),
+        Arc::new(SystemClock),
+    ))
+}
+
+async fn create(manager: &KeyManager, args: CreateArgs, actor: &Actor) -> Result<(), CliError> {
+    let now = manager.now();
+    let req = CreateKey {
+        scopes: parse_scopes(&args.scopes).map_err(|e| CliError::Usage(format!("--scopes: {e}")))?,
+        expires_at: parse_expiry(&args.expires, now)
+            .map_err(|e| CliError::Usage(format!("--expires: {e}")))?,
+        metadata: args.metadata.as_deref().map(parse_metadata).transpose()?,
+        name: args.name,
+        owner: args.owner,
+        plan: args.plan,
+        prefix: args.prefix,
+    };
+    let issued = manager.create(req, actor).await?;
+    print_issued(manager, &issued, args.json, "Created")
+}
+
+async fn list(manager: &KeyManager, args: ListArgs) -> Result<(), CliError> {
+    let status = args
+        .status
+        .as_deref()
+        .map(str::parse::<KeyStatus>)
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("--status: {e}")))?;
+    let filter = KeyFilter {
+        owner: args.owner,
+        status,
+    };
+    let keys = manager.list_all(&filter).await?;
+    let now = manager.now();
+    if args.json {
+        let views: Vec<KeyView> = keys.iter().map(|k| KeyView::new(k, now)).collect();
+        return output::json(&views);
+    }
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            let view = KeyView::new(k, now);
+            vec![
+                k.id.to_string(),
+                k.name.clone(),
+                format!("{}{}…", k.prefix, k.short_prefix),
+                display_status(&view),
+                k.plan.clone(),
+                k.owner.clone().unwrap_or_else(|| "-".into()),
+                k.expires_at.map_or_else(|| "never".into(), |t| t.to_rfc3339()),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &["ID", "NAME", "KEY", "STATUS", "PLAN", "OWNER", "EXPIRES"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+async fn update(manager: &KeyManager, args: UpdateArgs, actor: &Actor) -> Result<(), CliError> {
+    let now = manager.now();
+    let patch = KeyPatch {
+        name: args.name,
+        owner: args.owner.map(|o| (!o.is_empty()).then_some(o)),
+        scopes: args
+            .scopes
+            .as_deref()
+            .map(parse_scopes)
+            .transpose()
+            .map_err(|e| CliError::Usage(format!("--scopes: {e}")))?,
+        plan: args.plan,
+        expires_at: args
+            .expires
+            .as_deref()
+            .map(|w| parse_expiry(w, now))
+            .transpose()
+            .map_err(|e| CliError::Usage(format!("--expires: {e}")))?,
+        status: None,
+        metadata: args.metadata.as_deref().map(parse_metadata).transpose()?,
+    };
+    if patch.is_empty() {
+        return Err(CliError::Usage(
+            "nothing to update: pass at least one of --name, --scopes, --plan, --expires, --owner, --metadata".into(),
+        ));
+    }
+    let key = manager.update(&args.id, patch, actor).await?;
+    print_key(manager, &key, args.json)
+}
+
+async fn set_status(
+    manager: &KeyManager,
+    args: IdArgs,
+    status: KeyStatus,
+    actor: &Actor,
+) -> Result<(), CliError> {
+    let key = manager.set_status(&args.id, status, actor).await?;
+    print_key(manager, &key, args.json)
+}
+
+async fn rotate(manager: &KeyManager, args: RotateArgs, actor: &Actor) -> Result<(), CliError> {
+    let grace = parse_duration(&args.grace).map_err(|e| CliError::Usage(format!("--grace: {e}")))?;
+    let issued = manager.rotate(&args.id, grace, actor).await?;
+    print_issued(manager, &issued, args.json, "Rotated")?;
+    if !args.json {
+        match issued.key.updated_at.checked_add_signed(grace) {
+            Some(until) if grace > chrono::Duration::zero() => {
+                println!("The previous secret keeps working until {}.", until.to_rfc3339());
+            }
+            _ => println!("The previous secret no longer works."),
+        }
+    }
+    Ok(())
+}
+
+async fn import(manager: &KeyManager, args: ImportArgs, actor: &Actor) -> Result<(), CliError> {
+    let text = std::fs::read_to_string(&args.file)
+        .map_err(|e| CliError::Failure(format!("cannot read {}: {e}", args.file.display())))?;
+    let started = Instant::now();
+    let show_progress = std::io::stderr().is_terminal();
+    let progress = |done: usize, total: usize| {
+        if show_progress {
+            eprint!(
+                "\r{}",
+                progress_line(done, total, started.elapsed().as_secs_f64())
+            );
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let keys = manager.import(&text, actor, &progress).await?;
+    if show_progress {
+        eprintln!();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let rate = if seconds > 0.0 {
+        keys.len() as f64 / seconds
+    } else {
+        0.0
+    };
+    if args.json {
+        let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+        return output::json(&json!({
+            "imported": keys.len(),
+            "ids": ids,
+            "seconds": (seconds * 1000.0).round() / 1000.0,
+            "keys_per_second": rate.round(),
+        }));
+    }
+    println!("imported {} keys in {seconds:.1}s ({rate:.0} keys/s)", keys.len());
+    Ok(())
+}
+
+/// `done/total keys  rate keys/s  time left`.
+fn progress_line(done: usize, total: usize, elapsed: f64) -> String {
+    let rate = if elapsed > 0.0 { done as f64 / elapsed } else { 0.0 };
+    let left = if rate > 0.0 {
+        format!("{:.0}s left", (total - done.min(total)) as f64 / rate)
+    } else {
+        "estimating…".into()
+    };
+    format!("hashing {done}/{total} keys  {rate:.0} keys/s  {left}   ")
+}
+
+fn parse_metadata(text: &str) -> Result<serde_json::Value, CliError> {
+    serde_json::from_str(text).map_err(|e| CliError::Usage(format!("--metadata: not valid JSON: {e}")))
+}
+
+fn display_status(view: &KeyView) -> String {
+    if view.expired {
+        "expired".into()
+    } else {
+        view.status.to_string()
+    }
+}
+
+fn print_key(manager: &KeyManager, key: &Key, json: bool) -> Result<(), CliError> {
+    let view = KeyView::new(key, manager.now());
+    if json {
+        return output::json(&view);
+    }
+    println!("id:            {}", view.id);
+    println!("name:          {}", view.name);
+    println!(
+        "key:           {}{}… ({})",
+        view.prefix,
+        view.short_prefix,
+        view.source.as_str()
+    );
+    println!("status:        {}", display_status(&view));
+    println!("plan:          {}", view.plan);
+    println!(
+        "scopes:        {}",
+        view.scopes.iter().cloned().collect::<Vec<_>>().join(",")
+    );
+    println!("owner:         {}", view.owner.as_deref().unwrap_or("-"));
+    println!(
+        "expires:       {}",
+        view.expires_at.map_or_else(|| "never".into(), |t| t.to_rfc3339())
+    );
+    println!("created:       {}", view.created_at.to_rfc3339());
+    println!("updated:       {}", view.updated_at.to_rfc3339());
+    println!(
+        "last used:     {}",
+        view.last_used_at
+            .map_or_else(|| "never".into(), |t| t.to_rfc3339())
+    );
+    println!("requests:      {}", view.request_count);
+    if view.metadata.as_object().is_some_and(|m| !m.is_empty()) {
+        println!("metadata:      {}", view.metadata);
+    }
+    Ok(())
+}
+
+fn print_issued(manager: &KeyManager, issued: &Issued, json: bool, verb: &str) -> Result<(), CliError> {
+    if json {
+        let mut value = serde_json::to_value(KeyView::new(&issued.key, manager.now()))
+            .map_err(|e| CliError::Failure(format!("cannot render JSON: {e}")))?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("key".into(), json!(issued.secret.expose()));
+        }
+        return output::json(&value);
+    }
+    println!("{verb} key {} ({})", issued.key.id, issued.key.name);
+    println!();
+    println!("    {}", issued.secret.expose());
+    println!();
+    println!("This is the only time the secret is shown: store it now.");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_shows_rate_and_time_left() {
+        assert_eq!(
+            progress_line(50, 100, 2.0),
+            "hashing 50/100 keys  25 keys/s  2s left   "
+        );
+        assert!(progress_line(0, 100, 0.0).contains("estimating"));
+    }
+}

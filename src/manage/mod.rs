@@ -1,0 +1,462 @@
+//! Key lifecycle operations — create, read, list, update, enable/disable,
+//! revoke, rotate, import — shared by the CLI and the admin API, so both edges
+//! stay thin and write the same audit rows.
+//!
+//! This module validates input against the configured plans and key
+//! settings, generates and hashes secrets (off the async runtime), and calls
+//! the [`KeyStore`](crate::store::KeyStore). It knows nothing of HTTP or of
+//! terminals.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::clock::SharedClock;
+use crate::keys::format::{self, GeneratedKey};
+use crate::keys::model::{validate_scope, validate_text};
+use crate::keys::{
+    Key, KeyFormat, KeyId, KeyPatch, KeyPrefix, KeySettings, KeySource, KeyState, KeyStatus, ModelError,
+    SecretString, hash,
+};
+use crate::store::{Actor, AuditEntry, KeyFilter, NewKey, Page, PageRequest, SharedStore, StoreError};
+
+pub mod import;
+
+pub use import::{ImportError, ImportLine, ImportProgress};
+
+/// How many times `create`/`rotate` draw a new key when the short prefix is
+/// already taken. With 62^8 short prefixes a second draw is already rare;
+/// eight consecutive collisions mean something is wrong (e.g. a broken RNG).
+const MAX_DRAWS: usize = 8;
+
+/// Draws a new key for a prefix and format. Injectable so tests can force a
+/// short-prefix collision.
+pub type KeyGenerator = Arc<dyn Fn(&KeyPrefix, KeyFormat) -> GeneratedKey + Send + Sync>;
+
+/// What a caller asks for when creating a key.
+#[derive(Debug, Clone, Default)]
+pub struct CreateKey {
+    /// Human name (required).
+    pub name: String,
+    /// Owner (account / tenant).
+    pub owner: Option<String>,
+    /// Granted scopes.
+    pub scopes: BTreeSet<String>,
+    /// Plan; `None` = `keys.default_plan`.
+    pub plan: Option<String>,
+    /// Expiry; `None` = never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Prefix; `None` = `keys.default_prefix`.
+    pub prefix: Option<String>,
+    /// Free-form JSON object.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A key together with its plain secret, returned once by create and rotate.
+#[derive(Debug)]
+pub struct Issued {
+    /// The key's metadata.
+    pub key: Key,
+    /// The plain secret: show it once, never store it.
+    pub secret: SecretString,
+}
+
+/// The JSON view of a key that users see (CLI `--json`, admin API).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyView {
+    /// Stable id.
+    pub id: KeyId,
+    /// Name.
+    pub name: String,
+    /// Owner.
+    pub owner: Option<String>,
+    /// Scopes, sorted.
+    pub scopes: BTreeSet<String>,
+    /// Plan.
+    pub plan: String,
+    /// Stored status.
+    pub status: KeyStatus,
+    /// Whether `expires_at` has passed.
+    pub expired: bool,
+    /// Expiry; `null` = never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The key's prefix, e.g. `kg_live_`.
+    pub prefix: String,
+    /// The public short prefix.
+    pub short_prefix: String,
+    /// `generated` or `imported`.
+    pub source: KeySource,
+    /// Free-form metadata.
+    pub metadata: serde_json::Value,
+    /// Creation instant.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Last use through the gateway.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Requests through the gateway.
+    pub request_count: u64,
+}
+
+impl KeyView {
+    /// The view of `key` at `now`.
+    pub fn new(key: &Key, now: DateTime<Utc>) -> Self {
+        Self {
+            id: key.id.clone(),
+            name: key.name.clone(),
+            owner: key.owner.clone(),
+            scopes: key.scopes.clone(),
+            plan: key.plan.clone(),
+            status: key.status,
+            expired: key.state_at(now) == KeyState::Expired,
+            expires_at: key.expires_at,
+            prefix: key.prefix.clone(),
+            short_prefix: key.short_prefix.clone(),
+            source: key.source,
+            metadata: key.metadata.clone(),
+            created_at: key.created_at,
+            updated_at: key.updated_at,
+            last_used_at: key.last_used_at,
+            request_count: key.request_count,
+        }
+    }
+}
+
+/// Why an operation failed. Edges map each variant to one exit code or
+/// status.
+#[derive(Debug, Error)]
+pub enum ManageError {
+    /// Bad input: the field and why (CLI exit 2, HTTP 422).
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Which input field.
+        field: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// No such key (exit 1, HTTP 404).
+    #[error("no key with id {0}")]
+    NotFound(String),
+    /// The key's state forbids the change (exit 1, HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+    /// An import file had bad lines; nothing was written.
+    #[error("{0}")]
+    Import(#[from] ImportError),
+    /// The store failed (exit 1, HTTP 503/500).
+    #[error(transparent)]
+    Store(StoreError),
+    /// Hashing failed (bad parameters or a panicked worker).
+    #[error("hashing failed: {0}")]
+    Hash(String),
+}
+
+impl ManageError {
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ManageError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => Self::NotFound(id.to_string()),
+            StoreError::Model(ModelError::RevokedIsFinal) => {
+                Self::Conflict(ModelError::RevokedIsFinal.to_string())
+            }
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// The key lifecycle service: cheap to clone.
+#[derive(Clone)]
+pub struct KeyManager {
+    store: SharedStore,
+    settings: Arc<KeySettings>,
+    plans: Arc<BTreeSet<String>>,
+    clock: SharedClock,
+    generator: KeyGenerator,
+}
+
+impl std::fmt::Debug for KeyManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyManager")
+            .field("store", &self.store)
+            .field("settings", &self.settings)
+            .field("plans", &self.plans)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyManager {
+    /// A manager over `store`, issuing keys per `settings`; `plans` are the
+    /// configured plan names.
+    pub fn new(
+        store: SharedStore,
+        settings: KeySettings,
+        plans: BTreeSet<String>,
+        clock: SharedClock,
+    ) -> Self {
+        Self {
+            store,
+            settings: Arc::new(settings),
+            plans: Arc::new(plans),
+            clock,
+            generator: Arc::new(format::generate),
+        }
+    }
+
+    /// Replaces the key generator (tests force short-prefix collisions).
+    pub fn with_generator(mut self, generator: KeyGenerator) -> Self {
+        self.generator = generator;
+        self
+    }
+
+    /// The store this manager writes to.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    /// Now, from the injected clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Creates a key and returns it with its secret (shown once).
+    pub async fn create(&self, req: CreateKey, actor: &Actor) -> Result<Issued, ManageError> {
+        let now = self.clock.now();
+        validate_text("name", &req.name).map_err(|e| ManageError::invalid("name", e.to_string()))?;
+        if let Some(owner) = &req.owner {
+            validate_text("owner", owner).map_err(|e| ManageError::invalid("owner", e.to_string()))?;
+        }
+        self.check_scopes(&req.scopes)?;
+        let plan = req.plan.unwrap_or_else(|| self.settings.default_plan.clone());
+        self.check_plan(&plan)?;
+        if let Some(at) = req.expires_at {
+            if at <= now {
+                return Err(ManageError::invalid("expires_at", "the expiry is in the past"));
+            }
+        }
+        let prefix = match &req.prefix {
+            Some(p) => KeyPrefix::new(p).map_err(|e| ManageError::invalid("prefix", e.to_string()))?,
+            None => self.settings.default_prefix.clone(),
+        };
+        let metadata = check_metadata(req.metadata)?;
+        let template = Key {
+            id: KeyId::generate(now),
+            name: req.name,
+            owner: req.owner,
+            scopes: req.scopes,
+            plan,
+            status: KeyStatus::Active,
+            expires_at: req.expires_at,
+            prefix: prefix.as_str().to_owned(),
+            short_prefix: String::new(),
+            source: KeySource::Generated,
+            metadata,
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+            request_count: 0,
+        };
+        for _ in 0..MAX_DRAWS {
+            let (generated, key_hash) = self.draw(&prefix).await?;
+            let mut key = template.clone();
+            key.short_prefix = generated.parts.short_prefix.clone();
+            match self.store.create_key(NewKey { key, hash: key_hash }, actor).await {
+                Ok(key) => {
+                    return Ok(Issued {
+                        key,
+                        secret: generated.secret,
+                    });
+                }
+                Err(StoreError::ShortPrefixTaken) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ManageError::Store(StoreError::Database(format!(
+            "could not draw an unused short prefix in {MAX_DRAWS} attempts"
+        ))))
+    }
+
+    /// One key.
+    pub async fn get(&self, id: &str) -> Result<Key, ManageError> {
+        let id = parse_id(id)?;
+        Ok(self.store.get_key(&id).await?)
+    }
+
+    /// One page of keys.
+    pub async fn list(
+        &self,
+        filter: &KeyFilter,
+        page: PageRequest<KeyId>,
+    ) -> Result<Page<Key, KeyId>, ManageError> {
+        Ok(self.store.list_keys(filter, page).await?)
+    }
+
+    /// Every key matching `filter` (walks the pages).
+    pub async fn list_all(&self, filter: &KeyFilter) -> Result<Vec<Key>, ManageError> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.list(filter, PageRequest { limit: 500, after }).await?;
+            all.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// One page of the audit trail.
+    pub async fn audit(&self, page: PageRequest<i64>) -> Result<Page<AuditEntry, i64>, ManageError> {
+        Ok(self.store.audit(page).await?)
+    }
+
+    /// Applies a metadata/status patch after validating it.
+    pub async fn update(&self, id: &str, patch: KeyPatch, actor: &Actor) -> Result<Key, ManageError> {
+        let id = parse_id(id)?;
+        if let Some(name) = &patch.name {
+            validate_text("name", name).map_err(|e| ManageError::invalid("name", e.to_string()))?;
+        }
+        if let Some(Some(owner)) = &patch.owner {
+            validate_text("owner", owner).map_err(|e| ManageError::invalid("owner", e.to_string()))?;
+        }
+        if let Some(scopes) = &patch.scopes {
+            self.check_scopes(scopes)?;
+        }
+        if let Some(plan) = &patch.plan {
+            self.check_plan(plan)?;
+        }
+        let now = self.clock.now();
+        if let Some(Some(at)) = patch.expires_at {
+            if at <= now {
+                return Err(ManageError::invalid("expires_at", "the expiry is in the past"));
+            }
+        }
+        let patch = KeyPatch {
+            metadata: match patch.metadata {
+                Some(m) => Some(check_metadata(Some(m))?),
+                None => None,
+            },
+            ..patch
+        };
+        Ok(self.store.update_key(&id, &patch, now, actor).await?)
+    }
+
+    /// Sets the stored status (enable = active, disable = inactive, revoke).
+    pub async fn set_status(&self, id: &str, status: KeyStatus, actor: &Actor) -> Result<Key, ManageError> {
+        let patch = KeyPatch {
+            status: Some(status),
+            ..KeyPatch::default()
+        };
+        self.update(id, patch, actor).await
+    }
+
+    /// Issues a new secret for the key; the old one keeps working for
+    /// `grace` (zero = stops at once). A revoked key cannot be rotated.
+    pub async fn rotate(&self, id: &str, grace: Duration, actor: &Actor) -> Result<Issued, ManageError> {
+        let id = parse_id(id)?;
+        if grace < Duration::zero() {
+            return Err(ManageError::invalid(
+                "grace",
+                "the grace period cannot be negative",
+            ));
+        }
+        let current = self.store.get_key(&id).await?;
+        if current.status == KeyStatus::Revoked {
+            return Err(ManageError::Conflict(
+                "the key is revoked, and revocation is final: issue a new key instead".into(),
+            ));
+        }
+        // Imported keys may carry prefixes our format cannot; those rotate
+        // onto the default prefix.
+        let prefix = KeyPrefix::new(&current.prefix).unwrap_or_else(|_| self.settings.default_prefix.clone());
+        let now = self.clock.now();
+        let grace_until = (grace > Duration::zero()).then(|| now + grace);
+        for _ in 0..MAX_DRAWS {
+            let (generated, key_hash) = self.draw(&prefix).await?;
+            let result = self
+                .store
+                .rotate_key(
+                    &id,
+                    &generated.parts.prefix,
+                    &generated.parts.short_prefix,
+                    key_hash,
+                    grace_until,
+                    now,
+                    actor,
+                )
+                .await;
+            match result {
+                Ok(key) => {
+                    return Ok(Issued {
+                        key,
+                        secret: generated.secret,
+                    });
+                }
+                Err(StoreError::ShortPrefixTaken) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ManageError::Store(StoreError::Database(format!(
+            "could not draw an unused short prefix in {MAX_DRAWS} attempts"
+        ))))
+    }
+
+    /// Draws a key and hashes it with the generated parameter set, off the
+    /// async runtime.
+    async fn draw(&self, prefix: &KeyPrefix) -> Result<(GeneratedKey, crate::keys::KeyHash), ManageError> {
+        let generated = (self.generator)(prefix, self.settings.format);
+        let secret = generated.secret.clone();
+        let params = self.settings.generated_hash;
+        let key_hash = tokio::task::spawn_blocking(move || hash::hash_secret(&secret, &params))
+            .await
+            .map_err(|e| ManageError::Hash(e.to_string()))?
+            .map_err(|e| ManageError::Hash(e.to_string()))?;
+        Ok((generated, key_hash))
+    }
+
+    fn check_plan(&self, plan: &str) -> Result<(), ManageError> {
+        if self.plans.contains(plan) {
+            Ok(())
+        } else {
+            let known: Vec<&str> = self.plans.iter().map(String::as_str).collect();
+            Err(ManageError::invalid(
+                "plan",
+                format!("unknown plan {plan:?}: configured plans are {}", known.join(", ")),
+            ))
+        }
+    }
+
+    fn check_scopes(&self, scopes: &BTreeSet<String>) -> Result<(), ManageError> {
+        for scope in scopes {
+            validate_scope(scope).map_err(|e| ManageError::invalid("scopes", e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a key id, as a validation error naming the field.
+pub fn parse_id(id: &str) -> Result<KeyId, ManageError> {
+    id.parse()
+        .map_err(|e: ModelError| ManageError::invalid("id", e.to_string()))
+}
+
+fn check_metadata(metadata: Option<serde_json::Value>) -> Result<serde_json::Value, ManageError> {
+    match metadata {
+        None => Ok(serde_json::json!({})),
+        Some(v @ serde_json::Value::Object(_)) => Ok(v),
+        Some(_) => Err(ManageError::invalid("metadata", "metadata must be a JSON object")),
+    }
+}
+
+#[cfg(test)]
+mod tests;
