@@ -37,11 +37,13 @@ mod tests;
 
 pub use env::{EnvSource, ProcessEnv};
 pub use settings::{
-    AdminSettings, AuthSettings, CacheSettings, CredentialHeader, CredentialScheme, ERROR_CODES,
-    ErrorTemplate, LimitScope, LogSettings, PathGlob, PlanLimit, PlanSettings, RateLimitBackend,
-    RateLimitHeaders, RateLimitSettings, RouteSettings, ServerSettings, TEMPLATE_PLACEHOLDERS, TokenSettings,
-    UpstreamSettings,
+    AdminSettings, AuthSettings, CacheSettings, CredentialHeader, CredentialScheme, ERROR_CODES, LogSettings,
+    RateLimitBackend, RateLimitHeaders, RateLimitSettings, ServerSettings, TokenSettings, UpstreamSettings,
 };
+// The owning modules' settings types that `Config` holds, re-exported so
+// wiring code can name every field's type from here.
+pub use crate::policy::{LimitScope, PathGlob, PlanLimit, PlanSettings, RouteSettings};
+pub use crate::problem::{ErrorTemplate, TEMPLATE_PLACEHOLDERS};
 
 /// The config file used when neither `--config` nor `KEYGATE_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "config/keygate.toml";
@@ -86,6 +88,19 @@ impl Config {
     /// Whether a plan of this name is defined.
     pub fn has_plan(&self, name: &str) -> bool {
         self.plans.contains_key(name)
+    }
+
+    /// The authenticator's settings, from `[auth]` and `[cache]`.
+    pub fn auth_settings(&self) -> crate::auth::AuthSettings {
+        crate::auth::AuthSettings {
+            max_failures_per_prefix: self.auth.max_failures_per_prefix,
+            hash_concurrency: self.auth.hash_concurrency,
+            cache_ttl: self.cache.ttl,
+            negative_ttl: self.cache.negative_ttl,
+            max_entries: usize::try_from(self.cache.max_entries).unwrap_or(usize::MAX),
+            poll_interval: self.cache.poll_interval,
+            stale_if_error: self.cache.stale_if_error,
+        }
     }
 }
 

@@ -20,14 +20,14 @@ use super::raw::{
     index_path, key_path,
 };
 use super::settings::{
-    AdminSettings, AuthSettings, CacheSettings, CredentialHeader, CredentialScheme, ERROR_CODES,
-    ErrorTemplate, LimitScope, LogSettings, PathGlob, PlanLimit, PlanSettings, RateLimitBackend,
-    RateLimitHeaders, RateLimitSettings, RouteSettings, ServerSettings, TEMPLATE_PLACEHOLDERS, TokenSettings,
-    UpstreamSettings,
+    AdminSettings, AuthSettings, CacheSettings, CredentialHeader, CredentialScheme, ERROR_CODES, LogSettings,
+    RateLimitBackend, RateLimitHeaders, RateLimitSettings, ServerSettings, TokenSettings, UpstreamSettings,
 };
 use super::{Config, ConfigError};
 use crate::keys::model::{parse_duration, validate_scope};
 use crate::keys::{HashParams, KeyFormat, KeyHash, KeyPrefix, KeySettings, SecretString};
+use crate::policy::{LimitScope, PathGlob, PlanLimit, PlanSettings, RouteSettings};
+use crate::problem::{ErrorTemplate, TEMPLATE_PLACEHOLDERS};
 use crate::store::{StoreSettings, redact_url};
 use crate::telemetry::LogFormat;
 
@@ -904,8 +904,14 @@ impl Resolver {
             let content_key = key_path(&base, "content_type");
             let content_type = match self.get(&content_key, &t.content_type) {
                 Some(ct) => {
+                    // Visible ASCII (and blanks between parameters) only:
+                    // it becomes a header value as is.
                     let valid = ct.split_once('/').is_some_and(|(ty, sub)| {
-                        is_token(ty) && !sub.is_empty() && !sub.chars().any(char::is_control)
+                        is_token(ty)
+                            && !sub.is_empty()
+                            && sub
+                                .bytes()
+                                .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
                     });
                     if !valid {
                         self.err(
