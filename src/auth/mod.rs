@@ -1,0 +1,217 @@
+//! Who is calling (the hot path): a presented credential becomes a
+//! [`Principal`] or an [`AuthError`].
+//!
+//! - [`extract`] reads the credential from the configured headers.
+//! - [`Authenticator`] (in `verify.rs`) checks a presented key: its format
+//!   and checksum first (no store lookup for a forged shape), then a cache of
+//!   verified secrets, and on a miss the store's candidates and argon2 off
+//!   the runtime, throttled per short prefix and coalesced per secret.
+//! - `cache.rs` holds the verified and unknown entries and the failure
+//!   windows; the store's change feed (polled by the authenticator) keeps
+//!   them current, so a change made anywhere reaches this gateway within a
+//!   poll interval.
+//!
+//! This module decides *why* a key is refused; mapping that to a SPEC code,
+//! status and body is the edges' job (via [`AuthFailure::code`]). It uses
+//! `keys`, the `KeyStore` trait and the clock, never a web framework or a
+//! database driver.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use thiserror::Error;
+
+use crate::keys::{Key, KeyId};
+
+mod cache;
+pub mod extract;
+mod verify;
+
+#[cfg(test)]
+mod tests;
+
+pub use verify::Authenticator;
+
+/// What the authenticator needs from `[auth]` and `[cache]`; `config` fills
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// Failed verifications a second for one existing short prefix after
+    /// which further secrets not already cached are refused without hashing
+    /// until the second ends (`auth.max_failures_per_prefix`; 0 acts as 1).
+    pub max_failures_per_prefix: u32,
+    /// argon2 verifications running at once (`auth.hash_concurrency`; 0 acts
+    /// as 1).
+    pub hash_concurrency: usize,
+    /// How long a verified secret is served from memory before the store is
+    /// asked again (`cache.ttl`). Changes arrive sooner through the change
+    /// feed; this bounds staleness if the feed is down.
+    pub cache_ttl: Duration,
+    /// How long a short prefix with no stored secret is remembered, so floods
+    /// of well-formed unknown keys do not each cost a store lookup
+    /// (`cache.negative_ttl`; zero = not remembered).
+    pub negative_ttl: Duration,
+    /// Most verified secrets kept (`cache.max_entries`; zero = no cache).
+    /// Unknown short prefixes get a budget of the same size.
+    pub max_entries: usize,
+    /// How often the change feed is polled (`cache.poll_interval`; SPEC §7
+    /// wants changes seen within a second).
+    pub poll_interval: Duration,
+    /// How long past its TTL a verified secret may still be served while the
+    /// store is unreachable (`cache.stale_if_error`; zero = never).
+    pub stale_if_error: Duration,
+}
+
+impl Default for AuthSettings {
+    /// The documented defaults of `[auth]` and `[cache]`.
+    fn default() -> Self {
+        Self {
+            max_failures_per_prefix: 20,
+            hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            cache_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+            max_entries: 100_000,
+            poll_interval: Duration::from_millis(500),
+            stale_if_error: Duration::from_secs(300),
+        }
+    }
+}
+
+/// An authenticated caller: the key's metadata, shared with the cache (cheap
+/// to clone; nothing is copied per request).
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The key's metadata as of the last store read.
+    pub key: Arc<Key>,
+    /// When the presented secret stops working: set while it is the previous
+    /// secret of a rotation in its grace period, `None` for the current one.
+    pub secret_valid_until: Option<DateTime<Utc>>,
+}
+
+impl Principal {
+    /// The key id (for identity headers, logs and usage counting).
+    pub fn key_id(&self) -> &KeyId {
+        &self.key.id
+    }
+
+    /// The key's public short prefix (for logs).
+    pub fn short_prefix(&self) -> &str {
+        &self.key.short_prefix
+    }
+}
+
+/// Why a presented key is `invalid_key`. For logs only: a client never learns
+/// which one it was (STYLE §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InvalidReason {
+    /// Not the shape of a keygate key nor of any imported key.
+    Malformed,
+    /// A keygate key's shape with a wrong checksum (mistyped or forged).
+    BadChecksum,
+    /// No stored secret has this short prefix.
+    UnknownPrefix,
+    /// Secrets exist for the short prefix, but none matches.
+    WrongSecret,
+    /// The key is revoked.
+    Revoked,
+    /// Too many failed verifications for this short prefix this second.
+    Throttled,
+    /// The previous secret of a rotation, past its grace period.
+    GraceOver,
+}
+
+impl InvalidReason {
+    /// A stable name for log fields and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::BadChecksum => "bad_checksum",
+            Self::UnknownPrefix => "unknown_prefix",
+            Self::WrongSecret => "wrong_secret",
+            Self::Revoked => "revoked",
+            Self::Throttled => "throttled",
+            Self::GraceOver => "grace_over",
+        }
+    }
+}
+
+/// Why authentication failed, grouped by what the client may be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthFailure {
+    /// `invalid_key` (the reason is for logs).
+    Invalid(InvalidReason),
+    /// `key_inactive`: the key is disabled.
+    Inactive,
+    /// `key_expired`: past the key's `expires_at`.
+    Expired,
+    /// `auth_unavailable`: the store could not be asked and the key is not
+    /// cached.
+    Unavailable,
+}
+
+impl AuthFailure {
+    /// The SPEC §5 code a client sees.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid_key",
+            Self::Inactive => "key_inactive",
+            Self::Expired => "key_expired",
+            Self::Unavailable => "auth_unavailable",
+        }
+    }
+
+    /// The cause for logs: the invalid reason, or the code.
+    pub fn cause(self) -> &'static str {
+        match self {
+            Self::Invalid(reason) => reason.as_str(),
+            other => other.code(),
+        }
+    }
+}
+
+/// A refused key: what failed, and the short prefix involved when there is
+/// one (public, safe to log; `None` for values that are not a key's shape).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("authentication failed: {}", failure.cause())]
+pub struct AuthError {
+    /// What failed.
+    pub failure: AuthFailure,
+    /// The presented key's short prefix, if it had a recognisable one.
+    pub short_prefix: Option<String>,
+}
+
+impl AuthError {
+    pub(crate) fn new(failure: AuthFailure, short_prefix: Option<&str>) -> Self {
+        Self {
+            failure,
+            short_prefix: short_prefix.map(str::to_owned),
+        }
+    }
+
+    pub(crate) fn invalid(reason: InvalidReason, short_prefix: Option<&str>) -> Self {
+        Self::new(AuthFailure::Invalid(reason), short_prefix)
+    }
+}
+
+/// Counters for metrics, read with [`Authenticator::stats`]. Monotonic since
+/// start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuthStats {
+    /// Requests answered from a fresh cache entry.
+    pub hits: u64,
+    /// Requests not answered from a fresh entry (absent or past its TTL)
+    /// that went on to the single-flight resolver.
+    pub misses: u64,
+    /// argon2 verifications run.
+    pub hashes: u64,
+    /// Requests refused as throttled.
+    pub throttled: u64,
+    /// Requests that waited for another request's verification of the same
+    /// secret instead of running their own.
+    pub coalesced: u64,
+    /// Requests served from an entry past its TTL because the store failed.
+    pub stale_served: u64,
+    /// Store calls on the request path that failed.
+    pub store_errors: u64,
+}
