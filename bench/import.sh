@@ -18,4 +18,5 @@ for i in range(int(sys.argv[1])):
     print(json.dumps({"key": "sk_live_" + secrets.token_hex(16), "name": f"customer {i}", "scopes": ["read"], "plan": "pro", "owner": f"acct_{i % 500}"}))
 PY
 echo "importing $n keys on $(nproc) cores"
-./target/release/keygate --config "$work/keygate.toml" keys import "$work/keys.jsonl" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"imported {d[\"imported\"]} keys in {d[\"seconds\"]} s: {d[\"keys_per_second\"]:.0f} keys/s")'
+./target/release/keygate --config "$work/keygate.toml" keys import "$work/keys.jsonl" --json \
+    | python3 -c 'import json, sys; d = json.load(sys.stdin); print("imported %d keys in %.1f s: %.0f keys/s" % (d["imported"], d["seconds"], d["keys_per_second"]))'

@@ -6,17 +6,29 @@
 //!   [`policy`] — path normalisation, routes, scopes.
 //! - Adapters: [`store`] — the `KeyStore` trait and its SQLite implementation.
 //! - Use case: [`manage`] — key lifecycle operations shared by the CLI and
-//!   the admin API (create, update, rotate, revoke, import).
-//! - Wiring: [`config`] — TOML + env overrides → validated settings;
+//!   the admin API (create, update, rotate, revoke, import); [`auth`] — who
+//!   is calling: credential extraction, presented key → principal, with a
+//!   verified-key cache kept current by the store's change feed.
+//! - Edges: [`proxy`] — the proxy listener (gate, forward); [`admin`] — the
+//!   admin listener; [`echo`] — the built-in echo upstream (demo, tests);
+//!   [`problem`] — the one renderer of keygate's own error responses
+//!   (problem+json or the `[errors]` templates).
+//! - Wiring: [`app`] — state, listeners, lifecycle; [`config`] — TOML + env overrides → validated settings;
 //!   [`telemetry`] — tracing subscriber; [`cli`] — the command line.
 //! - Shared: [`clock`] — injected time.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod echo;
 pub mod keys;
 pub mod manage;
 pub mod policy;
+pub mod problem;
+pub mod proxy;
 pub mod store;
 pub mod telemetry;

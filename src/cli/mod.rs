@@ -12,9 +12,11 @@ use crate::config::{self, Config, ConfigErrors};
 use crate::manage::ManageError;
 
 pub mod check_config;
+pub mod demo;
 pub mod keys;
 pub mod migrate;
 mod output;
+pub mod serve;
 
 /// keygate: an API-key authentication gateway.
 #[derive(Debug, Parser)]
@@ -31,6 +33,10 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the proxy and admin listeners until SIGTERM/SIGINT.
+    Serve(serve::ServeArgs),
+    /// Start a throwaway store, an echo upstream and the gateway on loopback.
+    Demo(demo::DemoArgs),
     /// Apply pending migrations to the configured store and exit.
     Migrate(migrate::MigrateArgs),
     /// Validate the config file: exit 0, or print every problem and exit 2.
@@ -106,6 +112,8 @@ pub fn run(cli: Cli) -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<(), CliError> {
     let config_path = config::config_path(cli.config.as_deref(), &config::env::ProcessEnv);
     match cli.command {
+        Command::Serve(args) => serve::run(load_config(&config_path)?, args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::CheckConfig(args) => check_config::run(&config_path, args),
         Command::Migrate(args) => migrate::run(load_config(&config_path)?, args).await,
         Command::Keys(cmd) => keys::run(load_config(&config_path)?, cmd).await,

@@ -1,5 +1,7 @@
 //! Printing results: `--json` (one JSON value on stdout) or a human form.
 
+use std::io::Write;
+
 use serde::Serialize;
 
 use super::CliError;
@@ -8,8 +10,9 @@ use super::CliError;
 pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::Failure(format!("cannot render JSON: {e}")))?;
-    println!("{text}");
-    Ok(())
+    // A closed stdout (`| head`) is a failure to report, not a panic.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").map_err(|e| CliError::Failure(format!("cannot write to stdout: {e}")))
 }
 
 /// Renders rows as an aligned plain-text table with a header.

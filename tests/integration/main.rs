@@ -2,6 +2,15 @@
 //! The binary is driven as a binary (`CARGO_BIN_EXE_keygate`) against real
 //! SQLite files in temp dirs.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test harness helpers: a panic is a test failure with its message"
+)]
+
 mod cli_check_config;
 mod cli_keys;
+mod error_shapes;
+mod proxy_auth;
+mod proxy_raw;
+mod serve_binary;
 mod support;

@@ -1,6 +1,8 @@
 //! Test harness: a temp dir with a config file and a SQLite store, and a
 //! runner for the real `keygate` binary.
 
+pub mod gateway;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,0 +1,267 @@
+//! Wiring: builds the shared state from a validated [`Config`], binds the
+//! proxy and admin listeners, serves until told to stop, then drains
+//! in-flight requests within `server.shutdown_grace`.
+//!
+//! [`Gateway::start`] returns as soon as both listeners are bound (tests
+//! bind `127.0.0.1:0` and read the addresses back); `serve` waits for
+//! SIGTERM/SIGINT.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin;
+use crate::auth::Authenticator;
+use crate::auth::extract::CredentialHeaders;
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::policy::routes::RouteTable;
+use crate::problem::ProblemRenderer;
+use crate::proxy::ProxyState;
+use crate::proxy::forward::{ForwardSettings, Forwarder};
+use crate::proxy::gate::Gate;
+use crate::store::{self, SharedStore, StoreError};
+
+/// Longest a client may take to send a request head (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the gateway could not start.
+#[derive(Debug, Error)]
+pub enum AppError {
+    /// The store could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The upstream settings are unusable.
+    #[error("invalid upstream settings: {0}")]
+    Upstream(String),
+}
+
+/// A running gateway: both listeners bound and serving.
+#[derive(Debug)]
+pub struct Gateway {
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    store: SharedStore,
+}
+
+impl Gateway {
+    /// Opens the store (migrating it unless `database.auto_migrate = false`),
+    /// builds the state and binds both listeners.
+    pub async fn start(config: &Config, clock: SharedClock) -> Result<Self, AppError> {
+        let store = store::open(&config.database).await?;
+        if config.database.auto_migrate {
+            let report = store.migrate().await?;
+            if !report.applied.is_empty() {
+                tracing::info!(applied = ?report.applied, version = report.current, "migrated the key store");
+            }
+        }
+        let authenticator =
+            Authenticator::start(store.clone(), config.auth_settings(), clock.clone()).await?;
+        let header_names: Vec<HeaderName> = config
+            .auth
+            .headers
+            .iter()
+            .filter_map(|h| HeaderName::from_bytes(h.name.as_bytes()).ok())
+            .collect();
+        let credentials = CredentialHeaders::new(&header_names);
+        let routes = RouteTable::new(
+            config.routes.clone(),
+            config.auth.default_scopes.clone(),
+            config.auth.method_scopes,
+        );
+        let gate = Gate::new(authenticator.clone(), routes, config.plans.clone(), credentials);
+        let forwarder = Forwarder::new(ForwardSettings {
+            authority: config.upstream.authority.clone(),
+            base_path: config.upstream.base_path.clone(),
+            timeout: config.upstream.timeout,
+            connect_timeout: config.upstream.connect_timeout,
+            pool_max_idle_per_host: config.upstream.pool_max_idle_per_host,
+            pool_idle_timeout: config.upstream.pool_idle_timeout,
+            max_body_bytes: config.server.max_body_bytes,
+            credential_headers: header_names,
+        })
+        .map_err(|e| AppError::Upstream(e.to_string()))?;
+        let state = Arc::new(ProxyState {
+            gate,
+            forwarder,
+            renderer: ProblemRenderer::new(&config.errors),
+            max_header_bytes: config.server.max_header_bytes,
+            max_body_bytes: config.server.max_body_bytes,
+        });
+
+        let proxy_listener = bind(config.server.listen).await?;
+        let admin_listener = bind(config.server.admin_listen).await?;
+        let proxy_addr = local_addr(&proxy_listener, config.server.listen)?;
+        let admin_addr = local_addr(&admin_listener, config.server.admin_listen)?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let grace = config.server.shutdown_grace;
+        // hyper refuses heads beyond its buffer on its own (a bare 431); keep
+        // that buffer above our limit so the gateway answers first, in the
+        // problem shape.
+        let max_buf = (config.server.max_header_bytes * 2 + 8192).max(8192);
+        let tasks = vec![
+            authenticator.spawn_change_poller(shutdown_rx.clone()),
+            tokio::spawn(serve_proxy(
+                proxy_listener,
+                state,
+                shutdown_rx.clone(),
+                grace,
+                max_buf,
+            )),
+            tokio::spawn(admin::serve(
+                admin_listener,
+                admin::AdminState::new(store.clone()),
+                shutdown_rx,
+                grace,
+            )),
+        ];
+        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %config.upstream.url, "keygate is serving");
+        Ok(Self {
+            proxy_addr,
+            admin_addr,
+            shutdown,
+            tasks,
+            store,
+        })
+    }
+
+    /// The bound proxy address.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The store this gateway uses.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    /// Stops accepting, drains in-flight requests (bounded by
+    /// `server.shutdown_grace`) and waits for every task.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a gateway task failed during shutdown");
+            }
+        }
+        tracing::info!("keygate stopped");
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, AppError> {
+    listener
+        .local_addr()
+        .map_err(|source| AppError::Bind { addr, source })
+}
+
+/// Accepts proxy connections until shutdown, then drains them.
+async fn serve_proxy(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+    max_buf: usize,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(max_buf);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, client) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Usually EMFILE: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = Arc::clone(&state);
+                let service = service_fn(move |req| {
+                    let state = Arc::clone(&state);
+                    async move { Ok::<_, Infallible>(state.handle(req, client).await) }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection closed with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("proxy drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown grace elapsed; closing the remaining connections"),
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,349 @@
+//! Forwarding an authorised request to the upstream and streaming the answer
+//! back: a pooled keep-alive hyper client, bodies streamed both ways (never
+//! buffered), and header hygiene:
+//!
+//! - hop-by-hop headers and every header named in `Connection` are removed,
+//!   both ways (`Proxy-Authorization` included);
+//! - credential headers and any client-sent `X-Keygate-*` header are removed,
+//!   so the upstream never sees the key and cannot be lied to about identity;
+//! - `X-Keygate-Key-Id`, `-Owner`, `-Scopes`, `-Plan` are added for
+//!   authenticated requests;
+//! - the client address is appended to `X-Forwarded-For`; `X-Forwarded-Proto`
+//!   and `X-Forwarded-Host` are set, replacing what the client sent; `Host`
+//!   becomes the upstream's authority.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use thiserror::Error;
+
+use super::gate::Authorized;
+
+/// Settings of the forwarder (`[upstream]` and the credential header names).
+#[derive(Debug, Clone)]
+pub struct ForwardSettings {
+    /// `host:port` of the upstream.
+    pub authority: String,
+    /// Path prefix before every forwarded path (empty or `/base`).
+    pub base_path: String,
+    /// Until the upstream's response head.
+    pub timeout: Duration,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle keep-alive connections kept per host.
+    pub pool_max_idle_per_host: usize,
+    /// Idle keep-alive lifetime.
+    pub pool_idle_timeout: Duration,
+    /// Largest request body forwarded (`server.max_body_bytes`).
+    pub max_body_bytes: Option<u64>,
+    /// Credential headers, removed before forwarding.
+    pub credential_headers: Vec<HeaderName>,
+}
+
+/// Why forwarding failed.
+#[derive(Debug, Error)]
+pub enum ForwardError {
+    /// Refused, reset, or the connection broke before a response head.
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+    /// No response head within `upstream.timeout`.
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The streamed request body outgrew `server.max_body_bytes`.
+    #[error("request body larger than the configured limit")]
+    BodyTooLarge,
+    /// The upstream URI could not be built (a bug: inputs are validated).
+    #[error("cannot build the upstream request: {0}")]
+    Build(String),
+}
+
+/// The forwarder: cheap to clone (the client pool is shared).
+#[derive(Clone)]
+pub struct Forwarder {
+    client: Client<HttpConnector, Body>,
+    settings: Arc<ForwardSettings>,
+    upstream_host: HeaderValue,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
+static OWNER: HeaderName = HeaderName::from_static("x-keygate-owner");
+static SCOPES: HeaderName = HeaderName::from_static("x-keygate-scopes");
+static PLAN: HeaderName = HeaderName::from_static("x-keygate-plan");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy ones proxies strip).
+fn hop_by_hop() -> [&'static HeaderName; 9] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ]
+}
+
+impl Forwarder {
+    /// A forwarder with its own connection pool.
+    pub fn new(settings: ForwardSettings) -> Result<Self, ForwardError> {
+        let upstream_host =
+            HeaderValue::from_str(&settings.authority).map_err(|e| ForwardError::Build(e.to_string()))?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .build(connector);
+        Ok(Self {
+            client,
+            settings: Arc::new(settings),
+            upstream_host,
+        })
+    }
+
+    /// Forwards `authorized` with the client's body, returning the upstream's
+    /// response (body streamed).
+    pub async fn forward(
+        &self,
+        authorized: Authorized,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        client: SocketAddr,
+    ) -> Result<Response<Body>, ForwardError> {
+        let uri = self.upstream_uri(&authorized, parts.uri.query())?;
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        for name in &self.settings.credential_headers {
+            headers.remove(name);
+        }
+        strip_keygate_headers(headers);
+        append_forwarded_for(headers, client);
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        match original_host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST.clone(), host);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+        headers.insert(header::HOST, self.upstream_host.clone());
+        if let Some(principal) = authorized.principal() {
+            let key = &principal.key;
+            insert_lossy(headers, &KEY_ID, key.id.as_str());
+            if let Some(owner) = &key.owner {
+                insert_lossy(headers, &OWNER, owner);
+            }
+            let scopes = key
+                .scopes
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(",");
+            insert_lossy(headers, &SCOPES, &scopes);
+            insert_lossy(headers, &PLAN, &key.plan);
+        }
+
+        let body = match self.settings.max_body_bytes {
+            Some(limit) => Body::new(Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))),
+            None => Body::new(body),
+        };
+        let mut request = Request::from_parts(parts, body);
+        *request.uri_mut() = uri;
+        *request.version_mut() = http::Version::HTTP_11;
+
+        let response = match tokio::time::timeout(self.settings.timeout, self.client.request(request)).await {
+            Err(_) => return Err(ForwardError::Timeout(self.settings.timeout)),
+            Ok(Err(e)) => {
+                if is_body_limit(&e) {
+                    return Err(ForwardError::BodyTooLarge);
+                }
+                return Err(ForwardError::Unavailable(error_chain(&e)));
+            }
+            Ok(Ok(response)) => response,
+        };
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(
+            parts,
+            Body::new(body.map_err(axum::Error::new)),
+        ))
+    }
+
+    fn upstream_uri(&self, authorized: &Authorized, query: Option<&str>) -> Result<Uri, ForwardError> {
+        let path = authorized.path().as_str();
+        let mut target =
+            String::with_capacity(self.settings.base_path.len() + path.len() + 1 + query.map_or(0, str::len));
+        target.push_str(&self.settings.base_path);
+        target.push_str(path);
+        if let Some(q) = query {
+            target.push('?');
+            target.push_str(q);
+        }
+        Uri::builder()
+            .scheme("http")
+            .authority(self.settings.authority.as_str())
+            .path_and_query(target)
+            .build()
+            .map_err(|e| ForwardError::Build(e.to_string()))
+    }
+}
+
+/// Removes hop-by-hop headers and those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in hop_by_hop() {
+        headers.remove(name);
+    }
+}
+
+/// Removes every header whose name starts with `x-keygate-`.
+fn strip_keygate_headers(headers: &mut HeaderMap) {
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-keygate-"))
+        .cloned()
+        .collect();
+    for name in found {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client's address to `X-Forwarded-For` (one header, comma-joined).
+fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
+    let ip = client.ip().to_string();
+    let joined = {
+        let existing: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if existing.is_empty() {
+            ip
+        } else {
+            format!("{}, {ip}", existing.join(", "))
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+/// Inserts a header whose value came from stored metadata; a value that is
+/// not a legal header value is left out rather than failing the request.
+fn insert_lossy(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+        headers.insert(name.clone(), value);
+    }
+}
+
+fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        source = err.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, X-Secret-Hop, proxy-authorization"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic abc"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("accept", "application/json"),
+        ]);
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, vec!["accept"]);
+    }
+
+    #[test]
+    fn keygate_headers_are_dropped_and_forwarded_for_appended() {
+        let mut headers = map(&[
+            ("x-keygate-key-id", "forged"),
+            ("X-Keygate-Anything", "x"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
+        strip_keygate_headers(&mut headers);
+        append_forwarded_for(&mut headers, "192.0.2.7:5555".parse().unwrap());
+        assert!(headers.get("x-keygate-key-id").is_none());
+        assert!(headers.get("x-keygate-anything").is_none());
+        assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
+    }
+}

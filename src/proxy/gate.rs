@@ -1,0 +1,160 @@
+//! The gate: authentication, then policy, in SPEC §4's order. It is the only
+//! place that can build an [`Authorized`] request, and [`super::forward`]
+//! accepts nothing else, so a request that skipped a check cannot reach the
+//! upstream.
+//!
+//! Order (the first failure answers): path well-formed → route decision
+//! (`auth = false` routes pass here) → credential present and well-formed →
+//! key known, secret right, not revoked → not inactive → not expired → plan
+//! has API access → scopes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::request::Parts;
+
+use crate::auth::extract::{CredentialHeaders, Presented};
+use crate::auth::{AuthFailure, Authenticator, Principal};
+use crate::policy::PlanSettings;
+use crate::policy::path::{NormalizedPath, normalize};
+use crate::policy::routes::{Access, RouteTable};
+use crate::policy::scopes;
+use crate::problem::{Code, Problem};
+
+/// A request that passed every check; only [`Gate::check`] builds one.
+#[derive(Debug)]
+pub struct Authorized {
+    principal: Option<Principal>,
+    path: NormalizedPath,
+}
+
+impl Authorized {
+    /// The caller, or `None` on an `auth = false` route.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
+    }
+
+    /// The normalised path, which is what the upstream receives.
+    pub fn path(&self) -> &NormalizedPath {
+        &self.path
+    }
+}
+
+/// What the request log records about the gate's decision.
+#[derive(Debug, Default)]
+pub struct Decision<'a> {
+    /// Route label (`default` when no route matched).
+    pub route: &'a str,
+    /// The key's id, once known.
+    pub key_id: Option<Arc<str>>,
+    /// The presented key's short prefix, once parsed.
+    pub short_prefix: Option<String>,
+    /// Why the request was refused (for the log only).
+    pub reason: Option<&'static str>,
+}
+
+/// The checks, compiled once from config.
+#[derive(Debug)]
+pub struct Gate {
+    authenticator: Arc<Authenticator>,
+    routes: RouteTable,
+    plans: BTreeMap<String, PlanSettings>,
+    credentials: CredentialHeaders,
+}
+
+impl Gate {
+    /// A gate over these parts.
+    pub fn new(
+        authenticator: Arc<Authenticator>,
+        routes: RouteTable,
+        plans: BTreeMap<String, PlanSettings>,
+        credentials: CredentialHeaders,
+    ) -> Self {
+        Self {
+            authenticator,
+            routes,
+            plans,
+            credentials,
+        }
+    }
+
+    /// The credential header names (stripped before forwarding).
+    pub fn credentials(&self) -> &CredentialHeaders {
+        &self.credentials
+    }
+
+    /// The authenticator (readiness, metrics).
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.authenticator
+    }
+
+    /// Runs every check on a request head. `decision` collects what the
+    /// request log needs, whatever the outcome.
+    pub async fn check<'a>(
+        &'a self,
+        parts: &Parts,
+        decision: &mut Decision<'a>,
+    ) -> Result<Authorized, Problem> {
+        let path = normalize(parts.uri.path()).map_err(|e| {
+            decision.reason = Some("bad path");
+            Problem::new(Code::BadRequest).with_message(format!("Bad request path: {e}."))
+        })?;
+        let required = match self.routes.decide(&parts.method, &path) {
+            Access::Public { route } => {
+                decision.route = route;
+                return Ok(Authorized {
+                    principal: None,
+                    path,
+                });
+            }
+            Access::Protected { route, required } => {
+                decision.route = route;
+                required
+            }
+        };
+        let presented = match self.credentials.extract(&parts.headers) {
+            Presented::Credential(secret) => secret,
+            Presented::Missing => {
+                decision.reason = Some("no credential");
+                return Err(Problem::new(Code::MissingCredentials));
+            }
+            Presented::Ambiguous => {
+                decision.reason = Some("two different credentials");
+                return Err(Problem::new(Code::AmbiguousCredentials));
+            }
+            Presented::Malformed => {
+                decision.reason = Some("empty or malformed credential header");
+                return Err(Problem::new(Code::InvalidKey));
+            }
+        };
+        let principal = match self.authenticator.authenticate(&presented).await {
+            Ok(principal) => principal,
+            Err(error) => {
+                decision.short_prefix = error.short_prefix;
+                let (code, reason) = match error.failure {
+                    AuthFailure::Invalid(why) => (Code::InvalidKey, why.as_str()),
+                    AuthFailure::Inactive => (Code::KeyInactive, "key inactive"),
+                    AuthFailure::Expired => (Code::KeyExpired, "key expired"),
+                    AuthFailure::Unavailable => (Code::AuthUnavailable, "key store unavailable"),
+                };
+                decision.reason = Some(reason);
+                return Err(Problem::new(code));
+            }
+        };
+        let key = &principal.key;
+        decision.key_id = Some(Arc::from(key.id.as_str()));
+        decision.short_prefix = Some(key.short_prefix.clone());
+        if !scopes::plan_allows(self.plans.get(&key.plan)) {
+            decision.reason = Some("plan without API access");
+            return Err(Problem::new(Code::PlanForbidden));
+        }
+        if let Some(missing) = scopes::first_missing(required, &key.scopes) {
+            decision.reason = Some("scope missing");
+            return Err(Problem::insufficient_scope(missing));
+        }
+        Ok(Authorized {
+            principal: Some(principal),
+            path,
+        })
+    }
+}

@@ -1,0 +1,129 @@
+//! The proxy's request pipeline, in order, with the reason for each step.
+//! Order is the security model, so it lives here and nowhere else.
+//!
+//! 1. **Head limits** — a request head over `server.max_header_bytes` gets 431
+//!    and a declared body over `server.max_body_bytes` 413, before any work.
+//! 2. **Framing** — `Content-Length` together with `Transfer-Encoding` is a
+//!    smuggling attempt: 400, nothing forwarded.
+//! 3. **Gate** ([`super::gate`]) — path normalisation (which runs before
+//!    routing, so routing and the upstream see the same path), route
+//!    decision, authentication, plan access, scopes.
+//! 4. **Forward** ([`super::forward`]) — only an `Authorized` request; header
+//!    hygiene, streaming, upstream errors mapped to 502/504.
+//! 5. **Log** — one line per request with method, route, key id, short
+//!    prefix, decision, status and duration; never a secret.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::body::Body;
+use http::{HeaderMap, Request, Response, header};
+use hyper::body::Incoming;
+use tracing::Instrument;
+
+use super::ProxyState;
+use super::forward::ForwardError;
+use super::gate::Decision;
+use crate::problem::{Code, Problem};
+
+/// Handles one proxied request end to end; never fails (every failure is a
+/// problem response).
+pub async fn handle(state: &ProxyState, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let span = tracing::info_span!("request", method = %req.method(), client = %client.ip());
+    async move {
+        let method = req.method().clone();
+        let mut decision = Decision {
+            route: "-",
+            ..Decision::default()
+        };
+        let response = pipeline(state, req, client, &mut decision).await;
+        let status = response.status().as_u16();
+        let outcome = response
+            .extensions()
+            .get::<Code>()
+            .map_or("ok", |code| code.as_str());
+        tracing::info!(
+            method = %method,
+            route = decision.route,
+            key_id = decision.key_id.as_deref().unwrap_or("-"),
+            short_prefix = decision.short_prefix.as_deref().unwrap_or("-"),
+            decision = outcome,
+            reason = decision.reason.unwrap_or("-"),
+            status,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+async fn pipeline<'a>(
+    state: &'a ProxyState,
+    req: Request<Incoming>,
+    client: SocketAddr,
+    decision: &mut Decision<'a>,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+
+    // 1. Head limits.
+    if head_size(&parts.headers) + parts.uri.path_and_query().map_or(0, |p| p.as_str().len())
+        > state.max_header_bytes
+    {
+        decision.reason = Some("request head too large");
+        return state.render(&Problem::new(Code::HeadersTooLarge));
+    }
+    let content_length = parts.headers.get(header::CONTENT_LENGTH);
+    if let (Some(limit), Some(declared)) = (state.max_body_bytes, content_length) {
+        if declared
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > limit)
+        {
+            decision.reason = Some("declared body too large");
+            return state.render(&Problem::new(Code::PayloadTooLarge));
+        }
+    }
+    // 2. Framing.
+    if content_length.is_some() && parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        decision.reason = Some("Content-Length with Transfer-Encoding");
+        return state.render(
+            &Problem::new(Code::BadRequest)
+                .with_message("A request may not carry both Content-Length and Transfer-Encoding."),
+        );
+    }
+
+    // 3. Gate.
+    let authorized = match state.gate.check(&parts, decision).await {
+        Ok(authorized) => authorized,
+        Err(problem) => return state.render(&problem),
+    };
+
+    // 4. Forward.
+    match state.forwarder.forward(authorized, parts, body, client).await {
+        Ok(response) => response,
+        Err(e) => {
+            let code = match &e {
+                ForwardError::Timeout(_) => Code::UpstreamTimeout,
+                ForwardError::BodyTooLarge => Code::PayloadTooLarge,
+                ForwardError::Unavailable(_) | ForwardError::Build(_) => Code::UpstreamUnavailable,
+            };
+            // The cause goes to the log, never to the client.
+            tracing::warn!(error = %e, "forwarding failed");
+            decision.reason = Some(match code {
+                Code::UpstreamTimeout => "upstream timeout",
+                Code::PayloadTooLarge => "streamed body too large",
+                _ => "upstream unavailable",
+            });
+            state.render(&Problem::new(code))
+        }
+    }
+}
+
+/// Bytes of the header section as sent (names, values, separators).
+fn head_size(headers: &HeaderMap) -> usize {
+    headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum()
+}

@@ -1,0 +1,136 @@
+//! `keygate serve` as a process: it serves, logs one line per request with
+//! the SPEC fields and never a secret, and exits 0 after SIGTERM.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::support::Sandbox;
+use crate::support::gateway::DEFAULT_ROUTES;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_without_secrets_and_drains_on_sigterm() {
+    let echo = keygate::echo::EchoServer::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let sb = Sandbox::new(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+         [upstream]\nurl = \"http://{}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n[keys]\ndefault_plan = \"pro\"\n{DEFAULT_ROUTES}",
+        echo.addr()
+    ));
+    let created = sb
+        .run(&[
+            "keys",
+            "create",
+            "--name",
+            "logs",
+            "--scopes",
+            "can_read_order",
+            "--json",
+        ])
+        .expect(0)
+        .json();
+    let secret = created["key"].as_str().unwrap().to_owned();
+
+    let mut child = crate::support::keygate()
+        .args(["--config", sb.config().to_str().unwrap(), "serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    // Wait for the listener.
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(proxy).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(up, "keygate serve did not start listening");
+    let send = |headers: Vec<(&'static str, String)>| {
+        let client = client.clone();
+        async move {
+            let mut req = http::Request::get(format!("http://{proxy}/v1/orders/1"));
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            client
+                .request(req.body(Default::default()).unwrap())
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(send(vec![("x-api-key", secret.clone())]).await, 200);
+    assert_eq!(
+        send(vec![("authorization", format!("Bearer {secret}"))]).await,
+        200
+    );
+    assert_eq!(send(vec![]).await, 401);
+    let wrong = format!("{}0", &secret[..secret.len() - 1]);
+    assert_eq!(send(vec![("x-api-key", wrong.clone())]).await, 401);
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let code = child.wait().unwrap();
+        let mut logs = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+        (code, logs)
+    })
+    .await
+    .unwrap();
+    let (code, logs) = exit;
+    assert_eq!(code.code(), Some(0), "exit after SIGTERM:\n{logs}");
+    assert!(!logs.contains(&secret), "a secret reached the logs:\n{logs}");
+    assert!(
+        !logs.contains(&secret[8..]),
+        "a secret's body reached the logs:\n{logs}"
+    );
+    assert!(
+        !logs.contains(&wrong[8..]),
+        "a presented key reached the logs:\n{logs}"
+    );
+    let requests: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "request")
+        .collect();
+    assert_eq!(requests.len(), 4, "one line per request:\n{logs}");
+    for field in [
+        "method",
+        "route",
+        "key_id",
+        "short_prefix",
+        "decision",
+        "status",
+        "duration_ms",
+    ] {
+        assert!(
+            requests[0].get(field).is_some(),
+            "missing {field}: {}",
+            requests[0]
+        );
+    }
+    assert_eq!(requests[0]["key_id"], created["id"]);
+    assert_eq!(requests[0]["short_prefix"], created["short_prefix"]);
+    assert_eq!(requests[2]["decision"], "missing_credentials");
+    assert_eq!(requests[3]["decision"], "invalid_key");
+}

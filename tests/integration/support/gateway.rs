@@ -1,0 +1,290 @@
+//! `TestGateway`: the real gateway in-process (proxy + admin on
+//! `127.0.0.1:0`), the built-in echo upstream, a SQLite store in a temp dir,
+//! a manual clock, and a key manager on the same store. Shut down on drop.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::TimeZone;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use keygate::app::Gateway;
+use keygate::clock::ManualClock;
+use keygate::config::Config;
+use keygate::echo::EchoServer;
+use keygate::manage::{CreateKey, Issued, KeyManager};
+use keygate::store::Actor;
+
+use super::FAST_HASH;
+
+/// A response as the test sees it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+
+    /// What the echo upstream received (the reply of a forwarded request).
+    pub fn echoed(&self) -> serde_json::Value {
+        assert_eq!(
+            self.status,
+            StatusCode::OK,
+            "not forwarded: {} {}",
+            self.status,
+            self.text()
+        );
+        self.json()
+    }
+}
+
+/// The gateway under test.
+pub struct TestGateway {
+    gateway: Option<Gateway>,
+    echo: EchoServer,
+    pub clock: ManualClock,
+    pub manager: KeyManager,
+    client: Client<HttpConnector, Full<Bytes>>,
+    default_plan: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The routes most tests use.
+pub const DEFAULT_ROUTES: &str = r#"
+[[routes]]
+path = "/public/**"
+auth = false
+
+[[routes]]
+path = "/v1/orders/**"
+methods = ["GET"]
+scopes = ["can_read_order"]
+
+[[routes]]
+path = "/v1/orders/**"
+methods = ["POST", "PUT", "PATCH"]
+scopes = ["can_write_order"]
+
+[[routes]]
+path = "/v1/admin/**"
+scopes = ["admin"]
+
+[plans.free]
+api_access = false
+
+[plans.pro]
+limits = [{ requests = 10000, per = "1h" }]
+
+[plans.enterprise]
+unlimited = true
+"#;
+
+impl TestGateway {
+    /// A gateway whose config is the defaults for tests plus `extra` TOML.
+    pub async fn start(extra: &str) -> Self {
+        Self::start_with(extra, |_| {}).await
+    }
+
+    /// Like `start`, letting the test adjust the resolved config.
+    pub async fn start_with(extra: &str, adjust: impl FnOnce(&mut Config)) -> Self {
+        let text = format!("[keys]\ndefault_plan = \"pro\"\n{FAST_HASH}\n{extra}");
+        let no_env = std::collections::BTreeMap::<String, String>::new();
+        let mut config = keygate::config::load_str(&text, "test", &no_env).unwrap_or_else(|e| panic!("{e}"));
+        adjust(&mut config);
+        Self::start_config(config).await
+    }
+
+    /// A gateway on a config file (e.g. `config/examples/…`), with the
+    /// listeners, store, upstream and hash cost replaced for the test.
+    pub async fn from_file(path: &str) -> Self {
+        let no_env = std::collections::BTreeMap::<String, String>::new();
+        let config =
+            keygate::config::load(std::path::Path::new(path), &no_env).unwrap_or_else(|e| panic!("{e}"));
+        Self::start_config(config).await
+    }
+
+    /// Starts a gateway on `config` after pointing it at loopback listeners,
+    /// a temp-dir store and the echo upstream. Settings the test already
+    /// changed from the defaults are kept.
+    pub async fn start_config(mut config: Config) -> Self {
+        let echo = EchoServer::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.server.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.server.shutdown_grace = Duration::from_secs(2);
+        config.database.url = format!("sqlite://{}?mode=rwc", dir.path().join("keygate.db").display());
+        if config.upstream.authority == Config::default().upstream.authority {
+            config.upstream.authority = echo.addr().to_string();
+            config.upstream.url = format!("http://{}", echo.addr());
+        }
+        if config.upstream.timeout == Config::default().upstream.timeout {
+            config.upstream.timeout = Duration::from_secs(2);
+        }
+        let fast = keygate::keys::HashParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        config.keys.generated_hash = fast;
+        config.keys.imported_hash = fast;
+        let clock = ManualClock::new(chrono::Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap());
+        let gateway = Gateway::start(&config, Arc::new(clock.clone())).await.unwrap();
+        let manager = KeyManager::new(
+            gateway.store().clone(),
+            config.keys.clone(),
+            config.plans.keys().cloned().collect(),
+            Arc::new(clock.clone()),
+        );
+        Self {
+            gateway: Some(gateway),
+            echo,
+            clock,
+            manager,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            default_plan: config.keys.default_plan.clone(),
+            _dir: dir,
+        }
+    }
+
+    /// The proxy address.
+    pub fn proxy(&self) -> SocketAddr {
+        self.gateway.as_ref().unwrap().proxy_addr()
+    }
+
+    /// The admin address.
+    pub fn admin(&self) -> SocketAddr {
+        self.gateway.as_ref().unwrap().admin_addr()
+    }
+
+    /// The echo upstream's address.
+    pub fn upstream(&self) -> SocketAddr {
+        self.echo.addr()
+    }
+
+    /// Issues a key with these scopes on `plan`.
+    pub async fn key(&self, scopes: &[&str], plan: &str) -> Issued {
+        self.manager
+            .create(
+                CreateKey {
+                    name: "test".into(),
+                    scopes: scopes.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>(),
+                    plan: Some(plan.into()),
+                    ..CreateKey::default()
+                },
+                &Actor::cli(),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// The plan new keys get by default (`keys.default_plan`).
+    pub fn manager_default_plan(&self) -> String {
+        self.default_plan.clone()
+    }
+
+    /// Sends a request to the proxy.
+    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        send(&self.client, self.proxy(), method, path, headers, body).await
+    }
+
+    /// GET on the proxy with headers.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(Method::GET, path, headers, "").await
+    }
+
+    /// GET on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        send(&self.client, self.admin(), Method::GET, path, &[], "").await
+    }
+
+    /// Waits (up to 5 s) until `check` holds, re-sending the request; for
+    /// changes that travel through the change feed.
+    pub async fn eventually(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        check: impl Fn(&Reply) -> bool,
+    ) -> Reply {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let reply = self.get(path, headers).await;
+            if check(&reply) || tokio::time::Instant::now() > deadline {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the gateway (drains) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await;
+        }
+    }
+}
+
+/// Sends one request with the shared client.
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let request = builder.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Sends raw bytes on a fresh connection and returns everything read until
+/// the server closes or 2 s pass (for requests an HTTP client refuses to
+/// build).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
