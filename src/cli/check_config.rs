@@ -33,7 +33,7 @@ pub fn run(path: &Path, args: CheckConfigArgs) -> Result<(), CliError> {
     match result {
         Ok(_) => {
             if !args.json {
-                println!("{}: configuration is valid", path.display());
+                output::line(format_args!("{}: configuration is valid", path.display()))?;
             }
             Ok(())
         }

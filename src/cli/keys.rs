@@ -228,14 +228,11 @@ async fn list(manager: &KeyManager, args: ListArgs) -> Result<(), CliError> {
             ]
         })
         .collect();
-    print!(
-        "{}",
-        output::table(
-            &["ID", "NAME", "KEY", "STATUS", "PLAN", "OWNER", "EXPIRES"],
-            &rows
-        )
+    let table = output::table(
+        &["ID", "NAME", "KEY", "STATUS", "PLAN", "OWNER", "EXPIRES"],
+        &rows,
     );
-    Ok(())
+    output::line(format_args!("{}", table.trim_end()))
 }
 
 async fn update(manager: &KeyManager, args: UpdateArgs, actor: &Actor) -> Result<(), CliError> {
@@ -285,9 +282,12 @@ async fn rotate(manager: &KeyManager, args: RotateArgs, actor: &Actor) -> Result
     if !args.json {
         match issued.key.updated_at.checked_add_signed(grace) {
             Some(until) if grace > chrono::Duration::zero() => {
-                println!("The previous secret keeps working until {}.", until.to_rfc3339());
+                output::line(format_args!(
+                    "The previous secret keeps working until {}.",
+                    until.to_rfc3339()
+                ))?;
             }
-            _ => println!("The previous secret no longer works."),
+            _ => output::line(format_args!("The previous secret no longer works."))?,
         }
     }
     Ok(())
@@ -326,7 +326,10 @@ async fn import(manager: &KeyManager, args: ImportArgs, actor: &Actor) -> Result
             "keys_per_second": rate.round(),
         }));
     }
-    println!("imported {} keys in {seconds:.1}s ({rate:.0} keys/s)", keys.len());
+    output::line(format_args!(
+        "imported {} keys in {seconds:.1}s ({rate:.0} keys/s)",
+        keys.len()
+    ))?;
     Ok(())
 }
 
@@ -358,35 +361,38 @@ fn print_key(manager: &KeyManager, key: &Key, json: bool) -> Result<(), CliError
     if json {
         return output::json(&view);
     }
-    println!("id:            {}", view.id);
-    println!("name:          {}", view.name);
-    println!(
+    output::line(format_args!("id:            {}", view.id))?;
+    output::line(format_args!("name:          {}", view.name))?;
+    output::line(format_args!(
         "key:           {}{}… ({})",
         view.prefix,
         view.short_prefix,
         view.source.as_str()
-    );
-    println!("status:        {}", display_status(&view));
-    println!("plan:          {}", view.plan);
-    println!(
+    ))?;
+    output::line(format_args!("status:        {}", display_status(&view)))?;
+    output::line(format_args!("plan:          {}", view.plan))?;
+    output::line(format_args!(
         "scopes:        {}",
         view.scopes.iter().cloned().collect::<Vec<_>>().join(",")
-    );
-    println!("owner:         {}", view.owner.as_deref().unwrap_or("-"));
-    println!(
+    ))?;
+    output::line(format_args!(
+        "owner:         {}",
+        view.owner.as_deref().unwrap_or("-")
+    ))?;
+    output::line(format_args!(
         "expires:       {}",
         view.expires_at.map_or_else(|| "never".into(), |t| t.to_rfc3339())
-    );
-    println!("created:       {}", view.created_at.to_rfc3339());
-    println!("updated:       {}", view.updated_at.to_rfc3339());
-    println!(
+    ))?;
+    output::line(format_args!("created:       {}", view.created_at.to_rfc3339()))?;
+    output::line(format_args!("updated:       {}", view.updated_at.to_rfc3339()))?;
+    output::line(format_args!(
         "last used:     {}",
         view.last_used_at
             .map_or_else(|| "never".into(), |t| t.to_rfc3339())
-    );
-    println!("requests:      {}", view.request_count);
+    ))?;
+    output::line(format_args!("requests:      {}", view.request_count))?;
     if view.metadata.as_object().is_some_and(|m| !m.is_empty()) {
-        println!("metadata:      {}", view.metadata);
+        output::line(format_args!("metadata:      {}", view.metadata))?;
     }
     Ok(())
 }
@@ -400,11 +406,13 @@ fn print_issued(manager: &KeyManager, issued: &Issued, json: bool, verb: &str) -
         }
         return output::json(&value);
     }
-    println!("{verb} key {} ({})", issued.key.id, issued.key.name);
-    println!();
-    println!("    {}", issued.secret.expose());
-    println!();
-    println!("This is the only time the secret is shown: store it now.");
+    output::line(format_args!("{verb} key {} ({})", issued.key.id, issued.key.name))?;
+    output::line(format_args!(""))?;
+    output::line(format_args!("    {}", issued.secret.expose()))?;
+    output::line(format_args!(""))?;
+    output::line(format_args!(
+        "This is the only time the secret is shown: store it now."
+    ))?;
     Ok(())
 }
 

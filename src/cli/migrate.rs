@@ -23,12 +23,12 @@ pub async fn run(config: Config, args: MigrateArgs) -> Result<(), CliError> {
         output::json(&json!({ "applied": report.applied, "current": report.current }))
     } else {
         if report.applied.is_empty() {
-            println!("schema is up to date (version {})", report.current);
+            output::line(format_args!("schema is up to date (version {})", report.current))?;
         } else {
             for version in &report.applied {
-                println!("applied migration {version}");
+                output::line(format_args!("applied migration {version}"))?;
             }
-            println!("schema is at version {}", report.current);
+            output::line(format_args!("schema is at version {}", report.current))?;
         }
         Ok(())
     }

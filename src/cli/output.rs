@@ -15,6 +15,12 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
     writeln!(out, "{text}").map_err(|e| CliError::Failure(format!("cannot write to stdout: {e}")))
 }
 
+/// Writes one line on stdout; a closed stdout is an error, not a panic.
+pub fn line(args: std::fmt::Arguments<'_>) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{args}").map_err(|e| CliError::Failure(format!("cannot write to stdout: {e}")))
+}
+
 /// Renders rows as an aligned plain-text table with a header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
