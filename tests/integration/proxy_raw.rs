@@ -90,3 +90,20 @@ async fn a_key_in_a_chunked_request_still_flows() {
     assert!(status_line(&response).contains(" 200 "), "{response}");
     assert!(response.contains("\"body_bytes\":5"), "{response}");
 }
+
+#[tokio::test]
+async fn a_streamed_body_over_the_limit_is_refused() {
+    let gw = TestGateway::start_with(DEFAULT_ROUTES, |config| {
+        config.server.max_body_bytes = Some(1024);
+    })
+    .await;
+    let issued = gw.key(&["can_write_order"], "pro").await;
+    let key = issued.secret.expose();
+    let chunk = "z".repeat(800);
+    let request = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n320\r\n{chunk}\r\n320\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let response = raw(gw.proxy(), request.as_bytes()).await;
+    assert!(status_line(&response).contains(" 413 "), "{response}");
+    assert!(response.contains("payload_too_large"), "{response}");
+}
