@@ -84,6 +84,21 @@ async fn serve_logs_without_secrets_and_drains_on_sigterm() {
     let wrong = format!("{}0", &secret[..secret.len() - 1]);
     assert_eq!(send(vec![("x-api-key", wrong.clone())]).await, 401);
 
+    // A CLI change reaches the running gateway through the change feed.
+    let id = created["id"].as_str().unwrap();
+    sb.run(&["keys", "disable", id]).expect(0);
+    let disabled_at = std::time::Instant::now();
+    let mut seen = None;
+    while disabled_at.elapsed() < Duration::from_secs(5) {
+        if send(vec![("x-api-key", secret.clone())]).await == 401 {
+            seen = Some(disabled_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = seen.expect("the running gateway never saw the CLI disable");
+    eprintln!("CLI disable seen by the running gateway after {seen:?}");
+
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -113,7 +128,8 @@ async fn serve_logs_without_secrets_and_drains_on_sigterm() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|l| l["message"] == "request")
         .collect();
-    assert_eq!(requests.len(), 4, "one line per request:\n{logs}");
+    assert!(requests.len() >= 5, "one line per request:\n{logs}");
+    assert_eq!(requests.last().unwrap()["decision"], "key_inactive");
     for field in [
         "method",
         "route",
