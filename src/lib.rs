@@ -4,7 +4,8 @@
 //!
 //! - Domain (pure): [`keys`] — key format, secrets, hashing, model;
 //!   [`policy`] — path normalisation, routes, scopes.
-//! - Adapters: [`store`] — the `KeyStore` trait and its SQLite implementation.
+//! - Adapters: [`store`] — the `KeyStore` trait, its SQLite and Postgres
+//!   implementations.
 //! - Use case: [`manage`] — key lifecycle operations shared by the CLI and
 //!   the admin API (create, update, rotate, revoke, import); [`auth`] — who
 //!   is calling: credential extraction, presented key → principal, with a

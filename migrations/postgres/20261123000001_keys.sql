@@ -4,7 +4,9 @@
 -- A key's metadata. Its secrets live in key_secrets (one current secret, plus
 -- previous ones until their rotation grace period ends).
 CREATE TABLE keys (
-    -- COLLATE "C": ids order byte-wise, as in SQLite, whatever the database locale.
+    -- COLLATE "C": ids order byte-wise, as in SQLite, whatever the database
+    -- locale. Every column holding a key id uses it, so joins, foreign-key
+    -- checks and the (…, key_id) indexes agree on one collation.
     id            TEXT COLLATE "C" PRIMARY KEY,     -- key_<ulid>, sorts by creation
     name          TEXT NOT NULL,
     owner         TEXT,
@@ -27,7 +29,7 @@ CREATE INDEX keys_status_id ON keys (status, id);
 -- Every secret that may authenticate a key, found by its short prefix.
 CREATE TABLE key_secrets (
     id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    key_id       TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+    key_id       TEXT COLLATE "C" NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
     prefix       TEXT NOT NULL,
     short_prefix TEXT NOT NULL,
     hash         TEXT NOT NULL,                     -- argon2id PHC string
@@ -46,10 +48,15 @@ CREATE UNIQUE INDEX key_secrets_generated_short_prefix
 CREATE UNIQUE INDEX key_secrets_one_current
     ON key_secrets (key_id) WHERE valid_until IS NULL;
 
--- Append-only audit trail; seq is the store's change sequence.
+-- Append-only audit trail; seq is the store's change sequence. Identity
+-- values are handed out at INSERT and can commit out of order, so writers
+-- take a transaction-scoped advisory lock just before inserting here (see
+-- src/store/postgres.rs): seq order is then commit order, and a reader
+-- following `seq > last seen` never skips a row that commits late.
+-- A sequence value is never reused; rolled-back writes leave gaps.
 CREATE TABLE audit_log (
     seq     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    key_id  TEXT NOT NULL,                          -- no foreign key: the trail outlives keys
+    key_id  TEXT COLLATE "C" NOT NULL,              -- no foreign key: the trail outlives keys
     actor   TEXT NOT NULL,                          -- 'cli' or 'admin:<token id>'
     action  TEXT NOT NULL,                          -- created, imported, updated, disabled, enabled, revoked, rotated
     details JSONB NOT NULL DEFAULT '{}'::jsonb,     -- never secrets
@@ -63,10 +70,13 @@ END;
 $$ LANGUAGE plpgsql;
 CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+-- TRUNCATE fires no row triggers; refuse it too.
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
 
 -- Usage counters by outcome (flushed in batches by the gateways).
 CREATE TABLE key_usage (
-    key_id  TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+    key_id  TEXT COLLATE "C" NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
     outcome TEXT NOT NULL,                          -- SPEC code or 'ok'
     count   BIGINT NOT NULL DEFAULT 0 CHECK (count >= 0),
     PRIMARY KEY (key_id, outcome)

@@ -15,16 +15,25 @@
 //!
 //! What only one backend can check (opening files, its migration table,
 //! locking) stays in that backend's own tests.
+//!
+//! Postgres runs only when `KEYGATE_TEST_PG` names a server (e.g.
+//! `postgres://postgres@127.0.0.1:5432/test`); each test gets a fresh schema
+//! ([`PgSchema`]) that is dropped afterwards. Unset, the Postgres tests print
+//! why and pass; set but unreachable, they fail (STYLE.md §4).
 
 use std::any::Any;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
+use sqlx::{ConnectOptions, Connection, Executor};
 
+use super::postgres::PostgresStore;
 use super::rows::timestamp_text;
 use super::{
-    Actor, AuditEntry, KeyFilter, KeyStore, NewKey, PageRequest, SharedStore, StoreError, UsageDelta,
+    Actor, AuditEntry, KeyFilter, KeyStore, NewKey, PageRequest, SharedStore, StoreError, StoreSettings,
+    UsageDelta, redact_url,
 };
 use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeySource, KeyStatus, ModelError};
 
@@ -69,6 +78,155 @@ macro_rules! conformance_tests {
     };
 }
 pub(crate) use conformance_tests;
+
+/// The variable naming the Postgres server the Postgres tests use.
+pub const PG_ENV: &str = "KEYGATE_TEST_PG";
+
+/// How long test setup and cleanup wait for the test server.
+const PG_TEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A fresh, uniquely named, empty schema on the `KEYGATE_TEST_PG` server,
+/// dropped (with everything in it) when this is dropped.
+///
+/// Stores opened with [`PgSchema::settings`] use it alone: their URL sets
+/// `search_path` to it (so tables, `_sqlx_migrations` and the trigger
+/// function are created there) and `application_name` to its name (so
+/// cleanup can find and end their sessions).
+pub struct PgSchema {
+    base_url: String,
+    name: String,
+}
+
+impl PgSchema {
+    /// Creates the schema; `None`, after printing why, when `KEYGATE_TEST_PG`
+    /// is unset. Panics when it is set but the server is unusable.
+    pub async fn create() -> Option<Self> {
+        let base_url = match std::env::var(PG_ENV) {
+            Ok(url) if !url.trim().is_empty() => url,
+            _ => {
+                println!("skipped: set {PG_ENV}=postgres://… to run the Postgres store tests");
+                return None;
+            }
+        };
+        let name = format!("kgtest_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let mut admin = admin_connection(&base_url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        admin
+            .execute(format!("CREATE SCHEMA {name}").as_str())
+            .await
+            .unwrap_or_else(|e| panic!("cannot create the test schema {name}: {e}"));
+        admin.close().await.expect("close the admin connection");
+        Some(Self { base_url, name })
+    }
+
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `KEYGATE_TEST_PG` with this schema as the only search path.
+    pub fn url(&self) -> String {
+        let separator = if self.base_url.contains('?') { '&' } else { '?' };
+        format!(
+            "{}{separator}options=-csearch_path%3D{name}&application_name={name}",
+            self.base_url,
+            name = self.name
+        )
+    }
+
+    /// Store settings for this schema: a small pool, generous timeouts.
+    pub fn settings(&self) -> StoreSettings {
+        StoreSettings {
+            url: self.url(),
+            auto_migrate: true,
+            max_connections: 4,
+            connect_timeout: PG_TEST_TIMEOUT,
+            statement_timeout: PG_TEST_TIMEOUT,
+        }
+    }
+
+    /// A store on this schema, not migrated.
+    pub async fn open(&self) -> PostgresStore {
+        PostgresStore::open(&self.settings())
+            .await
+            .unwrap_or_else(|e| panic!("{PG_ENV} is set, but the Postgres store does not open: {e}"))
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which may not block on a
+        // future: clean up on a thread with a runtime of its own.
+        let (base_url, name) = (self.base_url.clone(), self.name.clone());
+        let cleanup = std::thread::spawn(move || -> Result<(), String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(drop_schema(&base_url, &name))
+        });
+        match cleanup.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop the test schema {}: {e}", self.name),
+            Err(_) => eprintln!("dropping the test schema {} panicked", self.name),
+        }
+    }
+}
+
+/// A connection to the `KEYGATE_TEST_PG` server itself, or a message saying
+/// it is unreachable.
+async fn admin_connection(base_url: &str) -> Result<sqlx::PgConnection, String> {
+    let unusable = |e: &dyn std::fmt::Display| {
+        format!(
+            "{PG_ENV} is set to {}, but that Postgres is unusable: {e}",
+            redact_url(base_url)
+        )
+    };
+    let options: sqlx::postgres::PgConnectOptions = base_url.parse().map_err(|e| unusable(&e))?;
+    match tokio::time::timeout(PG_TEST_TIMEOUT, options.connect()).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(unusable(&e)),
+        Err(_) => Err(unusable(&format!("no answer within {PG_TEST_TIMEOUT:?}"))),
+    }
+}
+
+async fn drop_schema(base_url: &str, name: &str) -> Result<(), String> {
+    let mut admin = admin_connection(base_url).await?;
+    // The test's stores may still hold connections (a fixture's store is
+    // dropped after its guard), one perhaps still rolling back: end them,
+    // so DROP SCHEMA does not wait for their locks.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .execute(&mut admin)
+    .await
+    .map_err(|e| e.to_string())?;
+    admin
+        .execute("SET lock_timeout = '10s'")
+        .await
+        .map_err(|e| e.to_string())?;
+    admin
+        .execute(format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    admin.close().await.map_err(|e| e.to_string())
+}
+
+/// A migrated, empty Postgres store in a fresh schema, or `None` (after
+/// printing why) when `KEYGATE_TEST_PG` is unset. The conformance factory
+/// for Postgres.
+pub async fn postgres_fixture() -> Option<Fixture> {
+    let schema = PgSchema::create().await?;
+    let store = schema.open().await;
+    store.migrate().await.expect("migrate a fresh schema");
+    Some(Fixture {
+        store: Arc::new(store),
+        guard: Box::new(schema),
+    })
+}
 
 /// A fixed instant `secs` seconds (plus some microseconds, so precision is
 /// exercised) after 2026-11-23T12:00:00Z.

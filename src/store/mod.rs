@@ -1,5 +1,6 @@
 //! The key store: one async [`KeyStore`] trait, its SQLite implementation
-//! (the embedded default) and, later, Postgres. Only this module touches sqlx.
+//! (the embedded default) and its Postgres implementation (production). Only
+//! this module touches sqlx.
 //!
 //! Every change to a key is written in the same transaction as an append-only
 //! audit row; the audit row's sequence number is the store's change sequence,
@@ -18,6 +19,7 @@ use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeySource, KeyStatus, ModelErro
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod postgres;
 pub(crate) mod rows;
 pub mod sqlite;
 
@@ -313,9 +315,7 @@ pub async fn open(settings: &StoreSettings) -> Result<SharedStore, StoreError> {
     if settings.url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(settings).await?))
     } else if settings.url.starts_with("postgres://") || settings.url.starts_with("postgresql://") {
-        Err(StoreError::Unavailable(
-            "the Postgres key store is not available in this build yet; use a sqlite:// url".into(),
-        ))
+        Ok(Arc::new(postgres::PostgresStore::open(settings).await?))
     } else {
         Err(StoreError::Unavailable(format!(
             "unsupported database url {}: expected sqlite://… or postgres://…",

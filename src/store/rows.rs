@@ -1,6 +1,7 @@
 //! Row <-> model conversions shared by the SQL stores, plus the few rules both
 //! backends must apply the same way (audit action names and details, page
-//! arithmetic, timestamp precision, error classes that are not backend codes).
+//! arithmetic, timestamp precision, error classes that are not backend codes,
+//! migration refusals).
 //!
 //! The row structs derive `sqlx::FromRow` generically, so one struct decodes a
 //! SQLite row and a Postgres row alike: timestamps decode into
@@ -15,6 +16,7 @@ use chrono::{DateTime, SecondsFormat, SubsecRound, TimeZone, Utc};
 use serde_json::{Value, json};
 use sqlx::FromRow;
 use sqlx::error::DatabaseError;
+use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::types::Json;
 
 use super::{Actor, AuditEntry, Candidate, Page, StoreError, Usage, source_from_db};
@@ -306,6 +308,64 @@ pub(crate) fn map_sqlx_error(
             StoreError::Corrupt(e.to_string())
         }
         other => StoreError::Database(other.to_string()),
+    }
+}
+
+/// The refusal for a database migrated by a newer keygate: the same words on
+/// every backend, so operators meet one message.
+pub(crate) fn newer_schema(version: i64) -> StoreError {
+    StoreError::Migration(format!(
+        "the database schema (migration {version}) is newer than this keygate binary knows; \
+         a newer keygate migrated it: upgrade keygate"
+    ))
+}
+
+/// Refuses a database that records an applied migration `migrator` does not
+/// have: [`newer_schema`] when it is newer than every known one, else a
+/// different build migrated it. Checked before running the migrator, which
+/// would otherwise fail with a bare "missing version".
+pub(crate) fn check_known_migrations(migrator: &Migrator, applied: &[i64]) -> Result<(), StoreError> {
+    let known: BTreeSet<i64> = migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .collect();
+    let latest_known = known.last().copied().unwrap_or(0);
+    match applied.iter().copied().filter(|v| !known.contains(v)).max() {
+        Some(version) if version > latest_known => Err(newer_schema(version)),
+        Some(version) => Err(StoreError::Migration(format!(
+            "the database records migration {version}, which this keygate binary does not have; \
+             it was migrated by a different build of keygate"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Maps a migrator failure to an operator-facing message; `store_error` is
+/// the backend's mapping for plain sqlx errors (an unreachable database
+/// stays [`StoreError::Unavailable`]).
+pub(crate) fn migration_error(
+    e: MigrateError,
+    store_error: impl Fn(sqlx::Error) -> StoreError,
+) -> StoreError {
+    match e {
+        MigrateError::VersionMissing(version) => newer_schema(version),
+        MigrateError::VersionMismatch(version) => StoreError::Migration(format!(
+            "migration {version} was changed after it was applied to this database; \
+             this keygate build does not match the one that migrated it"
+        )),
+        MigrateError::Dirty(version) => StoreError::Migration(format!(
+            "migration {version} failed part-way and left the schema in an unknown state; \
+             restore the database from a backup"
+        )),
+        MigrateError::Execute(e) => match store_error(e) {
+            StoreError::Unavailable(m) => StoreError::Unavailable(m),
+            other => StoreError::Migration(other.to_string()),
+        },
+        MigrateError::ExecuteMigration(e, version) => {
+            StoreError::Migration(format!("migration {version} failed: {}", store_error(e)))
+        }
+        other => StoreError::Migration(other.to_string()),
     }
 }
 

@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::error::DatabaseError;
-use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
 };
@@ -201,36 +201,6 @@ fn insert_error(e: sqlx::Error) -> StoreError {
     store_error(e)
 }
 
-/// Maps a migration failure to an operator-facing message.
-fn migrate_error(e: MigrateError) -> StoreError {
-    match e {
-        MigrateError::VersionMissing(version) => newer_schema(version),
-        MigrateError::VersionMismatch(version) => StoreError::Migration(format!(
-            "migration {version} was changed after it was applied to this database; \
-             this keygate build does not match the one that migrated it"
-        )),
-        MigrateError::Dirty(version) => StoreError::Migration(format!(
-            "migration {version} failed part-way and left the schema in an unknown state; \
-             restore the database from a backup"
-        )),
-        MigrateError::Execute(e) => match store_error(e) {
-            StoreError::Unavailable(m) => StoreError::Unavailable(m),
-            other => StoreError::Migration(other.to_string()),
-        },
-        MigrateError::ExecuteMigration(e, version) => {
-            StoreError::Migration(format!("migration {version} failed: {}", store_error(e)))
-        }
-        other => StoreError::Migration(other.to_string()),
-    }
-}
-
-fn newer_schema(version: i64) -> StoreError {
-    StoreError::Migration(format!(
-        "the database schema (migration {version}) is newer than this keygate binary knows; \
-         a newer keygate migrated it: upgrade keygate"
-    ))
-}
-
 /// The migration versions recorded as applied (none before the first run).
 async fn applied_versions(conn: &mut SqliteConnection) -> Result<Vec<i64>, StoreError> {
     let exists: Option<i64> =
@@ -245,24 +215,6 @@ async fn applied_versions(conn: &mut SqliteConnection) -> Result<Vec<i64>, Store
         .fetch_all(&mut *conn)
         .await
         .map_err(store_error)
-}
-
-/// Refuses a database that records a migration this binary does not have.
-fn check_known(applied: &[i64]) -> Result<(), StoreError> {
-    let known: BTreeSet<i64> = MIGRATOR
-        .iter()
-        .filter(|m| !m.migration_type.is_down_migration())
-        .map(|m| m.version)
-        .collect();
-    let latest_known = known.last().copied().unwrap_or(0);
-    match applied.iter().copied().filter(|v| !known.contains(v)).max() {
-        Some(version) if version > latest_known => Err(newer_schema(version)),
-        Some(version) => Err(StoreError::Migration(format!(
-            "the database records migration {version}, which this keygate binary does not have; \
-             it was migrated by a different build of keygate"
-        ))),
-        None => Ok(()),
-    }
 }
 
 /// Whether any stored secret (generated or imported) has this short prefix.
@@ -379,8 +331,11 @@ impl KeyStore for SqliteStore {
         // runs each migration in a savepoint inside it.
         let mut tx = self.begin_write().await?;
         let before = applied_versions(&mut tx).await?;
-        check_known(&before)?;
-        MIGRATOR.run_direct(&mut *tx).await.map_err(migrate_error)?;
+        rows::check_known_migrations(&MIGRATOR, &before)?;
+        MIGRATOR
+            .run_direct(&mut *tx)
+            .await
+            .map_err(|e| rows::migration_error(e, store_error))?;
         let after = applied_versions(&mut tx).await?;
         tx.commit().await.map_err(store_error)?;
         let applied = after.iter().copied().filter(|v| !before.contains(v)).collect();

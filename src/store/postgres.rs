@@ -1,0 +1,1355 @@
+//! The Postgres key store, for several gateway replicas sharing one database
+//! (`database.url = "postgres://USER:PASSWORD@HOST/DB"`).
+//!
+//! How it uses Postgres, and why:
+//! - One pool of `database.max_connections` connections; obtaining one
+//!   (including opening it) waits at most `database.connect_timeout`.
+//! - Every pooled connection runs `SET statement_timeout` once, right after
+//!   it opens (`after_connect`), rather than passing the setting as a startup
+//!   option: connection poolers such as PgBouncer refuse or drop startup
+//!   options, which would silently remove the limit. It costs one round trip
+//!   per new connection, not per query. A statement that runs longer,
+//!   including one waiting for a row lock, fails with SQLSTATE 57014, which
+//!   maps to [`StoreError::Unavailable`].
+//! - Writes are READ COMMITTED transactions. `update_key` and `rotate_key`
+//!   read the key with `SELECT … FOR NO KEY UPDATE`, so two replicas changing
+//!   one key queue instead of one overwriting the other's change. (`NO KEY`:
+//!   keygate never changes `keys.id`, and this lock, unlike `FOR UPDATE`,
+//!   does not block the foreign-key checks of usage flushes for that key.)
+//! - Audit rows commit in `seq` order, so the change sequence is safe to
+//!   follow; see `AUDIT_LOCK_SQL` for how and what it costs.
+//! - Migrations run on a connection of their own, under an advisory lock
+//!   (`MIGRATE_LOCK`), with no statement timeout.
+//! - Tables, `_sqlx_migrations` and the audit trigger function live in the
+//!   first schema of the connection's `search_path`; to use another schema
+//!   than `public`, add `options=-csearch_path%3DNAME` to the URL (the tests
+//!   do, one schema per test).
+//!
+//! Row decoding and the audit rules shared with SQLite live in
+//! `super::rows`; this file holds the SQL and Postgres' error codes.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::error::DatabaseError;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{ConnectOptions, Connection, Executor, Postgres, QueryBuilder, Transaction};
+
+use super::rows::{
+    self, AUDIT_COLUMNS, AuditRow, CandidateRow, KEY_COLUMNS, KeyRow, SECRET_COLUMNS, UsageRow,
+    at_stored_precision,
+};
+use super::{
+    Actor, AuditEntry, Candidate, KeyFilter, KeyStore, MigrationReport, NewKey, Page, PageRequest,
+    StoreError, StoreSettings, Usage, UsageDelta, redact_url,
+};
+use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeyStatus, ModelError};
+
+/// The Postgres migrations, embedded at compile time.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Takes the lock that makes audit rows commit in `seq` order. Run in every
+/// mutating transaction immediately before its first audit insert; held
+/// until commit or rollback.
+///
+/// Why: `audit_log.seq` is an identity column, drawn when the row is
+/// inserted, but transactions commit in any order. Without the lock a reader
+/// could see seq 11 committed while seq 10 is still in flight, remember 11,
+/// and never read 10 once it commits: the change feed follows
+/// `seq > last seen`, so a replica would miss that change (a revocation,
+/// say) for good.
+///
+/// How: while one transaction holds the lock it is the only one that can
+/// draw an audit seq. Postgres releases a transaction's locks only after its
+/// commit is visible to new snapshots, so the next writer draws a higher seq
+/// after every lower one has committed or rolled back. Hence any snapshot
+/// that sees seq N also sees every committed seq below N. Rolled-back
+/// writers leave gaps, never late arrivals.
+///
+/// Cost: the audit inserts and the commit (one round trip and a WAL flush)
+/// of key changes are serialised per audit table, about a millisecond each
+/// on a local network. Key changes are administrative (a few per second at
+/// most); lookups, listings and usage flushes never take the lock. It cannot
+/// deadlock: it is the last lock a writer takes (after its row locks and
+/// unique-index inserts), and its holder only inserts into `audit_log`,
+/// which has no foreign keys, and commits.
+///
+/// Alternative not taken: writers stay parallel and readers only trust rows
+/// below the oldest transaction still in flight (`pg_snapshot_xmin`). That
+/// moves the subtlety into every reader and delays every change by the
+/// longest concurrent write, for no gain at keygate's write rates.
+///
+/// The key: [`LOCK_SPACE`] in the high 32 bits, the audit table's OID in the
+/// low ones. That is one lock per audit table, so keygate installations in
+/// different schemas of one database (and the tests, one schema each) do
+/// not queue on each other.
+const AUDIT_LOCK_SQL: &str =
+    "SELECT pg_advisory_xact_lock(($1::bigint << 32) | 'audit_log'::regclass::oid::bigint)";
+
+/// The high 32 bits of keygate's advisory lock keys ("kgau").
+const LOCK_SPACE: i64 = 0x6b67_6175;
+
+/// Session advisory lock held for a whole `migrate` run: the schema versions
+/// read before and after belong to this run alone, so two replicas starting
+/// together report one applying and one finding nothing to do. sqlx's
+/// migrator takes its own per-database lock inside the run as well
+/// (checked in sqlx 0.8: `pg_advisory_lock` on a key derived from the
+/// database name); keygate always takes this one first, so they cannot
+/// deadlock.
+const MIGRATE_LOCK: i64 = (LOCK_SPACE << 32) | 0x6d69_6772; // "migr"
+
+/// The longest `statement_timeout` Postgres accepts, in milliseconds.
+const MAX_STATEMENT_TIMEOUT_MS: u128 = 2_147_483_647;
+
+// SQLSTATE codes (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+const UNIQUE_VIOLATION: &str = "23505";
+const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+const INSUFFICIENT_RESOURCES_CLASS: &str = "53";
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+const QUERY_CANCELED: &str = "57014";
+/// Operator intervention: shutdown, crash, restart, database dropped.
+const OPERATOR_INTERVENTION_PREFIX: &str = "57P";
+const CONNECTION_EXCEPTION_CLASS: &str = "08";
+
+/// The unique index that makes generated short prefixes unique.
+const GENERATED_SHORT_PREFIX_INDEX: &str = "key_secrets_generated_short_prefix";
+
+/// A key store in a Postgres database, shared by any number of gateways.
+pub struct PostgresStore {
+    pool: PgPool,
+    /// For connections outside the pool: the probe in `open` and migrations.
+    options: PgConnectOptions,
+    /// `database.connect_timeout`, for those connections.
+    connect_timeout: Duration,
+    /// `database.url` without its password, for messages and `Debug`.
+    url: String,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the connect options: their Debug includes the password.
+        f.debug_struct("PostgresStore")
+            .field("url", &self.url)
+            .field("connections", &self.pool.size())
+            .finish()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database named by `settings.url`
+    /// (`postgres://…` or `postgresql://…`, libpq-style parameters allowed).
+    /// Opens one connection at once, so an unreachable or refusing server
+    /// fails here with [`StoreError::Unavailable`] naming the URL (without
+    /// its password) and the cause; pooled connections open on demand.
+    pub async fn open(settings: &StoreSettings) -> Result<Self, StoreError> {
+        let store = Self::new_lazy(settings)?;
+        let probe = store.connect_direct().await?;
+        close_quietly(probe).await;
+        Ok(store)
+    }
+
+    /// The store with its pool configured but no connection opened.
+    fn new_lazy(settings: &StoreSettings) -> Result<Self, StoreError> {
+        let url = redact_url(&settings.url);
+        // sqlx's URL errors name the part that is wrong, never the password.
+        let options = PgConnectOptions::from_str(&settings.url).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "database.url {url} is not a usable Postgres url ({e}); expected postgres://USER:PASSWORD@HOST:PORT/DB"
+            ))
+        })?;
+        // Lets operators find keygate's sessions in pg_stat_activity.
+        let options = if options.get_application_name().is_none() {
+            options.application_name("keygate")
+        } else {
+            options
+        };
+        let set_timeout: Arc<str> = format!(
+            "SET statement_timeout = {}",
+            settings
+                .statement_timeout
+                .as_millis()
+                .clamp(1, MAX_STATEMENT_TIMEOUT_MS)
+        )
+        .into();
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections.max(1))
+            .acquire_timeout(settings.connect_timeout)
+            .after_connect(move |conn, _meta| {
+                let set_timeout = Arc::clone(&set_timeout);
+                Box::pin(async move { conn.execute(&*set_timeout).await.map(drop) })
+            })
+            .connect_lazy_with(options.clone());
+        Ok(Self {
+            pool,
+            options,
+            connect_timeout: settings.connect_timeout,
+            url,
+        })
+    }
+
+    /// One connection outside the pool, opened within `connect_timeout`.
+    async fn connect_direct(&self) -> Result<PgConnection, StoreError> {
+        match tokio::time::timeout(self.connect_timeout, self.options.connect()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(connect_error(&self.url, &e)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "cannot connect to the Postgres database {}: no answer within database.connect_timeout ({:?})",
+                self.url, self.connect_timeout
+            ))),
+        }
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(store_error)
+    }
+}
+
+/// Closes a connection, ignoring failures: the server ends the session (and
+/// releases its locks) when the socket closes anyway.
+async fn close_quietly(conn: PgConnection) {
+    if let Err(e) = conn.close().await {
+        tracing::debug!(error = %e, "closing a Postgres connection failed");
+    }
+}
+
+/// The one-line message for a connection that could not be opened.
+fn connect_error(url: &str, e: &sqlx::Error) -> StoreError {
+    let reason = match e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused; check that Postgres is running and listening on that host and port"
+                .to_owned()
+        }
+        // Only the primary message: it names the user or database, never
+        // the password.
+        sqlx::Error::Database(db) => {
+            format!("{} (SQLSTATE {})", db.message(), db.code().unwrap_or_default())
+        }
+        other => other.to_string(),
+    };
+    StoreError::Unavailable(format!("cannot connect to the Postgres database {url}: {reason}"))
+}
+
+/// Maps a sqlx error for this backend.
+fn store_error(e: sqlx::Error) -> StoreError {
+    rows::map_sqlx_error(e, pg_error)
+}
+
+/// Classifies a Postgres error by its SQLSTATE. Only the primary message is
+/// kept, never the detail: Postgres quotes row values there ("Failing row
+/// contains (…)"), which for `key_secrets` would include a PHC hash.
+fn pg_error(db: &dyn DatabaseError) -> StoreError {
+    let message = db.message();
+    let code = db.code().unwrap_or_default();
+    let code = code.as_ref();
+    if code == QUERY_CANCELED {
+        StoreError::Unavailable(format!(
+            "a Postgres statement ran longer than database.statement_timeout and was cancelled ({message})"
+        ))
+    } else if code.starts_with(CONNECTION_EXCEPTION_CLASS) {
+        StoreError::Unavailable(format!("the connection to Postgres failed ({message})"))
+    } else if code.starts_with(OPERATOR_INTERVENTION_PREFIX) {
+        StoreError::Unavailable(format!("Postgres is shutting down or restarting ({message})"))
+    } else if code.starts_with(INSUFFICIENT_RESOURCES_CLASS) {
+        StoreError::Unavailable(format!(
+            "Postgres is out of a resource (connections, disk or memory) ({message})"
+        ))
+    } else if code == LOCK_NOT_AVAILABLE {
+        StoreError::Unavailable(format!("timed out waiting for a lock in Postgres ({message})"))
+    } else if code == READ_ONLY_SQL_TRANSACTION {
+        StoreError::Unavailable(format!(
+            "the Postgres server is read-only (a standby?); point database.url at the primary ({message})"
+        ))
+    } else {
+        StoreError::Database(format!("{message} (SQLSTATE {code})"))
+    }
+}
+
+/// Maps an error from inserting a secret: a violation of the unique index on
+/// generated short prefixes means the short prefix is taken (a concurrent
+/// create that got there first, past our check).
+fn insert_error(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        if db.code().as_deref() == Some(UNIQUE_VIOLATION)
+            && db.constraint() == Some(GENERATED_SHORT_PREFIX_INDEX)
+        {
+            return StoreError::ShortPrefixTaken;
+        }
+    }
+    store_error(e)
+}
+
+/// The migration versions recorded as applied (none before the first run),
+/// in the `_sqlx_migrations` table of the connection's search path.
+async fn applied_versions(conn: &mut PgConnection) -> Result<Vec<i64>, StoreError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(store_error)
+}
+
+/// One `migrate` run on its own connection (see [`MIGRATE_LOCK`]).
+async fn migrate_on(conn: &mut PgConnection) -> Result<MigrationReport, StoreError> {
+    // No statement timeout here: waiting for another replica's migration,
+    // or DDL on a large table, may rightly take longer than a request.
+    conn.execute("SET statement_timeout = 0")
+        .await
+        .map_err(store_error)?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATE_LOCK)
+        .execute(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    let before = applied_versions(conn).await?;
+    // Before the migrator runs: it would only say "missing version".
+    rows::check_known_migrations(&MIGRATOR, &before)?;
+    MIGRATOR
+        .run_direct(&mut *conn)
+        .await
+        .map_err(|e| rows::migration_error(e, store_error))?;
+    let after = applied_versions(conn).await?;
+    let applied = after.iter().copied().filter(|v| !before.contains(v)).collect();
+    Ok(MigrationReport {
+        applied,
+        current: after.last().copied().unwrap_or(0),
+    })
+}
+
+/// Whether any stored secret (generated or imported) has this short prefix.
+async fn short_prefix_taken(conn: &mut PgConnection, short_prefix: &str) -> Result<bool, StoreError> {
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM key_secrets WHERE short_prefix = $1 LIMIT 1")
+        .bind(short_prefix)
+        .fetch_optional(conn)
+        .await
+        .map_err(store_error)?;
+    Ok(found.is_some())
+}
+
+/// One key row, read and locked for a change in the caller's transaction:
+/// a concurrent change of the same key waits until this one commits, then
+/// reads the result.
+async fn fetch_key_for_update(conn: &mut PgConnection, id: &KeyId) -> Result<Key, StoreError> {
+    let row: Option<KeyRow> = sqlx::query_as(&format!(
+        "SELECT {KEY_COLUMNS} FROM keys k WHERE k.id = $1 FOR NO KEY UPDATE"
+    ))
+    .bind(id.as_str())
+    .fetch_optional(conn)
+    .await
+    .map_err(store_error)?;
+    row.ok_or_else(|| StoreError::NotFound(id.clone()))?.into_key()
+}
+
+/// Inserts a key and its first (current) secret.
+async fn insert_key(conn: &mut PgConnection, new: &NewKey) -> Result<(), StoreError> {
+    let key = &new.key;
+    sqlx::query(
+        "INSERT INTO keys (id, name, owner, scopes, plan, status, expires_at, prefix, short_prefix, source, \
+         metadata, created_at, updated_at, last_used_at, request_count) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(key.id.as_str())
+    .bind(&key.name)
+    .bind(&key.owner)
+    .bind(Json(&key.scopes))
+    .bind(&key.plan)
+    .bind(key.status.as_str())
+    .bind(key.expires_at.map(at_stored_precision))
+    .bind(&key.prefix)
+    .bind(&key.short_prefix)
+    .bind(key.source.as_str())
+    .bind(Json(&key.metadata))
+    .bind(at_stored_precision(key.created_at))
+    .bind(at_stored_precision(key.updated_at))
+    .bind(key.last_used_at.map(at_stored_precision))
+    .bind(rows::count_to_db(key.request_count))
+    .execute(&mut *conn)
+    .await
+    .map_err(store_error)?;
+    insert_secret(
+        conn,
+        &key.id,
+        &key.prefix,
+        &key.short_prefix,
+        &new.hash,
+        key.source.as_str(),
+        key.created_at,
+    )
+    .await
+}
+
+/// Inserts a current secret (`valid_until` NULL).
+async fn insert_secret(
+    conn: &mut PgConnection,
+    key_id: &KeyId,
+    prefix: &str,
+    short_prefix: &str,
+    hash: &KeyHash,
+    source: &str,
+    created_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO key_secrets (key_id, prefix, short_prefix, hash, source, valid_until, created_at) \
+         VALUES ($1, $2, $3, $4, $5, NULL, $6)",
+    )
+    .bind(key_id.as_str())
+    .bind(prefix)
+    .bind(short_prefix)
+    .bind(hash.as_phc())
+    .bind(source)
+    .bind(at_stored_precision(created_at))
+    .execute(conn)
+    .await
+    .map(drop)
+    .map_err(insert_error)
+}
+
+/// Takes the audit ordering lock ([`AUDIT_LOCK_SQL`]) in the caller's
+/// transaction. Call it once, after every other write of the transaction
+/// and right before its audit rows.
+async fn lock_audit(conn: &mut PgConnection) -> Result<(), StoreError> {
+    sqlx::query(AUDIT_LOCK_SQL)
+        .bind(LOCK_SPACE)
+        .execute(conn)
+        .await
+        .map(drop)
+        .map_err(store_error)
+}
+
+/// Appends one audit row (in the caller's transaction, after [`lock_audit`]).
+async fn append_audit(
+    conn: &mut PgConnection,
+    key_id: &KeyId,
+    actor: &Actor,
+    action: &str,
+    details: &Value,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO audit_log (key_id, actor, action, details, at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(key_id.as_str())
+        .bind(actor.as_str())
+        .bind(action)
+        .bind(Json(details))
+        .bind(at_stored_precision(at))
+        .execute(conn)
+        .await
+        .map(drop)
+        .map_err(store_error)
+}
+
+#[async_trait]
+impl KeyStore for PostgresStore {
+    /// Applies pending migrations on a connection of its own, holding an
+    /// advisory lock for the whole run, so replicas starting together
+    /// migrate one after the other. Refuses, before changing anything, a
+    /// database that records a migration this binary does not know.
+    async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+        let mut conn = self.connect_direct().await?;
+        let report = migrate_on(&mut conn).await;
+        // Ending the session releases its advisory locks whatever happened:
+        // ours, and sqlx's own, which sqlx leaves held when it returns an
+        // error. A pooled connection would keep them and block every later
+        // `migrate` in this database.
+        close_quietly(conn).await;
+        report
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    async fn create_key(&self, new: NewKey, actor: &Actor) -> Result<Key, StoreError> {
+        let mut tx = self.begin().await?;
+        // The check sees committed secrets; a concurrent create of the same
+        // generated short prefix is caught by the unique index instead
+        // (the insert waits for the other transaction, then fails).
+        if short_prefix_taken(&mut tx, &new.key.short_prefix).await? {
+            return Err(StoreError::ShortPrefixTaken);
+        }
+        insert_key(&mut tx, &new).await?;
+        lock_audit(&mut tx).await?;
+        let details = rows::insert_details(&new.key);
+        append_audit(
+            &mut tx,
+            &new.key.id,
+            actor,
+            rows::ACTION_CREATED,
+            &details,
+            new.key.created_at,
+        )
+        .await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(rows::as_stored(new.key))
+    }
+
+    async fn import_keys(&self, keys: Vec<NewKey>, actor: &Actor) -> Result<Vec<Key>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin().await?;
+        for new in &keys {
+            insert_key(&mut tx, new).await?;
+        }
+        // The audit rows go last, in key order, so the audit lock is held
+        // only for them and the commit, not for the whole import.
+        lock_audit(&mut tx).await?;
+        for new in &keys {
+            let details = rows::insert_details(&new.key);
+            append_audit(
+                &mut tx,
+                &new.key.id,
+                actor,
+                rows::ACTION_IMPORTED,
+                &details,
+                new.key.created_at,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(keys.into_iter().map(|new| rows::as_stored(new.key)).collect())
+    }
+
+    async fn get_key(&self, id: &KeyId) -> Result<Key, StoreError> {
+        let row: Option<KeyRow> =
+            sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.id = $1"))
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(store_error)?;
+        row.ok_or_else(|| StoreError::NotFound(id.clone()))?.into_key()
+    }
+
+    async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        page: PageRequest<KeyId>,
+    ) -> Result<Page<Key, KeyId>, StoreError> {
+        // Only the conditions in use are added, so the planner can pick the
+        // (owner, id) or (status, id) index.
+        let mut query = QueryBuilder::<Postgres>::new(format!("SELECT {KEY_COLUMNS} FROM keys k WHERE TRUE"));
+        if let Some(owner) = &filter.owner {
+            query.push(" AND k.owner = ").push_bind(owner.clone());
+        }
+        if let Some(status) = filter.status {
+            query.push(" AND k.status = ").push_bind(status.as_str());
+        }
+        if let Some(after) = &page.after {
+            query.push(" AND k.id > ").push_bind(after.as_str().to_owned());
+        }
+        query
+            .push(" ORDER BY k.id LIMIT ")
+            .push_bind(rows::fetch_limit(page.limit));
+        let fetched: Vec<KeyRow> = query
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        let keys = fetched
+            .into_iter()
+            .map(KeyRow::into_key)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows::into_page(keys, page.limit, |key| key.id.clone()))
+    }
+
+    async fn update_key(
+        &self,
+        id: &KeyId,
+        patch: &KeyPatch,
+        now: DateTime<Utc>,
+        actor: &Actor,
+    ) -> Result<Key, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut key = fetch_key_for_update(&mut tx, id).await?;
+        // On a refused change the transaction is dropped, which rolls it back.
+        let changed = key.apply(patch, now)?;
+        if changed.is_empty() {
+            tx.rollback().await.map_err(store_error)?;
+            return Ok(key);
+        }
+        sqlx::query(
+            "UPDATE keys SET name = $1, owner = $2, scopes = $3, plan = $4, status = $5, expires_at = $6, \
+             metadata = $7, updated_at = $8 WHERE id = $9",
+        )
+        .bind(&key.name)
+        .bind(&key.owner)
+        .bind(Json(&key.scopes))
+        .bind(&key.plan)
+        .bind(key.status.as_str())
+        .bind(key.expires_at.map(at_stored_precision))
+        .bind(Json(&key.metadata))
+        .bind(at_stored_precision(key.updated_at))
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        lock_audit(&mut tx).await?;
+        let action = rows::update_action(&changed, key.status);
+        append_audit(&mut tx, id, actor, action, &rows::update_details(&changed), now).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(rows::as_stored(key))
+    }
+
+    async fn rotate_key(
+        &self,
+        id: &KeyId,
+        prefix: &str,
+        short_prefix: &str,
+        hash: KeyHash,
+        grace_until: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        actor: &Actor,
+    ) -> Result<Key, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut key = fetch_key_for_update(&mut tx, id).await?;
+        if key.status == KeyStatus::Revoked {
+            return Err(ModelError::RevokedIsFinal.into());
+        }
+        if short_prefix_taken(&mut tx, short_prefix).await? {
+            return Err(StoreError::ShortPrefixTaken);
+        }
+        // A grace period that has already ended is no grace period.
+        let grace_until = grace_until.filter(|until| *until > now);
+        let stored_now = at_stored_precision(now);
+        sqlx::query(
+            "DELETE FROM key_secrets WHERE key_id = $1 AND valid_until IS NOT NULL AND valid_until <= $2",
+        )
+        .bind(id.as_str())
+        .bind(stored_now)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let demote = match grace_until {
+            Some(until) => sqlx::query(
+                "UPDATE key_secrets SET valid_until = $1 WHERE key_id = $2 AND valid_until IS NULL",
+            )
+            .bind(at_stored_precision(until))
+            .bind(id.as_str()),
+            None => sqlx::query("DELETE FROM key_secrets WHERE key_id = $1 AND valid_until IS NULL")
+                .bind(id.as_str()),
+        };
+        demote.execute(&mut *tx).await.map_err(store_error)?;
+        let source = rows::ROTATED_SOURCE.as_str();
+        insert_secret(&mut tx, id, prefix, short_prefix, &hash, source, now).await?;
+        sqlx::query(
+            "UPDATE keys SET prefix = $1, short_prefix = $2, source = $3, updated_at = $4 WHERE id = $5",
+        )
+        .bind(prefix)
+        .bind(short_prefix)
+        .bind(source)
+        .bind(stored_now)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        lock_audit(&mut tx).await?;
+        let details = rows::rotate_details(grace_until, short_prefix);
+        append_audit(&mut tx, id, actor, rows::ACTION_ROTATED, &details, now).await?;
+        tx.commit().await.map_err(store_error)?;
+        key.prefix = prefix.to_owned();
+        key.short_prefix = short_prefix.to_owned();
+        key.source = rows::ROTATED_SOURCE;
+        key.updated_at = now;
+        Ok(rows::as_stored(key))
+    }
+
+    async fn find_candidates(&self, short_prefix: &str) -> Result<Vec<Candidate>, StoreError> {
+        let found: Vec<CandidateRow> = sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS}, {SECRET_COLUMNS} FROM key_secrets s JOIN keys k ON k.id = s.key_id \
+             WHERE s.short_prefix = $1 ORDER BY s.id"
+        ))
+        .bind(short_prefix)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        found.into_iter().map(CandidateRow::into_candidate).collect()
+    }
+
+    async fn imported_prefixes(&self) -> Result<BTreeSet<String>, StoreError> {
+        let prefixes: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT prefix FROM key_secrets WHERE source = 'imported'")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(store_error)?;
+        Ok(prefixes.into_iter().collect())
+    }
+
+    async fn audit(&self, page: PageRequest<i64>) -> Result<Page<AuditEntry, i64>, StoreError> {
+        // One statement, one snapshot: with the audit lock, the rows it
+        // returns have no later-committing gaps below the highest seq.
+        let fetched: Vec<AuditRow> = sqlx::query_as(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(page.after.unwrap_or(0))
+        .bind(rows::fetch_limit(page.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let entries = fetched
+            .into_iter()
+            .map(AuditRow::into_entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows::into_page(entries, page.limit, |entry| entry.seq))
+    }
+
+    async fn change_seq(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::bigint FROM audit_log")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Rows are locked in (key, outcome) order, so two gateways flushing
+        // overlapping batches at once queue instead of deadlocking.
+        let mut ordered: Vec<&UsageDelta> = batch.iter().collect();
+        ordered.sort_by(|a, b| (&a.key_id, &a.outcome).cmp(&(&b.key_id, &b.outcome)));
+        let mut tx = self.begin().await?;
+        for delta in ordered {
+            let count = rows::count_to_db(delta.count);
+            // The EXISTS guard drops deltas for keys deleted since the
+            // gateway counted them (the foreign key would refuse the row).
+            sqlx::query(
+                "INSERT INTO key_usage (key_id, outcome, count) \
+                 SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM keys WHERE id = $1) \
+                 ON CONFLICT (key_id, outcome) DO UPDATE SET count = key_usage.count + excluded.count",
+            )
+            .bind(delta.key_id.as_str())
+            .bind(&delta.outcome)
+            .bind(count)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            // Batches from several gateways arrive in any order: keep the
+            // latest use, not the last written (GREATEST skips NULL).
+            sqlx::query(
+                "UPDATE keys SET request_count = request_count + $1, \
+                 last_used_at = GREATEST(last_used_at, $2) WHERE id = $3",
+            )
+            .bind(count)
+            .bind(at_stored_precision(delta.last_used_at))
+            .bind(delta.key_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn usage(&self, id: &KeyId) -> Result<Usage, StoreError> {
+        let fetched: Vec<UsageRow> = sqlx::query_as(
+            "SELECT k.last_used_at, u.outcome, u.count FROM keys k \
+             LEFT JOIN key_usage u ON u.key_id = k.id WHERE k.id = $1 ORDER BY u.outcome",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows::usage_from_rows(fetched)?.ok_or_else(|| StoreError::NotFound(id.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::conformance::{PgSchema, hash, key, new_key, t};
+    use crate::store::sqlite::SqliteStore;
+
+    mod conformance_suite {
+        use crate::store::conformance::{self, postgres_fixture};
+
+        conformance::conformance_tests!(postgres_fixture);
+    }
+
+    /// Upper bound for a test step that must not hang (a leaked lock would).
+    const NO_HANG: Duration = Duration::from_secs(30);
+
+    fn latest_known() -> i64 {
+        MIGRATOR.iter().map(|m| m.version).max().unwrap()
+    }
+
+    fn settings(url: &str) -> StoreSettings {
+        StoreSettings {
+            url: url.to_owned(),
+            auto_migrate: true,
+            max_connections: 2,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Waits until a session of this schema's stores waits for a lock (row,
+    /// transaction or advisory), polling the server; fails after [`NO_HANG`].
+    async fn until_a_session_waits_for_a_lock(store: &PostgresStore, schema: &PgSchema) {
+        let poll = async {
+            loop {
+                let waiting: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+                     WHERE application_name = $1 AND wait_event_type = 'Lock')",
+                )
+                .bind(schema.name())
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+                if waiting {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(NO_HANG, poll)
+            .await
+            .expect("a writer should be waiting for a lock");
+    }
+
+    async fn all_audit(store: &PostgresStore) -> Vec<AuditEntry> {
+        store
+            .audit(PageRequest {
+                limit: 10_000,
+                after: None,
+            })
+            .await
+            .unwrap()
+            .items
+    }
+
+    #[tokio::test]
+    async fn migrating_twice_applies_once_into_the_test_schema() {
+        let Some(schema) = PgSchema::create().await else {
+            return;
+        };
+        let store = schema.open().await;
+        let first = store.migrate().await.unwrap();
+        assert_eq!(first.applied, vec![20261123000001]);
+        assert_eq!(first.current, latest_known());
+        let second = store.migrate().await.unwrap();
+        assert_eq!((second.applied.len(), second.current), (0, first.current));
+
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY tablename",
+        )
+        .bind(schema.name())
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            tables,
+            [
+                "_sqlx_migrations",
+                "audit_log",
+                "key_secrets",
+                "key_usage",
+                "keys"
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn replicas_migrating_at_once_both_succeed_and_apply_once() {
+        let Some(schema) = PgSchema::create().await else {
+            return;
+        };
+        let (a, b) = (schema.open().await, schema.open().await);
+        let (ra, rb) = tokio::time::timeout(NO_HANG, async { tokio::join!(a.migrate(), b.migrate()) })
+            .await
+            .expect("concurrent migrations finish");
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        let mut applied = vec![ra.applied.clone(), rb.applied.clone()];
+        applied.sort();
+        assert_eq!(applied, vec![vec![], vec![20261123000001]]);
+        assert_eq!((ra.current, rb.current), (latest_known(), latest_known()));
+        let k = a
+            .create_key(new_key(key("mig00001", t(0))), &Actor::cli())
+            .await
+            .unwrap();
+        assert_eq!(b.get_key(&k.id).await.unwrap(), k);
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused_like_sqlite_and_leaves_no_lock() {
+        let Some(schema) = PgSchema::create().await else {
+            return;
+        };
+        let store = schema.open().await;
+        store.migrate().await.unwrap();
+        let newer = 29991231000001_i64;
+        let record = |version: i64| {
+            sqlx::query(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                 VALUES ($1, 'from another keygate', TRUE, '\\x00', 0)",
+            )
+            .bind(version)
+        };
+        record(newer).execute(&store.pool).await.unwrap();
+        let err = store.migrate().await.unwrap_err();
+        let StoreError::Migration(message) = &err else {
+            panic!("expected a migration error, got {err:?}");
+        };
+        assert!(message.contains("29991231000001"), "{message}");
+        assert!(message.contains("newer than this keygate binary"), "{message}");
+        assert!(message.contains("upgrade keygate"), "{message}");
+
+        // Word for word what the SQLite store says.
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite_url = format!("sqlite://{}?mode=rwc", dir.path().join("keys.db").display());
+        let sqlite = SqliteStore::open(&settings(&sqlite_url)).await.unwrap();
+        sqlite.migrate().await.unwrap();
+        let behind_its_back = sqlx::SqlitePool::connect(&sqlite_url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (?, 'from a newer keygate', 1, X'00', 0)",
+        )
+        .bind(newer)
+        .execute(&behind_its_back)
+        .await
+        .unwrap();
+        behind_its_back.close().await;
+        let sqlite_err = sqlite.migrate().await.unwrap_err();
+        assert_eq!(sqlite_err.to_string(), err.to_string());
+
+        // Another replica is refused the same way, without waiting for a
+        // lock the refusal left behind; the store still serves.
+        let other = schema.open().await;
+        let again = tokio::time::timeout(NO_HANG, other.migrate())
+            .await
+            .expect("no leaked migration lock");
+        assert!(matches!(again, Err(StoreError::Migration(_))), "{again:?}");
+        other.ping().await.unwrap();
+
+        // An unknown version older than the known ones: a different build.
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+            .bind(newer)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        record(1).execute(&store.pool).await.unwrap();
+        let err = store.migrate().await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Migration(m) if m.contains("does not have")),
+            "{err:?}"
+        );
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 1")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let report = tokio::time::timeout(NO_HANG, other.migrate())
+            .await
+            .expect("no leaked migration lock")
+            .unwrap();
+        assert!(report.applied.is_empty());
+    }
+
+    /// Six fields of one key changed at once, round after round, through two
+    /// stores (two replicas): the row lock makes each read-modify-write see
+    /// the others' committed changes, so none is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_updates_of_one_key_lose_no_change() {
+        let Some(schema) = PgSchema::create().await else {
+            return;
+        };
+        let first = Arc::new(schema.open().await);
+        first.migrate().await.unwrap();
+        let stores = [Arc::clone(&first), Arc::new(schema.open().await)];
+        let k = first
+            .create_key(new_key(key("race0001", t(0))), &Actor::cli())
+            .await
+            .unwrap();
+        const ROUNDS: i64 = 10;
+        for round in 1..=ROUNDS {
+            let patches = [
+                KeyPatch {
+                    name: Some(format!("name {round}")),
+                    ..KeyPatch::default()
+                },
+                KeyPatch {
+                    plan: Some(format!("plan{round}")),
+                    ..KeyPatch::default()
+                },
+                KeyPatch {
+                    owner: Some(Some(format!("owner{round}"))),
+                    ..KeyPatch::default()
+                },
+                KeyPatch {
+                    scopes: Some([format!("scope:{round}")].into_iter().collect()),
+                    ..KeyPatch::default()
+                },
+                KeyPatch {
+                    metadata: Some(json!({ "round": round })),
+                    ..KeyPatch::default()
+                },
+                KeyPatch {
+                    expires_at: Some(Some(t(1_000 + round))),
+                    ..KeyPatch::default()
+                },
+            ];
+            let tasks: Vec<_> = patches
+                .into_iter()
+                .enumerate()
+                .map(|(i, patch)| {
+                    let store = Arc::clone(&stores[i % 2]);
+                    let id = k.id.clone();
+                    tokio::spawn(async move { store.update_key(&id, &patch, t(round), &Actor::cli()).await })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap().unwrap();
+            }
+            let stored = stores[1].get_key(&k.id).await.unwrap();
+            assert_eq!(stored.name, format!("name {round}"));
+            assert_eq!(stored.plan, format!("plan{round}"));
+            assert_eq!(stored.owner, Some(format!("owner{round}")));
+            assert_eq!(stored.scopes, [format!("scope:{round}")].into_iter().collect());
+            assert_eq!(stored.metadata, json!({ "round": round }));
+            assert_eq!(stored.expires_at, Some(t(1_000 + round)));
+        }
+        let audit = all_audit(&first).await;
+        assert_eq!(audit.len(), 1 + 6 * usize::try_from(ROUNDS).unwrap());
+        assert!(
+            audit[1..]
+                .iter()
+                .all(|e| e.action == "updated" && e.details["changed"].as_array().map(Vec::len) == Some(1)),
+            "{audit:?}"
+        );
+    }
+
+    /// A writer that reaches its audit insert while another transaction's
+    /// audit row is uncommitted waits for it, so its row commits later with
+    /// a higher seq: no reader can see the later seq without the earlier.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_waits_for_an_uncommitted_audit_row() {
+        let Some(schema) = PgSchema::create().await else {
+            return;
+        };
+        let first = schema.open().await;
+        first.migrate().await.unwrap();
+        let second = Arc::new(schema.open().await);
+        let a = first
+            .create_key(new_key(key("ordr0001", t(0))), &Actor::cli())
+            .await
+            .unwrap();
+        let b = first
+            .create_key(new_key(key("ordr0002", t(0))), &Actor::cli())
+            .await
+            .unwrap();
+        let seen = first.change_seq().await.unwrap();
+
+        // A transaction written as every mutating call writes, held open
+        // after its audit insert.
+        let mut held = first.begin().await.unwrap();
+        lock_audit(&mut held).await.unwrap();
+        append_audit(&mut held, &a.id, &Actor::cli(), "updated", &json!({}), t(1))
+            .await
+            .unwrap();
+        let held_seq: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
+            .fetch_one(&mut *held)
+            .await
+            .unwrap();
+
+        let writer = {
+            let second = Arc::clone(&second);
+            let id = b.id.clone();
+            tokio::spawn(async move {
+                let rename = KeyPatch {
+                    name: Some("later".into()),
+                    ..KeyPatch::default()
+                };
+                second.update_key(&id, &rename, t(2), &Actor::cli()).await
+            })
+        };
+        until_a_session_waits_for_a_lock(&first, &schema).await;
+        // Meanwhile a reader sees neither change.
+        assert_eq!(first.change_seq().await.unwrap(), seen);
+
+        held.commit().await.unwrap();
+        writer.await.unwrap().unwrap();
+        let tail = first
+            .audit(PageRequest {
+                limit: 10,
+                after: Some(seen),
+            })
+            .await
+            .unwrap()
+            .items;
+        let tail: Vec<(i64, &KeyId)> = tail.iter().map(|e| (e.seq, &e.key_id)).collect();
+        assert_eq!(tail.len(), 2, "{tail:?}");
+        assert_eq!(tail[0], (held_seq, &a.id));
+        assert_eq!(tail[1].1, &b.id);
+        assert!(tail[1].0 > held_seq);
+    }
+
+    /// Writers on two stores change keys while a follower reads the audit
+    /// trail as the change feed will (`seq > last seen`): it sees every row,
+    /// in increasing seq order, none skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_follower_of_the_audit_trail_misses_nothing_under_concurrent_writers() {
+        let Some(schema) = PgSchema::create().await else {
+            return;
+        };
+        let first = Arc::new(schema.open().await);
+        first.migrate().await.unwrap();
+        let stores = [Arc::clone(&first), Arc::new(schema.open().await)];
+        const WRITERS: usize = 6;
+        const CHANGES: i64 = 20;
+        let mut keys = Vec::new();
+        for i in 0..WRITERS {
+            let k = first
+                .create_key(new_key(key(&format!("feed{i:04}"), t(0))), &Actor::cli())
+                .await
+                .unwrap();
+            keys.push(k.id);
+        }
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let follower = {
+            let store = Arc::clone(&first);
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut seen: Vec<i64> = Vec::new();
+                let mut after = None;
+                loop {
+                    // Read `done` before the poll: a poll that starts after
+                    // the writers finished sees everything they wrote.
+                    let last_round = done.load(std::sync::atomic::Ordering::SeqCst);
+                    let page = store.audit(PageRequest { limit: 1_000, after }).await.unwrap();
+                    if let Some(last) = page.items.last() {
+                        after = Some(last.seq);
+                    }
+                    seen.extend(page.items.iter().map(|e| e.seq));
+                    if last_round && page.next.is_none() {
+                        return seen;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let writers: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let store = Arc::clone(&stores[i % 2]);
+                let id = id.clone();
+                tokio::spawn(async move {
+                    for n in 1..=CHANGES {
+                        let patch = KeyPatch {
+                            name: Some(format!("change {n}")),
+                            ..KeyPatch::default()
+                        };
+                        store.update_key(&id, &patch, t(n), &Actor::cli()).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let followed = follower.await.unwrap();
+        let all: Vec<i64> = all_audit(&first).await.into_iter().map(|e| e.seq).collect();
+        assert_eq!(all.len(), WRITERS * (1 + usize::try_from(CHANGES).unwrap()));
+        assert!(followed.windows(2).all(|w| w[0] < w[1]), "{followed:?}");
+        assert_eq!(followed, all, "the follower skipped rows");
+    }
+
+    /// Two creates of one generated short prefix at once: the second's check
+    /// cannot see the first's uncommitted secret, so the unique index stops
+    /// it once the first commits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_concurrent_create_of_a_taken_short_prefix_is_refused() {
+        let Some(schema) = PgSchema::create().await else {
+            return;
+        };
+        let first = schema.open().await;
+        first.migrate().await.unwrap();
+        let second = Arc::new(schema.open().await);
+        let mut held = first.begin().await.unwrap();
+        insert_key(&mut held, &new_key(key("dupe0001", t(0))))
+            .await
+            .unwrap();
+        let twin = key("dupe0001", t(1));
+        let creator = {
+            let second = Arc::clone(&second);
+            let twin = twin.clone();
+            tokio::spawn(async move { second.create_key(new_key(twin), &Actor::cli()).await })
+        };
+        until_a_session_waits_for_a_lock(&first, &schema).await;
+        held.commit().await.unwrap();
+        let err = creator.await.unwrap();
+        assert!(matches!(err, Err(StoreError::ShortPrefixTaken)), "{err:?}");
+        assert!(matches!(
+            first.get_key(&twin.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(first.change_seq().await.unwrap(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_statement_past_the_statement_timeout_is_unavailable() {
+        let Some(schema) = PgSchema::create().await else {
+            return;
+        };
+        let store = schema.open().await;
+        store.migrate().await.unwrap();
+        let mut short = schema.settings();
+        short.statement_timeout = Duration::from_millis(200);
+        let short = PostgresStore::open(&short).await.unwrap();
+        let shown: String = sqlx::query_scalar("SHOW statement_timeout")
+            .fetch_one(&short.pool)
+            .await
+            .unwrap();
+        assert_eq!(shown, "200ms");
+
+        let k = store
+            .create_key(new_key(key("slow0001", t(0))), &Actor::cli())
+            .await
+            .unwrap();
+        let mut held = store.begin().await.unwrap();
+        fetch_key_for_update(&mut held, &k.id).await.unwrap();
+        let rename = KeyPatch {
+            name: Some("late".into()),
+            ..KeyPatch::default()
+        };
+        let err = short.update_key(&k.id, &rename, t(1), &Actor::cli()).await;
+        assert!(
+            matches!(&err, Err(StoreError::Unavailable(m)) if m.contains("statement_timeout")),
+            "{err:?}"
+        );
+        held.rollback().await.unwrap();
+        short
+            .update_key(&k.id, &rename, t(1), &Actor::cli())
+            .await
+            .unwrap();
+        // Readers never wait for writers' row locks.
+        assert_eq!(store.get_key(&k.id).await.unwrap().name, "late");
+    }
+
+    /// Postgres quotes a failing row in its error detail; keygate keeps only
+    /// the primary message, so a PHC hash never reaches an error.
+    #[tokio::test]
+    async fn database_errors_never_carry_a_hash() {
+        let Some(schema) = PgSchema::create().await else {
+            return;
+        };
+        let store = schema.open().await;
+        store.migrate().await.unwrap();
+        let k = store
+            .create_key(new_key(key("hash0001", t(0))), &Actor::cli())
+            .await
+            .unwrap();
+        let phc = hash("do-not-print-me");
+        let err = sqlx::query(
+            "INSERT INTO key_secrets (key_id, prefix, short_prefix, hash, source, valid_until, created_at) \
+             VALUES ($1, 'kg_test_', 'hash0002', $2, 'bogus', NULL, now())",
+        )
+        .bind(k.id.as_str())
+        .bind(phc.as_phc())
+        .execute(&store.pool)
+        .await
+        .unwrap_err();
+        let sqlx::Error::Database(db) = &err else {
+            panic!("expected a database error, got {err:?}");
+        };
+        assert!(
+            db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|e| e.detail())
+                .is_some_and(|d| d.contains("do-not-print-me"))
+        );
+        let mapped = insert_error(err);
+        let StoreError::Database(message) = &mapped else {
+            panic!("expected Database, got {mapped:?}");
+        };
+        assert!(message.contains("SQLSTATE 23514"), "{message}");
+        assert!(!mapped.to_string().contains("do-not-print-me"), "{mapped}");
+
+        // The audit log refuses changes here too.
+        for sql in [
+            "UPDATE audit_log SET action = 'x'",
+            "DELETE FROM audit_log",
+            "TRUNCATE audit_log",
+        ] {
+            let err = sqlx::query(sql).execute(&store.pool).await.unwrap_err();
+            assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn store_open_connects_postgres_urls_and_debug_hides_the_password() {
+        let Some(schema) = PgSchema::create().await else {
+            return;
+        };
+        let mut with_password = schema.settings();
+        // Trust authentication ignores the password; it must not be printed.
+        with_password.url = with_password
+            .url
+            .replacen("://postgres@", "://postgres:hunter2@", 1);
+        let store = crate::store::open(&with_password).await.unwrap();
+        store.ping().await.unwrap();
+        let printed = format!("{store:?}");
+        assert!(printed.starts_with("PostgresStore"), "{printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_unavailable_naming_the_url_without_password() {
+        let url = "postgres://app:hunter2@127.0.0.1:1/keys";
+        let err = crate::store::open(&settings(url)).await.unwrap_err();
+        let StoreError::Unavailable(message) = &err else {
+            panic!("expected Unavailable, got {err:?}");
+        };
+        assert!(
+            message.contains("postgres://app:***@127.0.0.1:1/keys"),
+            "{message}"
+        );
+        assert!(message.contains("connection refused"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_is_unavailable_and_debug_never_prints_the_password() {
+        let err = PostgresStore::open(&settings("postgres://app:hunter2@db:notaport/keys"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(m) if m.contains("database.url") && !m.contains("hunter2")),
+            "{err:?}"
+        );
+        let lazy = PostgresStore::new_lazy(&settings("postgres://app:hunter2@db:5432/keys")).unwrap();
+        let printed = format!("{lazy:?}");
+        assert!(printed.contains("postgres://app:***@db:5432/keys"), "{printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    #[test]
+    fn pool_and_timeout_errors_are_unavailable() {
+        assert!(matches!(
+            store_error(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(m) if m.contains("connect_timeout")
+        ));
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "gone");
+        assert!(matches!(
+            store_error(sqlx::Error::Io(reset)),
+            StoreError::Unavailable(_)
+        ));
+    }
+}
