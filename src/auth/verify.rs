@@ -17,7 +17,9 @@
 //! An entry past its TTL is refreshed by re-reading the candidates: if the
 //! same stored hash is still there the entry is renewed without argon2; if
 //! the store fails, it keeps serving up to `stale_if_error` past its TTL.
-//! Changes made elsewhere arrive through [`Authenticator::poll_changes`].
+//! Changes made elsewhere arrive through [`Authenticator::poll_changes`],
+//! which the change poller runs every `poll_interval` and, when the store
+//! pushes change notifications (Postgres), as soon as one arrives.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -250,10 +252,13 @@ impl Authenticator {
         Ok(applied)
     }
 
-    /// Polls the change feed every `poll_interval` until `shutdown` turns
-    /// true or its sender is dropped. Logs one warning when polling starts
-    /// failing and one info line when it recovers; also sweeps dead cache
-    /// entries now and then.
+    /// Polls the change feed every `poll_interval`, and at once whenever the
+    /// store announces a change (`KeyStore::change_notifications`), until
+    /// `shutdown` turns true or its sender is dropped. Without
+    /// notifications (SQLite, or a Postgres listener that is reconnecting)
+    /// the interval alone bounds staleness. Logs one warning when polling
+    /// starts failing and one info line when it recovers; also sweeps dead
+    /// cache entries now and then.
     pub fn spawn_change_poller(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
         let this = Arc::clone(self);
         tokio::spawn(async move { this.run_poller(shutdown).await })
@@ -265,10 +270,15 @@ impl Authenticator {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = tokio::time::Instant::now();
         let mut failing = false;
+        let mut notifications = self.store.change_notifications();
         loop {
             tokio::select! {
                 biased;
                 () = stop_requested(&mut shutdown) => break,
+                () = next_notification(&mut notifications) => {
+                    // The next fallback poll is a full period after this one.
+                    ticker.reset();
+                }
                 _ = ticker.tick() => {}
             }
             let polled = tokio::select! {
@@ -592,6 +602,18 @@ impl Drop for Flight<'_> {
             }
         }
     }
+}
+
+/// Resolves when the store announces a change; never when it has no
+/// notifications (or stopped sending them: then polling carries on alone).
+async fn next_notification(notifications: &mut Option<watch::Receiver<i64>>) {
+    if let Some(rx) = notifications {
+        if rx.changed().await.is_ok() {
+            return;
+        }
+        *notifications = None;
+    }
+    std::future::pending::<()>().await;
 }
 
 /// Completes when shutdown is requested (`true`) or its sender is gone.

@@ -305,6 +305,20 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
 
     /// A key's usage.
     async fn usage(&self, id: &KeyId) -> Result<Usage, StoreError>;
+
+    /// Push notification of changes, for stores shared by several gateways:
+    /// a receiver that is marked changed soon after any change commits
+    /// (through any store handle, any process), and after the store's
+    /// notification channel (re)connects, when changes may have gone
+    /// unannounced. Its value is the highest change sequence announced so
+    /// far (0 before any). A wake-up only says "read the change feed now":
+    /// followers still read it from their own last sequence, so a lost or
+    /// spurious notification costs latency, never correctness, and followers
+    /// keep polling as well. `None` (the default, and SQLite's) when the
+    /// store has no push channel: poll only.
+    fn change_notifications(&self) -> Option<tokio::sync::watch::Receiver<i64>> {
+        None
+    }
 }
 
 /// A shared store handle.

@@ -18,6 +18,16 @@
 //!   does not block the foreign-key checks of usage flushes for that key.)
 //! - Audit rows commit in `seq` order, so the change sequence is safe to
 //!   follow; see `AUDIT_LOCK_SQL` for how and what it costs.
+//! - Every mutating transaction announces its last audit `seq` with
+//!   `pg_notify` on the schema's change channel (see [`CHANNEL_EXPR`]),
+//!   under the audit lock; Postgres delivers it on commit. Gateways follow
+//!   the channel through [`KeyStore::change_notifications`]: one listener
+//!   connection per store handle, outside the pool, opened on first use and
+//!   reconnected with backoff. Notifications only wake followers, which
+//!   then read the audit trail after their last seq, so none is lost
+//!   across a reconnect. The listener needs a real session: behind a
+//!   transaction-pooling PgBouncer LISTEN does not work, and gateways fall
+//!   back to polling alone (`cache.poll_interval`).
 //! - Migrations run on a connection of their own, under an advisory lock
 //!   (`MIGRATE_LOCK`), with no statement timeout.
 //! - Tables, `_sqlx_migrations` and the audit trigger function live in the
@@ -39,9 +49,11 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::error::DatabaseError;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{ConnectOptions, Connection, Executor, Postgres, QueryBuilder, Transaction};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::rows::{
     self, AUDIT_COLUMNS, AuditRow, CandidateRow, KEY_COLUMNS, KeyRow, SECRET_COLUMNS, UsageRow,
@@ -106,6 +118,26 @@ const LOCK_SPACE: i64 = 0x6b67_6175;
 /// deadlock.
 const MIGRATE_LOCK: i64 = (LOCK_SPACE << 32) | 0x6d69_6772; // "migr"
 
+/// The change channel of the schema the connection works in (the first of
+/// its `search_path`, where keygate's tables are): `keygate_changes_SCHEMA`,
+/// or `keygate_changes_` and the schema name's MD5 when that would exceed
+/// Postgres' 63-byte identifier limit. Writers (`pg_notify`) and the
+/// listener (`LISTEN`) both evaluate it on their own connection, so they
+/// agree whatever the schema. Separate keygate installations on one
+/// database must use separate schemas: installations sharing a schema share
+/// its tables anyway, and a notification from another schema could at worst
+/// cause a spurious re-read, never a missed change.
+const CHANNEL_EXPR: &str = "CASE WHEN octet_length(current_schema()) <= 47 \
+     THEN 'keygate_changes_' || current_schema() \
+     ELSE 'keygate_changes_' || md5(current_schema()) END";
+
+/// An idle listener checks its connection with a query this often, so a
+/// silently dead connection (no FIN, no RST) is noticed and replaced.
+const LISTENER_HEARTBEAT: Duration = Duration::from_secs(10);
+/// First and longest wait between the listener's reconnection attempts.
+const LISTENER_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const LISTENER_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 /// The longest `statement_timeout` Postgres accepts, in milliseconds.
 const MAX_STATEMENT_TIMEOUT_MS: u128 = 2_147_483_647;
 
@@ -131,6 +163,23 @@ pub struct PostgresStore {
     connect_timeout: Duration,
     /// `database.url` without its password, for messages and `Debug`.
     url: String,
+    /// The change listener, started by the first `change_notifications`.
+    feed: std::sync::Mutex<Option<ChangeFeed>>,
+}
+
+/// A running change listener and the channel it publishes on.
+struct ChangeFeed {
+    tx: watch::Sender<i64>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        let feed = self.feed.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(feed) = feed.take() {
+            feed.task.abort();
+        }
+    }
 }
 
 impl fmt::Debug for PostgresStore {
@@ -192,6 +241,7 @@ impl PostgresStore {
             options,
             connect_timeout: settings.connect_timeout,
             url,
+            feed: std::sync::Mutex::new(None),
         })
     }
 
@@ -429,7 +479,8 @@ async fn lock_audit(conn: &mut PgConnection) -> Result<(), StoreError> {
         .map_err(store_error)
 }
 
-/// Appends one audit row (in the caller's transaction, after [`lock_audit`]).
+/// Appends one audit row (in the caller's transaction, after [`lock_audit`])
+/// and returns its seq.
 async fn append_audit(
     conn: &mut PgConnection,
     key_id: &KeyId,
@@ -437,17 +488,133 @@ async fn append_audit(
     action: &str,
     details: &Value,
     at: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO audit_log (key_id, actor, action, details, at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(key_id.as_str())
-        .bind(actor.as_str())
-        .bind(action)
-        .bind(Json(details))
-        .bind(at_stored_precision(at))
+) -> Result<i64, StoreError> {
+    sqlx::query_scalar(
+        "INSERT INTO audit_log (key_id, actor, action, details, at) VALUES ($1, $2, $3, $4, $5) \
+         RETURNING seq",
+    )
+    .bind(key_id.as_str())
+    .bind(actor.as_str())
+    .bind(action)
+    .bind(Json(details))
+    .bind(at_stored_precision(at))
+    .fetch_one(conn)
+    .await
+    .map_err(store_error)
+}
+
+/// Announces the transaction's last audit seq on the change channel
+/// ([`CHANNEL_EXPR`]); call it right after the last [`append_audit`], still
+/// under the audit lock. Postgres delivers the notification when (and only
+/// if) the transaction commits, in commit order.
+async fn announce(conn: &mut PgConnection, seq: i64) -> Result<(), StoreError> {
+    sqlx::query(&format!("SELECT pg_notify({CHANNEL_EXPR}, $1)"))
+        .bind(seq.to_string())
         .execute(conn)
         .await
         .map(drop)
         .map_err(store_error)
+}
+
+/// Opens a listener connection (outside the store's pool: a one-connection
+/// pool of its own, which `PgListener` needs) and LISTENs on the change
+/// channel of its schema. Errors are one-line messages without the password.
+async fn open_listener(
+    options: &PgConnectOptions,
+    timeout: Duration,
+    url: &str,
+) -> Result<(PgListener, String), String> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(timeout)
+        .connect_lazy_with(options.clone());
+    let mut listener = PgListener::connect_with(&pool)
+        .await
+        .map_err(|e| connect_error(url, &e).to_string())?;
+    listener.ignore_pool_close_event(true);
+    // Reconnection is ours (with backoff, logging, and a catch-up wake-up).
+    listener.eager_reconnect(false);
+    let setup = async {
+        let channel: String = sqlx::query_scalar(&format!("SELECT {CHANNEL_EXPR}"))
+            .fetch_one(&mut listener)
+            .await?;
+        listener.listen(&channel).await?;
+        Ok::<_, sqlx::Error>(channel)
+    };
+    match tokio::time::timeout(timeout, setup).await {
+        Ok(Ok(channel)) => Ok((listener, channel)),
+        Ok(Err(e)) => Err(store_error(e).to_string()),
+        Err(_) => Err(format!(
+            "LISTEN got no answer within database.connect_timeout ({timeout:?})"
+        )),
+    }
+}
+
+/// Publishes the notifications of a connected listener until its
+/// connection fails; returns why it stopped.
+async fn pump_notifications(listener: &mut PgListener, tx: &watch::Sender<i64>, timeout: Duration) -> String {
+    loop {
+        // `try_recv` is cancel-safe (sqlx reads whole messages from its buffer).
+        match tokio::time::timeout(LISTENER_HEARTBEAT, listener.try_recv()).await {
+            Ok(Ok(Some(notification))) => {
+                let seq = notification.payload().parse::<i64>().unwrap_or(0);
+                // Always marks the value changed, even for an old seq.
+                tx.send_modify(|latest| *latest = (*latest).max(seq));
+            }
+            Ok(Ok(None)) => return "the connection was closed".to_owned(),
+            Ok(Err(e)) => return store_error(e).to_string(),
+            Err(_) => {
+                let ping = sqlx::query("SELECT 1").execute(&mut *listener);
+                match tokio::time::timeout(timeout, ping).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return store_error(e).to_string(),
+                    Err(_) => return format!("no answer to a heartbeat within {timeout:?}"),
+                }
+            }
+        }
+    }
+}
+
+/// The change listener: connects, LISTENs, publishes; on any failure waits
+/// (backing off) and starts over. Logs one warning when it loses (or cannot
+/// open) its connection and one info line when it is back. Every (re)connect
+/// wakes the followers, since changes committed while no listener was
+/// connected were announced to nobody. Runs until aborted.
+async fn follow_changes(options: PgConnectOptions, timeout: Duration, url: String, tx: watch::Sender<i64>) {
+    let mut backoff = LISTENER_BACKOFF_MIN;
+    let mut down = false;
+    loop {
+        let reason = match open_listener(&options, timeout, &url).await {
+            Ok((mut listener, channel)) => {
+                if down {
+                    tracing::info!(
+                        channel,
+                        "the key store's change notifications are back; caught up"
+                    );
+                    down = false;
+                } else {
+                    tracing::debug!(channel, "listening for key store changes");
+                }
+                backoff = LISTENER_BACKOFF_MIN;
+                tx.send_modify(|_| {});
+                pump_notifications(&mut listener, &tx, timeout).await
+            }
+            Err(reason) => reason,
+        };
+        if !down {
+            tracing::warn!(
+                error = %reason,
+                "lost the key store's change notifications; falling back to polling \
+                 (cache.poll_interval) while reconnecting"
+            );
+            down = true;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(LISTENER_BACKOFF_MAX);
+    }
 }
 
 #[async_trait]
@@ -486,7 +653,7 @@ impl KeyStore for PostgresStore {
         insert_key(&mut tx, &new).await?;
         lock_audit(&mut tx).await?;
         let details = rows::insert_details(&new.key);
-        append_audit(
+        let seq = append_audit(
             &mut tx,
             &new.key.id,
             actor,
@@ -495,6 +662,7 @@ impl KeyStore for PostgresStore {
             new.key.created_at,
         )
         .await?;
+        announce(&mut tx, seq).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(rows::as_stored(new.key))
     }
@@ -510,9 +678,10 @@ impl KeyStore for PostgresStore {
         // The audit rows go last, in key order, so the audit lock is held
         // only for them and the commit, not for the whole import.
         lock_audit(&mut tx).await?;
+        let mut last_seq = 0;
         for new in &keys {
             let details = rows::insert_details(&new.key);
-            append_audit(
+            last_seq = append_audit(
                 &mut tx,
                 &new.key.id,
                 actor,
@@ -522,6 +691,8 @@ impl KeyStore for PostgresStore {
             )
             .await?;
         }
+        // One announcement for the whole import: followers read every row.
+        announce(&mut tx, last_seq).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(keys.into_iter().map(|new| rows::as_stored(new.key)).collect())
     }
@@ -601,7 +772,8 @@ impl KeyStore for PostgresStore {
         .map_err(store_error)?;
         lock_audit(&mut tx).await?;
         let action = rows::update_action(&changed, key.status);
-        append_audit(&mut tx, id, actor, action, &rows::update_details(&changed), now).await?;
+        let seq = append_audit(&mut tx, id, actor, action, &rows::update_details(&changed), now).await?;
+        announce(&mut tx, seq).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(rows::as_stored(key))
     }
@@ -660,7 +832,8 @@ impl KeyStore for PostgresStore {
         .map_err(store_error)?;
         lock_audit(&mut tx).await?;
         let details = rows::rotate_details(grace_until, short_prefix);
-        append_audit(&mut tx, id, actor, rows::ACTION_ROTATED, &details, now).await?;
+        let seq = append_audit(&mut tx, id, actor, rows::ACTION_ROTATED, &details, now).await?;
+        announce(&mut tx, seq).await?;
         tx.commit().await.map_err(store_error)?;
         key.prefix = prefix.to_owned();
         key.short_prefix = short_prefix.to_owned();
@@ -766,6 +939,26 @@ impl KeyStore for PostgresStore {
         .map_err(store_error)?;
         rows::usage_from_rows(fetched)?.ok_or_else(|| StoreError::NotFound(id.clone()))
     }
+
+    /// Starts this handle's change listener on first use (so CLI commands,
+    /// which never ask, open no listener) and subscribes to it. `None`
+    /// outside a Tokio runtime.
+    fn change_notifications(&self) -> Option<watch::Receiver<i64>> {
+        let mut feed = self.feed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(feed) = feed.as_ref() {
+            return Some(feed.tx.subscribe());
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, rx) = watch::channel(0);
+        let task = runtime.spawn(follow_changes(
+            self.options.clone(),
+            self.connect_timeout,
+            self.url.clone(),
+            tx.clone(),
+        ));
+        *feed = Some(ChangeFeed { tx, task });
+        Some(rx)
+    }
 }
 
 #[cfg(test)]
@@ -823,6 +1016,76 @@ mod tests {
         tokio::time::timeout(NO_HANG, poll)
             .await
             .expect("a writer should be waiting for a lock");
+    }
+
+    /// Waits (up to [`NO_HANG`]) until `rx` is marked changed and returns
+    /// its value.
+    async fn next_wake(rx: &mut watch::Receiver<i64>) -> i64 {
+        tokio::time::timeout(NO_HANG, rx.changed())
+            .await
+            .expect("a wake-up within the bound")
+            .expect("the listener is running");
+        *rx.borrow_and_update()
+    }
+
+    #[tokio::test]
+    async fn a_change_through_one_handle_wakes_the_listener_of_another() {
+        let Some(schema) = PgSchema::create().await else {
+            return;
+        };
+        let writer = schema.open().await;
+        writer.migrate().await.unwrap();
+        let follower = schema.open().await;
+        let mut rx = follower.change_notifications().unwrap();
+        // The first wake-up says "connected: catch up".
+        next_wake(&mut rx).await;
+        let created = writer
+            .create_key(new_key(key("notif001", t(0))), &Actor::cli())
+            .await
+            .unwrap();
+        let seq = next_wake(&mut rx).await;
+        assert_eq!(seq, writer.change_seq().await.unwrap());
+        // A second subscriber shares the one listener.
+        let mut second = follower.change_notifications().unwrap();
+        let patch = KeyPatch {
+            status: Some(KeyStatus::Inactive),
+            ..KeyPatch::default()
+        };
+        writer
+            .update_key(&created.id, &patch, t(1), &Actor::cli())
+            .await
+            .unwrap();
+        assert!(next_wake(&mut rx).await > seq);
+        assert!(next_wake(&mut second).await > seq);
+    }
+
+    #[tokio::test]
+    async fn a_listener_whose_connection_dies_reconnects_and_wakes_followers() {
+        let Some(schema) = PgSchema::create().await else {
+            return;
+        };
+        let writer = schema.open().await;
+        writer.migrate().await.unwrap();
+        let follower = schema.open().await;
+        let mut rx = follower.change_notifications().unwrap();
+        next_wake(&mut rx).await;
+        // End every LISTENing session of this schema (the listener's).
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+        )
+        .bind(schema.name())
+        .fetch_all(&writer.pool)
+        .await
+        .unwrap();
+        assert_eq!(ended, [true], "one listener session");
+        // Reconnected: the catch-up wake-up, then notifications again.
+        next_wake(&mut rx).await;
+        writer
+            .create_key(new_key(key("notif002", t(0))), &Actor::cli())
+            .await
+            .unwrap();
+        assert_eq!(next_wake(&mut rx).await, writer.change_seq().await.unwrap());
     }
 
     async fn all_audit(store: &PostgresStore) -> Vec<AuditEntry> {

@@ -12,5 +12,6 @@ mod cli_keys;
 mod error_shapes;
 mod proxy_auth;
 mod proxy_raw;
+mod replicas;
 mod serve_binary;
 mod support;

@@ -131,7 +131,17 @@ impl TestGateway {
     /// Starts a gateway on `config` after pointing it at loopback listeners,
     /// a temp-dir store and the echo upstream. Settings the test already
     /// changed from the defaults are kept.
-    pub async fn start_config(mut config: Config) -> Self {
+    pub async fn start_config(config: Config) -> Self {
+        Self::launch(config, true).await
+    }
+
+    /// Like `start_config`, but on the store `config.database.url` names
+    /// (e.g. a Postgres schema shared by several gateways in one test).
+    pub async fn start_config_on_its_database(config: Config) -> Self {
+        Self::launch(config, false).await
+    }
+
+    async fn launch(mut config: Config, temp_store: bool) -> Self {
         let echo = EchoServer::start(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .unwrap();
@@ -139,7 +149,9 @@ impl TestGateway {
         config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.server.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.server.shutdown_grace = Duration::from_secs(2);
-        config.database.url = format!("sqlite://{}?mode=rwc", dir.path().join("keygate.db").display());
+        if temp_store {
+            config.database.url = format!("sqlite://{}?mode=rwc", dir.path().join("keygate.db").display());
+        }
         if config.upstream.authority == Config::default().upstream.authority {
             config.upstream.authority = echo.addr().to_string();
             config.upstream.url = format!("http://{}", echo.addr());
