@@ -10,6 +10,7 @@
 mod cli_check_config;
 mod cli_keys;
 mod error_shapes;
+mod outage;
 mod proxy_auth;
 mod proxy_raw;
 mod replicas;

@@ -1,7 +1,9 @@
 //! Test harness: a temp dir with a config file and a SQLite store, and a
 //! runner for the real `keygate` binary.
 
+pub mod chaos;
 pub mod gateway;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
