@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::admin;
 use crate::auth::Authenticator;
 use crate::auth::extract::CredentialHeaders;
+use crate::auth::usage::{self, UsageRecorder};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::policy::routes::RouteTable;
@@ -63,6 +64,7 @@ pub struct Gateway {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     store: SharedStore,
+    usage: Arc<UsageRecorder>,
 }
 
 impl Gateway {
@@ -102,12 +104,19 @@ impl Gateway {
             credential_headers: header_names,
         })
         .map_err(|e| AppError::Upstream(e.to_string()))?;
+        let usage = Arc::new(UsageRecorder::new(
+            store.clone(),
+            clock.clone(),
+            usage::FLUSH_INTERVAL,
+            usage::MAX_RETAINED,
+        ));
         let state = Arc::new(ProxyState {
             gate,
             forwarder,
             renderer: ProblemRenderer::new(&config.errors),
             max_header_bytes: config.server.max_header_bytes,
             max_body_bytes: config.server.max_body_bytes,
+            usage: usage.clone(),
         });
 
         let proxy_listener = bind(config.server.listen).await?;
@@ -123,6 +132,7 @@ impl Gateway {
         let max_buf = (config.server.max_header_bytes * 2 + 8192).max(8192);
         let tasks = vec![
             authenticator.spawn_change_poller(shutdown_rx.clone()),
+            usage.spawn_flusher(shutdown_rx.clone()),
             tokio::spawn(serve_proxy(
                 proxy_listener,
                 state,
@@ -144,6 +154,7 @@ impl Gateway {
             shutdown,
             tasks,
             store,
+            usage,
         })
     }
 
@@ -163,13 +174,17 @@ impl Gateway {
     }
 
     /// Stops accepting, drains in-flight requests (bounded by
-    /// `server.shutdown_grace`) and waits for every task.
+    /// `server.shutdown_grace`), waits for every task, then flushes the
+    /// usage counts (after the drain, so the last requests are counted).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "a gateway task failed during shutdown");
             }
+        }
+        if let Err(e) = self.usage.flush().await {
+            tracing::error!(error = %e, "cannot write the final usage counts; they are lost");
         }
         tracing::info!("keygate stopped");
     }

@@ -26,6 +26,7 @@ use crate::keys::{Key, KeyId};
 
 mod cache;
 pub mod extract;
+pub mod usage;
 mod verify;
 
 #[cfg(test)]

@@ -2,10 +2,12 @@
 //! [`gate`] (authentication and policy), then [`forward`] to the upstream.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use http::Response;
 
+use crate::auth::usage::UsageRecorder;
 use crate::problem::{Problem, ProblemRenderer};
 
 pub mod forward;
@@ -25,6 +27,8 @@ pub struct ProxyState {
     pub max_header_bytes: usize,
     /// `server.max_body_bytes`.
     pub max_body_bytes: Option<u64>,
+    /// Usage counting (in memory; flushed to the store in the background).
+    pub usage: Arc<UsageRecorder>,
 }
 
 impl ProxyState {

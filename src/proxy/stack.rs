@@ -12,6 +12,8 @@
 //!    hygiene, streaming, upstream errors mapped to 502/504.
 //! 5. **Log** — one line per request with method, route, key id, short
 //!    prefix, decision, status and duration; never a secret.
+//! 6. **Usage** — a request whose key was identified is counted by outcome
+//!    in memory ([`crate::auth::usage`]); the store is written off this path.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -43,6 +45,10 @@ pub async fn handle(state: &ProxyState, req: Request<Incoming>, client: SocketAd
             .extensions()
             .get::<Code>()
             .map_or("ok", |code| code.as_str());
+        // Only identified keys are counted; the recorder never waits on the store.
+        if let Some(key_id) = &decision.key_id {
+            state.usage.record_now(key_id, outcome);
+        }
         tracing::info!(
             method = %method,
             route = decision.route,

@@ -434,3 +434,38 @@ async fn health_and_readiness() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn usage_is_counted_by_outcome_and_flushed_on_shutdown() {
+    let gw = TestGateway::start(DEFAULT_ROUTES).await;
+    let issued = gw.key(&["can_read_order"], "pro").await;
+    let key = issued.secret.expose();
+    for _ in 0..3 {
+        let reply = gw.get("/v1/orders/1", &[("x-api-key", key)]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    for _ in 0..2 {
+        let reply = gw
+            .send(Method::POST, "/v1/orders", &[("x-api-key", key)], "{}")
+            .await;
+        assert_eq!(reply.json()["code"], "insufficient_scope");
+    }
+    // No key identified: not counted against anyone.
+    let reply = gw.get("/v1/orders/1", &[]).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+
+    // The flusher runs every second; stopping right away leaves the counts
+    // to the final flush after the drain.
+    let store = gw.manager.store().clone();
+    let now = gw.clock.now();
+    let _files = gw.stop_keeping_files().await;
+    let usage = store.usage(&issued.key.id).await.unwrap();
+    assert_eq!(
+        usage.by_outcome.into_iter().collect::<Vec<_>>(),
+        [("insufficient_scope".to_owned(), 2), ("ok".to_owned(), 3)]
+    );
+    assert_eq!(usage.total, 5);
+    let stored = store.get_key(&issued.key.id).await.unwrap();
+    assert_eq!(stored.request_count, 5);
+    assert_eq!(stored.last_used_at, Some(now), "the gateway's injected clock");
+}

@@ -260,6 +260,16 @@ impl TestGateway {
             gateway.shutdown().await;
         }
     }
+
+    /// Stops the gateway like [`Self::stop`] but keeps its files (the SQLite
+    /// store) until the returned directory drops, so tests can read what the
+    /// shutdown wrote.
+    pub async fn stop_keeping_files(mut self) -> tempfile::TempDir {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await;
+        }
+        self._dir
+    }
 }
 
 /// Sends one request with the shared client.

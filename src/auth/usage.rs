@@ -1,0 +1,553 @@
+//! Usage counting (request count and last use per key and outcome), kept off
+//! the request path: the proxy calls [`UsageRecorder::record`], which only
+//! bumps an in-memory counter; a background flusher writes the counts to the
+//! store every [`FLUSH_INTERVAL`]; the gateway calls [`UsageRecorder::flush`]
+//! once more after draining on shutdown, so SIGTERM loses nothing.
+//!
+//! Design: counters live in 16 `std::sync::Mutex<HashMap>` shards
+//! keyed by (key id, outcome), picked by a hash of the key id; a flush swaps
+//! each shard's map out wholesale. Chosen over a bounded channel because a
+//! request then costs one short uncontended lock and a map update instead of
+//! a message per request, memory is bounded by distinct (key, outcome) pairs
+//! seen per interval rather than by request rate, and nothing is ever
+//! dropped on a traffic burst. A batch the store refused is kept and merged
+//! into the next flush, bounded by a cap (the oldest pairs are dropped and
+//! counted past it).
+//!
+//! What counts as usage (identified keys only) is the caller's decision;
+//! the store does the arithmetic.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::clock::SharedClock;
+use crate::keys::KeyId;
+use crate::store::{SharedStore, StoreError, UsageDelta};
+
+/// How often the background flusher writes counts to the store (1 s: usage
+/// shown by the admin API lags by at most about this, and a busy gateway
+/// writes one small transaction a second rather than one per request).
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most (key, outcome) pairs kept for retry while the store refuses
+/// batches (~100 bytes each, so about 10 MB at worst); past it the pairs
+/// with the oldest last use are dropped and counted.
+pub const MAX_RETAINED: usize = 100_000;
+
+/// Counter shards: enough that concurrent requests for different keys
+/// rarely meet on one lock, few enough that a flush's sweep is trivial.
+const SHARDS: usize = 16;
+
+/// Counts per (key id, outcome code).
+type Tally = HashMap<(Arc<str>, &'static str), Count>;
+
+/// One pair's requests since the last flush and their latest instant.
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    count: u64,
+    last: DateTime<Utc>,
+}
+
+impl Count {
+    fn add(&mut self, other: Count) {
+        self.count += other.count;
+        self.last = self.last.max(other.last);
+    }
+}
+
+/// Batches usage counts in memory and writes them to the store off the
+/// request path. Shared as an `Arc` between the proxy and the flusher.
+#[derive(Debug)]
+pub struct UsageRecorder {
+    store: SharedStore,
+    clock: SharedClock,
+    interval: Duration,
+    max_retained: usize,
+    hasher: RandomState,
+    // std Mutex: each is held for one map update (or one `mem::take`), never
+    // across an await, so a tokio lock would only add overhead.
+    shards: Box<[Mutex<Tally>]>,
+    // std Mutex: held only to take or merge back a refused batch, never while
+    // the store is being called (concurrent flushes write disjoint counts,
+    // which add up either way).
+    retained: Mutex<Tally>,
+    dropped: AtomicU64,
+    drop_warned: AtomicBool,
+}
+
+impl UsageRecorder {
+    /// A recorder writing to `store` every `interval` once
+    /// [`spawn_flusher`](Self::spawn_flusher) runs, keeping at most
+    /// `max_retained` pairs of a refused batch for retry.
+    pub fn new(store: SharedStore, clock: SharedClock, interval: Duration, max_retained: usize) -> Self {
+        Self {
+            store,
+            clock,
+            interval,
+            max_retained: max_retained.max(1),
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Tally::new())).collect(),
+            retained: Mutex::new(Tally::new()),
+            dropped: AtomicU64::new(0),
+            drop_warned: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts one request by an identified key with its outcome (`ok` or a
+    /// SPEC code) at `at`. Never touches the store; never waits on I/O.
+    pub fn record(&self, key_id: &Arc<str>, outcome: &'static str, at: DateTime<Utc>) {
+        let shard = self.hasher.hash_one(&**key_id) as usize % self.shards.len();
+        let mut tally = lock(&self.shards[shard]);
+        let slot = tally
+            .entry((Arc::clone(key_id), outcome))
+            .or_insert(Count { count: 0, last: at });
+        slot.add(Count { count: 1, last: at });
+    }
+
+    /// [`record`](Self::record) at the injected clock's now.
+    pub fn record_now(&self, key_id: &Arc<str>, outcome: &'static str) {
+        self.record(key_id, outcome, self.clock.now());
+    }
+
+    /// Requests dropped so far because refused batches outgrew the cap.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Writes everything counted so far (and any batch kept from a failed
+    /// flush) in one store call; returns the requests written. On failure
+    /// the batch is kept for the next flush.
+    pub async fn flush(&self) -> Result<u64, StoreError> {
+        let mut batch = std::mem::take(&mut *lock(&self.retained));
+        for shard in &self.shards {
+            let taken = std::mem::take(&mut *lock(shard));
+            merge(&mut batch, taken);
+        }
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let mut requests = 0;
+        let deltas: Vec<UsageDelta> = batch
+            .iter()
+            .filter_map(|((id, outcome), count)| {
+                // Ids come from stored keys, so this only skips the impossible.
+                let key_id = id.parse::<KeyId>().ok()?;
+                requests += count.count;
+                Some(UsageDelta {
+                    key_id,
+                    outcome: (*outcome).to_owned(),
+                    count: count.count,
+                    last_used_at: count.last,
+                })
+            })
+            .collect();
+        match self.store.record_usage(&deltas).await {
+            Ok(()) => {
+                self.drop_warned.store(false, Ordering::Relaxed);
+                Ok(requests)
+            }
+            Err(e) => {
+                self.retain(batch);
+                Err(e)
+            }
+        }
+    }
+
+    /// Merges a refused batch back for the next flush, dropping the pairs
+    /// with the oldest last use beyond the cap.
+    fn retain(&self, batch: Tally) {
+        let mut retained = lock(&self.retained);
+        merge(&mut retained, batch);
+        let excess = retained.len().saturating_sub(self.max_retained);
+        if excess == 0 {
+            return;
+        }
+        let mut by_age: Vec<_> = retained
+            .iter()
+            .map(|(pair, count)| (count.last, pair.clone()))
+            .collect();
+        by_age.select_nth_unstable_by_key(excess - 1, |(last, _)| *last);
+        let mut lost = 0;
+        for (_, pair) in by_age.into_iter().take(excess) {
+            lost += retained.remove(&pair).map_or(0, |c| c.count);
+        }
+        drop(retained);
+        self.dropped.fetch_add(lost, Ordering::Relaxed);
+        if !self.drop_warned.swap(true, Ordering::Relaxed) {
+            warn!(
+                usage.dropped_requests = lost,
+                usage.max_retained = self.max_retained,
+                "the key store keeps refusing usage batches; dropping the oldest usage counts"
+            );
+        }
+    }
+
+    /// Flushes every interval until `shutdown` is set. A flush in progress
+    /// is never cancelled (it could leave counts written but not cleared);
+    /// the final flush after draining is the gateway's, via
+    /// [`flush`](Self::flush).
+    pub fn spawn_flusher(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.run_flusher(shutdown).await })
+    }
+
+    async fn run_flusher(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = stopped(&mut shutdown) => break,
+                _ = ticker.tick() => {}
+            }
+            match self.flush().await {
+                Ok(requests) => {
+                    if failing {
+                        info!("the key store accepts usage batches again");
+                        failing = false;
+                    }
+                    if requests > 0 {
+                        debug!(usage.requests = requests, "flushed usage counts");
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        warn!(error = %e, "cannot write usage counts; keeping them for the next flush");
+                        failing = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once `shutdown` is set (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn merge(into: &mut Tally, from: Tally) {
+    if into.is_empty() {
+        *into = from;
+        return;
+    }
+    for (pair, count) in from {
+        into.entry(pair).and_modify(|c| c.add(count)).or_insert(count);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a counter lock cannot leave the map invalid.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration as StdDuration;
+
+    use async_trait::async_trait;
+    use chrono::{Duration, TimeZone};
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::keys::{HashParams, Key, KeyFormat, KeyHash, KeyPatch, KeyPrefix, KeySettings};
+    use crate::manage::{CreateKey, KeyManager};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{
+        Actor, AuditEntry, Candidate, KeyFilter, KeyStore, MigrationReport, NewKey, Page, PageRequest,
+        StoreSettings, Usage,
+    };
+
+    const TINY: HashParams = HashParams {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    /// The real store, refusing usage batches while `fail` is set.
+    #[derive(Debug)]
+    struct FlakyStore {
+        inner: SqliteStore,
+        fail: AtomicBool,
+    }
+
+    #[async_trait]
+    impl KeyStore for FlakyStore {
+        async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+            self.inner.migrate().await
+        }
+
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.inner.ping().await
+        }
+
+        async fn create_key(&self, new: NewKey, actor: &Actor) -> Result<Key, StoreError> {
+            self.inner.create_key(new, actor).await
+        }
+
+        async fn import_keys(&self, keys: Vec<NewKey>, actor: &Actor) -> Result<Vec<Key>, StoreError> {
+            self.inner.import_keys(keys, actor).await
+        }
+
+        async fn get_key(&self, id: &KeyId) -> Result<Key, StoreError> {
+            self.inner.get_key(id).await
+        }
+
+        async fn list_keys(
+            &self,
+            filter: &KeyFilter,
+            page: PageRequest<KeyId>,
+        ) -> Result<Page<Key, KeyId>, StoreError> {
+            self.inner.list_keys(filter, page).await
+        }
+
+        async fn update_key(
+            &self,
+            id: &KeyId,
+            patch: &KeyPatch,
+            now: DateTime<Utc>,
+            actor: &Actor,
+        ) -> Result<Key, StoreError> {
+            self.inner.update_key(id, patch, now, actor).await
+        }
+
+        async fn rotate_key(
+            &self,
+            id: &KeyId,
+            prefix: &str,
+            short_prefix: &str,
+            hash: KeyHash,
+            grace_until: Option<DateTime<Utc>>,
+            now: DateTime<Utc>,
+            actor: &Actor,
+        ) -> Result<Key, StoreError> {
+            self.inner
+                .rotate_key(id, prefix, short_prefix, hash, grace_until, now, actor)
+                .await
+        }
+
+        async fn find_candidates(&self, short_prefix: &str) -> Result<Vec<Candidate>, StoreError> {
+            self.inner.find_candidates(short_prefix).await
+        }
+
+        async fn imported_prefixes(&self) -> Result<BTreeSet<String>, StoreError> {
+            self.inner.imported_prefixes().await
+        }
+
+        async fn audit(&self, page: PageRequest<i64>) -> Result<Page<AuditEntry, i64>, StoreError> {
+            self.inner.audit(page).await
+        }
+
+        async fn change_seq(&self) -> Result<i64, StoreError> {
+            self.inner.change_seq().await
+        }
+
+        async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("test outage".into()));
+            }
+            self.inner.record_usage(batch).await
+        }
+
+        async fn usage(&self, id: &KeyId) -> Result<Usage, StoreError> {
+            self.inner.usage(id).await
+        }
+    }
+
+    struct Fixture {
+        store: Arc<FlakyStore>,
+        clock: ManualClock,
+        a: KeyId,
+        b: KeyId,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn recorder(&self, max_retained: usize) -> Arc<UsageRecorder> {
+            let store: SharedStore = self.store.clone();
+            Arc::new(UsageRecorder::new(
+                store,
+                Arc::new(self.clock.clone()),
+                StdDuration::from_millis(10),
+                max_retained,
+            ))
+        }
+
+        async fn usage(&self, id: &KeyId) -> Vec<(String, u64)> {
+            let usage = self.store.usage(id).await.unwrap();
+            assert_eq!(usage.total, usage.by_outcome.values().sum::<u64>());
+            usage.by_outcome.into_iter().collect()
+        }
+    }
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap() + Duration::seconds(secs)
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings {
+            url: format!("sqlite://{}?mode=rwc", dir.path().join("keys.db").display()),
+            auto_migrate: true,
+            max_connections: 4,
+            connect_timeout: StdDuration::from_secs(5),
+            statement_timeout: StdDuration::from_secs(5),
+        };
+        let inner = SqliteStore::open(&settings).await.unwrap();
+        inner.migrate().await.unwrap();
+        let store = Arc::new(FlakyStore {
+            inner,
+            fail: AtomicBool::new(false),
+        });
+        let clock = ManualClock::new(t(0));
+        let keys = KeySettings {
+            default_prefix: KeyPrefix::new("kg_test_").unwrap(),
+            format: KeyFormat::Base62,
+            default_plan: "free".into(),
+            generated_hash: TINY,
+            imported_hash: TINY,
+        };
+        let plans = ["free".to_owned()].into_iter().collect();
+        let shared: SharedStore = store.clone();
+        let manager = KeyManager::new(shared, keys, plans, Arc::new(clock.clone()));
+        let mut ids = Vec::new();
+        for name in ["a", "b"] {
+            let req = CreateKey {
+                name: name.into(),
+                ..CreateKey::default()
+            };
+            ids.push(manager.create(req, &Actor::cli()).await.unwrap().key.id);
+        }
+        let b = ids.pop().unwrap();
+        let a = ids.pop().unwrap();
+        Fixture {
+            store,
+            clock,
+            a,
+            b,
+            _dir: dir,
+        }
+    }
+
+    fn arc(id: &KeyId) -> Arc<str> {
+        Arc::from(id.as_str())
+    }
+
+    fn pairs(items: &[(&str, u64)]) -> Vec<(String, u64)> {
+        items.iter().map(|(o, n)| ((*o).to_owned(), *n)).collect()
+    }
+
+    #[tokio::test]
+    async fn counts_by_outcome_add_up_across_flushes_and_last_use_is_the_latest() {
+        let f = fixture().await;
+        let r = f.recorder(MAX_RETAINED);
+        let (a, b) = (arc(&f.a), arc(&f.b));
+        r.record(&a, "ok", t(5));
+        r.record(&a, "ok", t(3));
+        r.record(&a, "insufficient_scope", t(4));
+        r.record(&b, "ok", t(1));
+        assert_eq!(r.flush().await.unwrap(), 4);
+        assert_eq!(r.flush().await.unwrap(), 0, "nothing counted twice");
+        r.record(&a, "ok", t(2));
+        f.clock.advance(Duration::seconds(9));
+        r.record_now(&a, "key_expired");
+        assert_eq!(r.flush().await.unwrap(), 2);
+
+        assert_eq!(
+            f.usage(&f.a).await,
+            pairs(&[("insufficient_scope", 1), ("key_expired", 1), ("ok", 3)])
+        );
+        assert_eq!(f.usage(&f.b).await, pairs(&[("ok", 1)]));
+        let key = f.store.get_key(&f.a).await.unwrap();
+        assert_eq!(key.request_count, 5);
+        assert_eq!(
+            key.last_used_at,
+            Some(t(9)),
+            "the latest use, not the last recorded"
+        );
+        assert_eq!(f.store.get_key(&f.b).await.unwrap().last_used_at, Some(t(1)));
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_is_kept_for_the_next_flush() {
+        let f = fixture().await;
+        let r = f.recorder(MAX_RETAINED);
+        let a = arc(&f.a);
+        r.record(&a, "ok", t(1));
+        r.record(&a, "invalid_key", t(2));
+        f.store.fail.store(true, Ordering::SeqCst);
+        assert!(matches!(r.flush().await, Err(StoreError::Unavailable(_))));
+        r.record(&a, "ok", t(3));
+        assert!(r.flush().await.is_err());
+        assert_eq!(f.usage(&f.a).await, pairs(&[]));
+
+        f.store.fail.store(false, Ordering::SeqCst);
+        r.record(&a, "ok", t(4));
+        assert_eq!(r.flush().await.unwrap(), 4);
+        assert_eq!(f.usage(&f.a).await, pairs(&[("invalid_key", 1), ("ok", 3)]));
+        assert_eq!(f.store.get_key(&f.a).await.unwrap().last_used_at, Some(t(4)));
+        assert_eq!(r.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn kept_batches_are_capped_by_dropping_the_oldest() {
+        let f = fixture().await;
+        let r = f.recorder(2);
+        let (a, b) = (arc(&f.a), arc(&f.b));
+        f.store.fail.store(true, Ordering::SeqCst);
+        r.record(&a, "ok", t(1));
+        r.record(&a, "ok", t(2));
+        r.record(&b, "ok", t(5));
+        assert!(r.flush().await.is_err());
+        r.record(&a, "invalid_key", t(6));
+        assert!(r.flush().await.is_err());
+        assert_eq!(r.dropped(), 2, "a's two oldest `ok` requests");
+
+        f.store.fail.store(false, Ordering::SeqCst);
+        assert_eq!(r.flush().await.unwrap(), 2);
+        assert_eq!(f.usage(&f.a).await, pairs(&[("invalid_key", 1)]));
+        assert_eq!(f.usage(&f.b).await, pairs(&[("ok", 1)]));
+    }
+
+    #[tokio::test]
+    async fn the_flusher_writes_in_the_background_and_the_final_flush_writes_the_rest() {
+        let f = fixture().await;
+        let r = f.recorder(MAX_RETAINED);
+        let a = arc(&f.a);
+        let (stop, stop_rx) = watch::channel(false);
+        let flusher = r.spawn_flusher(stop_rx);
+        r.record(&a, "ok", t(1));
+        let deadline = tokio::time::Instant::now() + StdDuration::from_secs(5);
+        while f.store.usage(&f.a).await.unwrap().total == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the flusher never wrote");
+            tokio::time::sleep(StdDuration::from_millis(5)).await;
+        }
+
+        // Shutdown: the flusher stops, then the gateway's final flush writes
+        // whatever was counted after its last tick.
+        stop.send(true).unwrap();
+        tokio::time::timeout(StdDuration::from_secs(5), flusher)
+            .await
+            .unwrap()
+            .unwrap();
+        r.record(&a, "ok", t(2));
+        r.record(&a, "rate_limited", t(3));
+        r.flush().await.unwrap();
+        assert_eq!(f.usage(&f.a).await, pairs(&[("ok", 2), ("rate_limited", 1)]));
+        assert_eq!(f.store.get_key(&f.a).await.unwrap().request_count, 3);
+    }
+}
