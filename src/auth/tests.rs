@@ -31,16 +31,26 @@ const TINY: HashParams = HashParams {
 };
 
 /// The real store, counting `find_candidates` calls and failing the reads
-/// the gateway makes while `fail` is set (writes by the manager still work,
-/// as they would through another replica).
+/// and usage flushes the gateway makes while `fail` is set (writes by the
+/// manager still work, as they would through another replica). Shared with
+/// the usage recorder's tests.
 #[derive(Debug)]
-struct TestStore {
-    inner: SqliteStore,
-    finds: AtomicUsize,
-    fail: AtomicBool,
+pub(super) struct TestStore {
+    pub(super) inner: SqliteStore,
+    pub(super) finds: AtomicUsize,
+    pub(super) fail: AtomicBool,
 }
 
 impl TestStore {
+    /// Wraps a store, failing nothing yet.
+    pub(super) fn new(inner: SqliteStore) -> Self {
+        Self {
+            inner,
+            finds: AtomicUsize::new(0),
+            fail: AtomicBool::new(false),
+        }
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         if self.fail.load(Ordering::SeqCst) {
             Err(StoreError::Unavailable("test outage".into()))
@@ -132,6 +142,7 @@ impl KeyStore for TestStore {
     }
 
     async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        self.check()?;
         self.inner.record_usage(batch).await
     }
 

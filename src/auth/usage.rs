@@ -256,21 +256,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
     use std::time::Duration as StdDuration;
 
-    use async_trait::async_trait;
     use chrono::{Duration, TimeZone};
 
     use super::*;
     use crate::clock::ManualClock;
-    use crate::keys::{HashParams, Key, KeyFormat, KeyHash, KeyPatch, KeyPrefix, KeySettings};
+    use crate::keys::{HashParams, KeyFormat, KeyPrefix, KeySettings};
     use crate::manage::{CreateKey, KeyManager};
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{
-        Actor, AuditEntry, Candidate, KeyFilter, KeyStore, MigrationReport, NewKey, Page, PageRequest,
-        StoreSettings, Usage,
-    };
+    use crate::store::{Actor, KeyStore, StoreSettings};
 
     const TINY: HashParams = HashParams {
         memory_kib: 64,
@@ -278,95 +273,7 @@ mod tests {
         parallelism: 1,
     };
 
-    /// The real store, refusing usage batches while `fail` is set.
-    #[derive(Debug)]
-    struct FlakyStore {
-        inner: SqliteStore,
-        fail: AtomicBool,
-    }
-
-    #[async_trait]
-    impl KeyStore for FlakyStore {
-        async fn migrate(&self) -> Result<MigrationReport, StoreError> {
-            self.inner.migrate().await
-        }
-
-        async fn ping(&self) -> Result<(), StoreError> {
-            self.inner.ping().await
-        }
-
-        async fn create_key(&self, new: NewKey, actor: &Actor) -> Result<Key, StoreError> {
-            self.inner.create_key(new, actor).await
-        }
-
-        async fn import_keys(&self, keys: Vec<NewKey>, actor: &Actor) -> Result<Vec<Key>, StoreError> {
-            self.inner.import_keys(keys, actor).await
-        }
-
-        async fn get_key(&self, id: &KeyId) -> Result<Key, StoreError> {
-            self.inner.get_key(id).await
-        }
-
-        async fn list_keys(
-            &self,
-            filter: &KeyFilter,
-            page: PageRequest<KeyId>,
-        ) -> Result<Page<Key, KeyId>, StoreError> {
-            self.inner.list_keys(filter, page).await
-        }
-
-        async fn update_key(
-            &self,
-            id: &KeyId,
-            patch: &KeyPatch,
-            now: DateTime<Utc>,
-            actor: &Actor,
-        ) -> Result<Key, StoreError> {
-            self.inner.update_key(id, patch, now, actor).await
-        }
-
-        async fn rotate_key(
-            &self,
-            id: &KeyId,
-            prefix: &str,
-            short_prefix: &str,
-            hash: KeyHash,
-            grace_until: Option<DateTime<Utc>>,
-            now: DateTime<Utc>,
-            actor: &Actor,
-        ) -> Result<Key, StoreError> {
-            self.inner
-                .rotate_key(id, prefix, short_prefix, hash, grace_until, now, actor)
-                .await
-        }
-
-        async fn find_candidates(&self, short_prefix: &str) -> Result<Vec<Candidate>, StoreError> {
-            self.inner.find_candidates(short_prefix).await
-        }
-
-        async fn imported_prefixes(&self) -> Result<BTreeSet<String>, StoreError> {
-            self.inner.imported_prefixes().await
-        }
-
-        async fn audit(&self, page: PageRequest<i64>) -> Result<Page<AuditEntry, i64>, StoreError> {
-            self.inner.audit(page).await
-        }
-
-        async fn change_seq(&self) -> Result<i64, StoreError> {
-            self.inner.change_seq().await
-        }
-
-        async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("test outage".into()));
-            }
-            self.inner.record_usage(batch).await
-        }
-
-        async fn usage(&self, id: &KeyId) -> Result<Usage, StoreError> {
-            self.inner.usage(id).await
-        }
-    }
+    use super::super::tests::TestStore as FlakyStore;
 
     struct Fixture {
         store: Arc<FlakyStore>,
@@ -409,10 +316,7 @@ mod tests {
         };
         let inner = SqliteStore::open(&settings).await.unwrap();
         inner.migrate().await.unwrap();
-        let store = Arc::new(FlakyStore {
-            inner,
-            fail: AtomicBool::new(false),
-        });
+        let store = Arc::new(FlakyStore::new(inner));
         let clock = ManualClock::new(t(0));
         let keys = KeySettings {
             default_prefix: KeyPrefix::new("kg_test_").unwrap(),
