@@ -32,6 +32,7 @@ use crate::problem::ProblemRenderer;
 use crate::proxy::ProxyState;
 use crate::proxy::forward::{ForwardSettings, Forwarder};
 use crate::proxy::gate::Gate;
+use crate::proxy::sniff::{AmbiguousFraming, Observed, Verdicts};
 use crate::store::{self, SharedStore, StoreError};
 
 /// Longest a client may take to send a request head (slowloris guard).
@@ -231,11 +232,18 @@ async fn serve_proxy(
                 };
                 let _ = stream.set_nodelay(true);
                 let state = Arc::clone(&state);
-                let service = service_fn(move |req| {
+                let verdicts = Verdicts::new();
+                let io = TokioIo::new(Observed::new(stream, Arc::clone(&verdicts)));
+                let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    // HTTP/1 calls the service in request order, which is
+                    // the order the observer numbered the heads in.
+                    if verdicts.next_is_ambiguous() {
+                        req.extensions_mut().insert(AmbiguousFraming);
+                    }
                     let state = Arc::clone(&state);
                     async move { Ok::<_, Infallible>(state.handle(req, client).await) }
                 });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = builder.serve_connection(io, service).into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {

@@ -12,6 +12,7 @@ use crate::problem::{Problem, ProblemRenderer};
 
 pub mod forward;
 pub mod gate;
+pub mod sniff;
 pub mod stack;
 
 /// Everything a proxied request needs, built once in `app`.

@@ -4,7 +4,7 @@
 //! 1. **Head limits** — a request head over `server.max_header_bytes` gets 431
 //!    and a declared body over `server.max_body_bytes` 413, before any work.
 //! 2. **Framing** — `Content-Length` together with `Transfer-Encoding` is a
-//!    smuggling attempt: 400, nothing forwarded.
+//!    smuggling attempt: 400, nothing forwarded (seen by [`super::sniff`]).
 //! 3. **Gate** ([`super::gate`]) — path normalisation (which runs before
 //!    routing, so routing and the upstream see the same path), route
 //!    decision, authentication, plan access, scopes.
@@ -26,6 +26,7 @@ use tracing::Instrument;
 use super::ProxyState;
 use super::forward::ForwardError;
 use super::gate::Decision;
+use super::sniff::AmbiguousFraming;
 use crate::problem::{Code, Problem};
 
 /// Handles one proxied request end to end; never fails (every failure is a
@@ -94,7 +95,11 @@ async fn pipeline<'a>(
         }
     }
     // 2. Framing.
-    if content_length.is_some() && parts.headers.contains_key(header::TRANSFER_ENCODING) {
+    // hyper drops Content-Length when Transfer-Encoding is present, so the
+    // connection observer (super::sniff) is what sees the pair.
+    let ambiguous = parts.extensions.get::<AmbiguousFraming>().is_some()
+        || (content_length.is_some() && parts.headers.contains_key(header::TRANSFER_ENCODING));
+    if ambiguous {
         decision.reason = Some("Content-Length with Transfer-Encoding");
         return state.render(
             &Problem::new(Code::BadRequest)
