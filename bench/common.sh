@@ -37,7 +37,8 @@ need_cpus() {
 
 cleanup() {
     local status=$?
-    trap - EXIT INT TERM
+    trap - EXIT INT TERM ERR
+    ((status == 0)) || note "stopping every process this bench started (exit status $status)"
     local pid
     for pid in "${BENCH_PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true

@@ -37,6 +37,7 @@ on_server=(taskset -c "$SERVER_CPU")
 on_load=(taskset -c "$LOAD_CPU")
 
 busy_before="$(busy_report)"
+start_monitor
 
 start echo "${on_server[@]}" "$ex/echo" "127.0.0.1:$P_ECHO"
 wait_port "$P_ECHO" "$LAST_PID" echo
@@ -99,6 +100,7 @@ transfer() {
 }
 
 : >"$w/rows.tsv"
+m0="$(date +%s.%N)"
 for mib in $SIZES_MIB; do
     n=$((mib * 1048576))
     note "$mib MiB: fresh keygate, download then upload"
@@ -122,10 +124,12 @@ for mib in $SIZES_MIB; do
     stop "$kg_pid"
 done
 
+foreign="$(foreign_cpu "$m0" "$(date +%s.%N)")"
 busy_after="$(busy_report)"
 
-python3 - "$w/rows.tsv" "$busy_before" "$busy_after" <<'PY'
+python3 - "$w/rows.tsv" "$busy_before" "$busy_after" "$foreign" <<'PY'
 import sys
+fmean, fmax, ftop, steal = sys.argv[4].split()
 rows = [l.split() for l in open(sys.argv[1])]
 print("streaming through keygate (curl on one CPU, keygate + echo upstream on the other; fresh keygate per size)")
 print()
@@ -147,6 +151,7 @@ for direction, values in peaks.items():
     (small, hs), (large, hl) = values[0], values[-1]
     print(f"{direction}: VmHWM {hs / 1024:.1f} MiB at {small} MiB vs {hl / 1024:.1f} MiB at {large} MiB "
           f"({'flat' if hl - hs < 16 * 1024 else 'GROWS with size'})")
+print(f"other processes used {fmean}% of a CPU on average (max {fmax}%, {ftop}) during the transfers; hypervisor steal <= {steal}%")
 print()
 print("before:", sys.argv[2].replace("\n", "\n  "))
 print("after: ", sys.argv[3].replace("\n", "\n  "))
