@@ -1009,6 +1009,23 @@ pub async fn usage_recording(store: &dyn KeyStore) {
         (0, 0, None)
     );
     assert!(matches!(store.usage(&gone).await, Err(StoreError::NotFound(_))));
+
+    // One batch over several keys and outcomes lands per key.
+    store
+        .record_usage(&[
+            delta(&b.id, "ok", 7, 40),
+            delta(&a.id, "invalid_key", 1, 41),
+            delta(&b.id, "forbidden", 2, 39),
+        ])
+        .await
+        .expect("record");
+    let (ua, ub) = (
+        store.usage(&a.id).await.expect("a"),
+        store.usage(&b.id).await.expect("b"),
+    );
+    assert_eq!((ua.total, ua.last_used_at), (7, Some(t(41))));
+    assert_eq!((ub.total, ub.last_used_at), (9, Some(t(40))));
+    assert_eq!((ub.by_outcome["ok"], ub.by_outcome["forbidden"]), (7, 2));
     assert_eq!(store.change_seq().await.expect("seq"), seq);
 }
 

@@ -892,39 +892,59 @@ impl KeyStore for PostgresStore {
         if batch.is_empty() {
             return Ok(());
         }
-        // Rows are locked in (key, outcome) order, so two gateways flushing
-        // overlapping batches at once queue instead of deadlocking.
+        // The whole batch travels as parallel arrays and is applied by three
+        // set-based statements, so a flush costs the same whether it carries
+        // one key or ten thousand (a statement per key made flushing the
+        // busiest thing a loaded gateway did).
         let mut ordered: Vec<&UsageDelta> = batch.iter().collect();
         ordered.sort_by(|a, b| (&a.key_id, &a.outcome).cmp(&(&b.key_id, &b.outcome)));
+        let ids: Vec<&str> = ordered.iter().map(|d| d.key_id.as_str()).collect();
+        let outcomes: Vec<&str> = ordered.iter().map(|d| d.outcome.as_str()).collect();
+        let counts: Vec<i64> = ordered.iter().map(|d| rows::count_to_db(d.count)).collect();
+        let lasts: Vec<DateTime<Utc>> = ordered
+            .iter()
+            .map(|d| at_stored_precision(d.last_used_at))
+            .collect();
         let mut tx = self.begin().await?;
-        for delta in ordered {
-            let count = rows::count_to_db(delta.count);
-            // The EXISTS guard drops deltas for keys deleted since the
-            // gateway counted them (the foreign key would refuse the row).
-            sqlx::query(
-                "INSERT INTO key_usage (key_id, outcome, count) \
-                 SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM keys WHERE id = $1) \
-                 ON CONFLICT (key_id, outcome) DO UPDATE SET count = key_usage.count + excluded.count",
-            )
-            .bind(delta.key_id.as_str())
-            .bind(&delta.outcome)
-            .bind(count)
+        // Two gateways flushing overlapping batches at once must queue, not
+        // deadlock: the key rows are locked first, in id order, and every
+        // later row lock of this transaction is on a row of those keys.
+        sqlx::query("SELECT 1 FROM keys WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+            .bind(&ids)
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
-            // Batches from several gateways arrive in any order: keep the
-            // latest use, not the last written (GREATEST skips NULL).
-            sqlx::query(
-                "UPDATE keys SET request_count = request_count + $1, \
-                 last_used_at = GREATEST(last_used_at, $2) WHERE id = $3",
-            )
-            .bind(count)
-            .bind(at_stored_precision(delta.last_used_at))
-            .bind(delta.key_id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        }
+        // The EXISTS guard drops deltas for keys deleted since the gateway
+        // counted them (the foreign key would refuse the row).
+        sqlx::query(
+            "INSERT INTO key_usage (key_id, outcome, count) \
+             SELECT d.id, d.outcome, d.count FROM unnest($1::text[], $2::text[], $3::bigint[]) \
+               AS d(id, outcome, count) \
+             WHERE EXISTS (SELECT 1 FROM keys WHERE keys.id = d.id) \
+             ON CONFLICT (key_id, outcome) DO UPDATE SET count = key_usage.count + excluded.count",
+        )
+        .bind(&ids)
+        .bind(&outcomes)
+        .bind(&counts)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        // Batches from several gateways arrive in any order: keep the latest
+        // use, not the last written (GREATEST skips NULL).
+        sqlx::query(
+            "UPDATE keys SET request_count = keys.request_count + d.total, \
+             last_used_at = GREATEST(keys.last_used_at, d.last) \
+             FROM (SELECT id, SUM(count)::bigint AS total, MAX(last) AS last \
+                   FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS u(id, count, last) \
+                   GROUP BY id) AS d \
+             WHERE keys.id = d.id",
+        )
+        .bind(&ids)
+        .bind(&counts)
+        .bind(&lasts)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
         tx.commit().await.map_err(store_error)
     }
 

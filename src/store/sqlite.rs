@@ -577,36 +577,50 @@ impl KeyStore for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
+        // The whole batch travels as one JSON array and is applied by two
+        // set-based statements, so a flush costs the same two statements
+        // whether it carries one key or ten thousand (a statement per key
+        // made flushing the busiest thing a loaded gateway did).
+        let deltas: Vec<Value> = batch
+            .iter()
+            .map(|delta| {
+                serde_json::json!([
+                    delta.key_id.as_str(),
+                    delta.outcome,
+                    rows::count_to_db(delta.count),
+                    timestamp_text(delta.last_used_at),
+                ])
+            })
+            .collect();
+        let deltas = Value::Array(deltas).to_string();
         let mut tx = self.begin_write().await?;
-        for delta in batch {
-            let count = rows::count_to_db(delta.count);
-            // The EXISTS guard drops deltas for keys deleted since the
-            // gateway counted them (the foreign key would refuse the row).
-            sqlx::query(
-                "INSERT INTO key_usage (key_id, outcome, count) \
-                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM keys WHERE id = ?1) \
-                 ON CONFLICT (key_id, outcome) DO UPDATE SET count = count + excluded.count",
-            )
-            .bind(delta.key_id.as_str())
-            .bind(&delta.outcome)
-            .bind(count)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-            // Batches from several gateways arrive in any order: keep the
-            // latest use, not the last written.
-            sqlx::query(
-                "UPDATE keys SET request_count = request_count + ?1, \
-                 last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < ?2 THEN ?2 ELSE last_used_at END \
-                 WHERE id = ?3",
-            )
-            .bind(count)
-            .bind(timestamp_text(delta.last_used_at))
-            .bind(delta.key_id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        }
+        // The EXISTS guard drops deltas for keys deleted since the gateway
+        // counted them (the foreign key would refuse the row).
+        sqlx::query(
+            "INSERT INTO key_usage (key_id, outcome, count) \
+             SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1) \
+             WHERE EXISTS (SELECT 1 FROM keys WHERE id = value ->> 0) \
+             ON CONFLICT (key_id, outcome) DO UPDATE SET count = count + excluded.count",
+        )
+        .bind(&deltas)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        // Batches from several gateways arrive in any order: keep the latest
+        // use, not the last written. Timestamps are fixed-width RFC 3339
+        // text, so MAX and < compare them as instants.
+        sqlx::query(
+            "UPDATE keys SET request_count = request_count + d.total, \
+             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < d.last \
+             THEN d.last ELSE last_used_at END \
+             FROM (SELECT value ->> 0 AS id, SUM(value ->> 2) AS total, MAX(value ->> 3) AS last \
+                   FROM json_each(?1) GROUP BY value ->> 0) AS d \
+             WHERE keys.id = d.id",
+        )
+        .bind(&deltas)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
         tx.commit().await.map_err(store_error)
     }
 
