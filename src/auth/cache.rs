@@ -433,48 +433,103 @@ impl AuthCache {
     }
 }
 
-/// Failed verifications per short prefix, per wall-clock second (SPEC §2).
+/// Failed verifications per short prefix, per wall-clock second (SPEC §2),
+/// and a gateway-wide budget on top.
+///
+/// The per-prefix limit alone bounds hashing per *prefix*: a flood that
+/// spreads forged secrets over many existing short prefixes (they are public:
+/// listings and logs show them) would still cost up to `max_failures` hashes
+/// a second for each. So failures are also counted gateway-wide, and once
+/// `max_failures_per_second` of them land within one second the gateway is
+/// under a forgery flood: for as long as that lasts plus [`FLOOD_MEMORY`],
+/// any prefix that failed within the last [`FLOOD_MEMORY`] is refused
+/// without hashing. A flood then costs at most the global budget plus one
+/// hash per attacked prefix per [`FLOOD_MEMORY`], while prefixes that have
+/// not failed (the keys of everyone not under attack) still verify and
+/// cached secrets keep working.
 #[derive(Debug)]
 pub(super) struct FailureThrottle {
     max_failures: u32,
+    max_failures_per_second: u32,
     // std `Mutex`: a lookup or an increment, never across an `.await`; only
     // misses take it.
-    windows: Mutex<HashMap<String, Window>>,
+    state: Mutex<ThrottleState>,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// How long a failed prefix stays refused while a flood lasts, and how long
+/// the flood is remembered after its last over-budget second (60 s: an
+/// attacker cycling through N prefixes costs N/60 hashes a second).
+pub(super) const FLOOD_MEMORY: i64 = 60;
+
+#[derive(Debug, Default)]
+struct ThrottleState {
+    windows: HashMap<String, Window>,
+    /// Gateway-wide failures in `global.second`.
+    global: Window,
+    /// The last second whose failures exceeded the gateway-wide budget.
+    flood_second: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
 struct Window {
     /// Unix second the count belongs to.
     second: i64,
     failures: u32,
 }
 
+impl ThrottleState {
+    fn flooded(&self, second: i64) -> bool {
+        self.flood_second
+            .is_some_and(|flood| second - flood < FLOOD_MEMORY)
+    }
+}
+
 impl FailureThrottle {
     /// Refuses a prefix once it has `max_failures` failures (at least 1) in
-    /// the current second.
-    pub(super) fn new(max_failures: u32) -> Self {
+    /// the current second, and every recently failed prefix while the whole
+    /// gateway sees more than `max_failures_per_second` (at least 1).
+    pub(super) fn new(max_failures: u32, max_failures_per_second: u32) -> Self {
         Self {
             max_failures: max_failures.max(1),
-            windows: Mutex::new(HashMap::new()),
+            max_failures_per_second: max_failures_per_second.max(1),
+            state: Mutex::new(ThrottleState::default()),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, ThrottleState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Whether secrets for `short_prefix` must be refused without hashing
-    /// for the rest of `now`'s second.
+    /// now.
     pub(super) fn is_throttled(&self, short_prefix: &str, now: DateTime<Utc>) -> bool {
         let second = now.timestamp();
-        self.windows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(short_prefix)
-            .is_some_and(|w| w.second == second && w.failures >= self.max_failures)
+        let state = self.lock();
+        let Some(window) = state.windows.get(short_prefix) else {
+            return false;
+        };
+        (window.second == second && window.failures >= self.max_failures)
+            || (state.flooded(second) && second - window.second < FLOOD_MEMORY)
+    }
+
+    /// Whether the gateway is in a forgery flood at `now`.
+    pub(super) fn flooded(&self, now: DateTime<Utc>) -> bool {
+        self.lock().flooded(now.timestamp())
     }
 
     /// Counts one failed verification for `short_prefix` at `now`.
     pub(super) fn record_failure(&self, short_prefix: &str, now: DateTime<Utc>) {
         let second = now.timestamp();
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(window) = windows.get_mut(short_prefix) {
+        let mut state = self.lock();
+        if state.global.second == second {
+            state.global.failures = state.global.failures.saturating_add(1);
+        } else {
+            state.global = Window { second, failures: 1 };
+        }
+        if state.global.failures > self.max_failures_per_second {
+            state.flood_second = Some(second);
+        }
+        if let Some(window) = state.windows.get_mut(short_prefix) {
             if window.second == second {
                 window.failures = window.failures.saturating_add(1);
             } else {
@@ -482,19 +537,31 @@ impl FailureThrottle {
             }
             return;
         }
-        if windows.len() >= MAX_FAILURE_WINDOWS {
-            windows.retain(|_, w| w.second == second);
+        if state.windows.len() >= MAX_FAILURE_WINDOWS {
+            // Keep what still refuses something: this second's counts, and
+            // during a flood the recently failed prefixes.
+            let keep_from = if state.flooded(second) {
+                second - FLOOD_MEMORY + 1
+            } else {
+                second
+            };
+            state.windows.retain(|_, w| w.second >= keep_from);
         }
-        windows.insert(short_prefix.to_owned(), Window { second, failures: 1 });
+        state
+            .windows
+            .insert(short_prefix.to_owned(), Window { second, failures: 1 });
     }
 
-    /// Drops windows of seconds before `now`'s.
+    /// Drops windows that no longer refuse anything at `now`.
     pub(super) fn sweep(&self, now: DateTime<Utc>) {
         let second = now.timestamp();
-        self.windows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, w| w.second >= second);
+        let mut state = self.lock();
+        let keep_from = if state.flooded(second) {
+            second - FLOOD_MEMORY + 1
+        } else {
+            second
+        };
+        state.windows.retain(|_, w| w.second >= keep_from);
     }
 }
 
@@ -647,7 +714,7 @@ mod tests {
 
     #[test]
     fn throttle_counts_per_prefix_per_second() {
-        let throttle = FailureThrottle::new(3);
+        let throttle = FailureThrottle::new(3, 1000);
         let now = t(0);
         for _ in 0..2 {
             throttle.record_failure("aaaaaaaa", now);
@@ -660,9 +727,55 @@ mod tests {
         throttle.record_failure("aaaaaaaa", now + Duration::seconds(1));
         assert!(!throttle.is_throttled("aaaaaaaa", now + Duration::seconds(1)));
         throttle.sweep(now + Duration::seconds(2));
-        assert!(throttle.windows.lock().unwrap().is_empty());
-        let strict = FailureThrottle::new(0);
+        assert!(throttle.state.lock().unwrap().windows.is_empty());
+        let strict = FailureThrottle::new(0, 1000);
         strict.record_failure("aaaaaaaa", now);
         assert!(strict.is_throttled("aaaaaaaa", now), "0 acts as 1");
+    }
+
+    #[test]
+    fn a_flood_over_many_prefixes_refuses_every_failed_prefix_for_a_minute() {
+        let throttle = FailureThrottle::new(20, 5);
+        let now = t(0);
+        let prefix = |i: u32| format!("p{i:07}");
+        // One failure each on five prefixes: within the global budget.
+        for i in 0..5 {
+            throttle.record_failure(&prefix(i), now);
+        }
+        assert!(!throttle.flooded(now));
+        assert!(
+            !throttle.is_throttled(&prefix(0), now),
+            "one failure is below the per-prefix limit"
+        );
+        // The sixth failure in the second exceeds the budget: a flood.
+        throttle.record_failure(&prefix(5), now);
+        assert!(throttle.flooded(now));
+        let later = now + Duration::seconds(FLOOD_MEMORY - 1);
+        for i in 0..6 {
+            assert!(
+                throttle.is_throttled(&prefix(i), later),
+                "prefix {i} failed during the flood"
+            );
+        }
+        assert!(
+            !throttle.is_throttled("untouched", later),
+            "prefixes that never failed still verify"
+        );
+        // A prefix whose last failure is older than FLOOD_MEMORY is let through
+        // again (once), even while the flood goes on.
+        throttle.record_failure(&prefix(9), later);
+        for i in 0..6 {
+            throttle.record_failure(&prefix(100 + i), later);
+        }
+        let much_later = later + Duration::seconds(2);
+        assert!(throttle.flooded(much_later), "the flood was renewed");
+        assert!(!throttle.is_throttled(&prefix(0), much_later));
+        assert!(throttle.is_throttled(&prefix(9), much_later));
+        // The flood ends FLOOD_MEMORY after its last over-budget second.
+        let after = later + Duration::seconds(FLOOD_MEMORY);
+        assert!(!throttle.flooded(after));
+        assert!(!throttle.is_throttled(&prefix(9), after));
+        throttle.sweep(after);
+        assert!(throttle.state.lock().unwrap().windows.is_empty());
     }
 }

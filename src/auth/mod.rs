@@ -42,6 +42,11 @@ pub struct AuthSettings {
     /// which further secrets not already cached are refused without hashing
     /// until the second ends (`auth.max_failures_per_prefix`; 0 acts as 1).
     pub max_failures_per_prefix: u32,
+    /// Failed verifications a second across all prefixes past which the
+    /// gateway is in a forgery flood: every prefix that failed in the last
+    /// minute is then refused without hashing, for as long as the flood lasts
+    /// and a minute more (`auth.max_failures_per_second`; 0 acts as 1).
+    pub max_failures_per_second: u32,
     /// argon2 verifications running at once (`auth.hash_concurrency`; 0 acts
     /// as 1).
     pub hash_concurrency: usize,
@@ -69,6 +74,7 @@ impl Default for AuthSettings {
     fn default() -> Self {
         Self {
             max_failures_per_prefix: 20,
+            max_failures_per_second: 200,
             hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             cache_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(5),

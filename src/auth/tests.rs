@@ -202,6 +202,7 @@ async fn fixture() -> Fixture {
 fn settings() -> AuthSettings {
     AuthSettings {
         max_failures_per_prefix: 3,
+        max_failures_per_second: 1_000,
         hash_concurrency: 4,
         cache_ttl: StdDuration::from_secs(60),
         negative_ttl: StdDuration::from_secs(30),
@@ -386,6 +387,68 @@ async fn failures_past_the_limit_are_throttled_for_the_rest_of_the_second() {
         invalid(InvalidReason::WrongSecret)
     );
     assert_eq!(a.stats().hashes, hashes + 1);
+}
+
+#[tokio::test]
+async fn a_flood_spread_over_many_prefixes_stops_hashing_at_the_global_budget() {
+    let f = fixture().await;
+    let a = authenticator(
+        &f,
+        AuthSettings {
+            max_failures_per_second: 4,
+            ..settings()
+        },
+    )
+    .await;
+    let mut shorts = Vec::new();
+    for i in 0..8 {
+        let issued = f
+            .manager
+            .create(named(&format!("k{i}")), &Actor::cli())
+            .await
+            .unwrap();
+        shorts.push(issued.key.short_prefix.clone());
+    }
+    let bystander = f.manager.create(named("bystander"), &Actor::cli()).await.unwrap();
+
+    // One forgery per prefix: each is below the per-prefix limit, but the
+    // fifth failure in the second exceeds the gateway-wide budget.
+    for short in &shorts[..5] {
+        assert_eq!(
+            failure(&a, &forge("kg_test_", short)).await,
+            invalid(InvalidReason::WrongSecret)
+        );
+    }
+    let hashes = a.stats().hashes;
+    assert_eq!(hashes, 5);
+    // In the flood, the failed prefixes are refused without hashing, even
+    // in later seconds; prefixes that have not failed still hash once.
+    f.clock.advance(Duration::seconds(10));
+    for short in &shorts[..5] {
+        assert_eq!(
+            failure(&a, &forge("kg_test_", short)).await,
+            invalid(InvalidReason::Throttled)
+        );
+    }
+    assert_eq!(
+        a.stats().hashes,
+        hashes,
+        "no hashing for failed prefixes in a flood"
+    );
+    assert_eq!(
+        failure(&a, &forge("kg_test_", &shorts[5])).await,
+        invalid(InvalidReason::WrongSecret)
+    );
+    auth(&a, bystander.secret.expose())
+        .await
+        .expect("a key whose prefix never failed still verifies in a flood");
+
+    // A minute after the flood's last over-budget second, hashing resumes.
+    f.clock.advance(Duration::seconds(60));
+    assert_eq!(
+        failure(&a, &forge("kg_test_", &shorts[0])).await,
+        invalid(InvalidReason::WrongSecret)
+    );
 }
 
 #[tokio::test]

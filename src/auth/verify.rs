@@ -118,7 +118,7 @@ impl Authenticator {
             stale_if_error: to_chrono(settings.stale_if_error),
             digest_key: DigestKey::random(),
             cache: AuthCache::new(settings.max_entries),
-            throttle: FailureThrottle::new(settings.max_failures_per_prefix),
+            throttle: FailureThrottle::new(settings.max_failures_per_prefix, settings.max_failures_per_second),
             flights: Mutex::new(DigestMap::default()),
             hash_permits: Arc::new(Semaphore::new(settings.hash_concurrency.max(1))),
             imported_prefixes: RwLock::new(prefixes.into_iter().collect()),

@@ -94,6 +94,7 @@ impl Config {
     pub fn auth_settings(&self) -> crate::auth::AuthSettings {
         crate::auth::AuthSettings {
             max_failures_per_prefix: self.auth.max_failures_per_prefix,
+            max_failures_per_second: self.auth.max_failures_per_second,
             hash_concurrency: self.auth.hash_concurrency,
             cache_ttl: self.cache.ttl,
             negative_ttl: self.cache.negative_ttl,

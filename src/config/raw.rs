@@ -482,6 +482,9 @@ pub struct RawAuth {
     /// Failed verifications a second per short prefix before refusing
     /// without hashing.
     pub max_failures_per_prefix: Lenient<u32>,
+    /// Failed verifications a second, gateway-wide, before every recently
+    /// failed prefix is refused without hashing.
+    pub max_failures_per_second: Lenient<u32>,
     /// argon2 verifications allowed at once.
     pub hash_concurrency: Lenient<u64>,
 }

@@ -580,6 +580,12 @@ impl Resolver {
                 20,
                 1,
             ),
+            max_failures_per_second: self.at_least(
+                "auth.max_failures_per_second",
+                &a.max_failures_per_second,
+                200,
+                1,
+            ),
             hash_concurrency: self.number("auth.hash_concurrency", &a.hash_concurrency, cpus, 1..=4096),
         }
     }

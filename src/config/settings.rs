@@ -112,6 +112,10 @@ pub struct AuthSettings {
     /// further unknown secrets for it are refused without hashing
     /// (`auth.max_failures_per_prefix`).
     pub max_failures_per_prefix: u32,
+    /// Failed verifications a second across all prefixes before the gateway
+    /// treats it as a forgery flood and refuses every recently failed prefix
+    /// without hashing (`auth.max_failures_per_second`).
+    pub max_failures_per_second: u32,
     /// argon2 verifications running at once; sizes the semaphore in front of
     /// `spawn_blocking` (`auth.hash_concurrency`, default: CPU count).
     pub hash_concurrency: usize,

@@ -372,6 +372,7 @@ fn missing_sections_take_the_defaults() {
     assert!(config.auth.default_scopes.is_empty());
     assert!(!config.auth.method_scopes);
     assert_eq!(config.auth.max_failures_per_prefix, 20);
+    assert_eq!(config.auth.max_failures_per_second, 200);
     assert!(config.auth.hash_concurrency >= 1);
     assert_eq!(config.cache.ttl, Duration::from_secs(300));
     assert_eq!(config.cache.negative_ttl, Duration::from_secs(30));
