@@ -1126,7 +1126,7 @@ mod tests {
         };
         let store = schema.open().await;
         let first = store.migrate().await.unwrap();
-        assert_eq!(first.applied, vec![20261123000001]);
+        assert_eq!(first.applied, vec![20261123000001, 20261123000002]);
         assert_eq!(first.current, latest_known());
         let second = store.migrate().await.unwrap();
         assert_eq!((second.applied.len(), second.current), (0, first.current));
@@ -1162,7 +1162,7 @@ mod tests {
         let (ra, rb) = (ra.unwrap(), rb.unwrap());
         let mut applied = vec![ra.applied.clone(), rb.applied.clone()];
         applied.sort();
-        assert_eq!(applied, vec![vec![], vec![20261123000001]]);
+        assert_eq!(applied, vec![vec![], vec![20261123000001, 20261123000002]]);
         assert_eq!((ra.current, rb.current), (latest_known(), latest_known()));
         let k = a
             .create_key(new_key(key("mig00001", t(0))), &Actor::cli())

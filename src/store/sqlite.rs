@@ -694,7 +694,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open_file(&dir.path().join("keys.db")).await;
         let first = store.migrate().await.unwrap();
-        assert_eq!(first.applied, vec![20261123000001]);
+        assert_eq!(first.applied, vec![20261123000001, 20261123000002]);
         assert_eq!(first.current, latest_known());
         let second = store.migrate().await.unwrap();
         assert_eq!((second.applied.len(), second.current), (0, first.current));
