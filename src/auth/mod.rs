@@ -221,4 +221,7 @@ pub struct AuthStats {
     pub stale_served: u64,
     /// Store calls on the request path that failed.
     pub store_errors: u64,
+    /// Whether failed verifications are over `auth.max_failures_per_second`
+    /// (flood mode: recently failed prefixes are refused without hashing).
+    pub flooded: bool,
 }

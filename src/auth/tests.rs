@@ -435,6 +435,7 @@ async fn a_flood_spread_over_many_prefixes_stops_hashing_at_the_global_budget() 
         hashes,
         "no hashing for failed prefixes in a flood"
     );
+    assert!(a.stats().flooded);
     assert_eq!(
         failure(&a, &forge("kg_test_", &shorts[5])).await,
         invalid(InvalidReason::WrongSecret)

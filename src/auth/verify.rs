@@ -34,7 +34,8 @@ use super::cache::{AuthCache, Digest, DigestKey, DigestMap, FailureThrottle, Ver
 use super::{AuthError, AuthFailure, AuthSettings, AuthStats, InvalidReason, Principal};
 use crate::clock::SharedClock;
 use crate::keys::format::{self, KeyFormatError, MAX_KEY_LEN};
-use crate::keys::{KeyState, SecretString, hash};
+use crate::keys::hash::ScratchPool;
+use crate::keys::{KeyState, SecretString};
 use crate::store::rows::{ACTION_CREATED, ACTION_IMPORTED, ACTION_ROTATED};
 use crate::store::{Candidate, PageRequest, SharedStore, StoreError};
 
@@ -79,6 +80,8 @@ pub struct Authenticator {
     // `.await` (the flight itself is awaited outside it).
     flights: Flights,
     hash_permits: Arc<Semaphore>,
+    /// argon2 working memory, one buffer per permit.
+    scratch: Arc<ScratchPool>,
     // std `RwLock` around an `Arc`: misses clone the `Arc` and let go at
     // once; the poller swaps in a new list after an import.
     imported_prefixes: RwLock<Arc<[String]>>,
@@ -118,9 +121,13 @@ impl Authenticator {
             stale_if_error: to_chrono(settings.stale_if_error),
             digest_key: DigestKey::random(),
             cache: AuthCache::new(settings.max_entries),
-            throttle: FailureThrottle::new(settings.max_failures_per_prefix, settings.max_failures_per_second),
+            throttle: FailureThrottle::new(
+                settings.max_failures_per_prefix,
+                settings.max_failures_per_second,
+            ),
             flights: Mutex::new(DigestMap::default()),
             hash_permits: Arc::new(Semaphore::new(settings.hash_concurrency.max(1))),
+            scratch: Arc::new(ScratchPool::new(settings.hash_concurrency)),
             imported_prefixes: RwLock::new(prefixes.into_iter().collect()),
             last_seq: tokio::sync::Mutex::new(seq),
             counters: Counters::default(),
@@ -173,6 +180,7 @@ impl Authenticator {
             coalesced: get(&c.coalesced),
             stale_served: get(&c.stale_served),
             store_errors: get(&c.store_errors),
+            flooded: self.throttle.flooded(self.clock.now()),
         }
     }
 
@@ -474,6 +482,7 @@ impl Authenticator {
             return Err(AuthError::invalid(InvalidReason::Throttled, first_short));
         }
         let secret = presented.clone();
+        let scratch = Arc::clone(&self.scratch);
         // The permit moves into the blocking task, so it is released when
         // hashing ends even if this request is cancelled meanwhile.
         let hashed = tokio::task::spawn_blocking(move || {
@@ -481,7 +490,7 @@ impl Authenticator {
             let mut ran = 0u64;
             let matched = candidates.iter().position(|c| {
                 ran += 1;
-                hash::verify_secret(secret.expose(), &c.secret.hash)
+                scratch.verify(secret.expose(), &c.secret.hash)
             });
             (matched, ran, candidates)
         })

@@ -10,12 +10,29 @@
 //!
 //! Everything here is synchronous and CPU-bound: callers on the async runtime
 //! move it to `spawn_blocking`.
+//!
+//! The gateway verifies through a [`ScratchPool`]: argon2's working memory
+//! (1 MiB per generated-key verification) is reused instead of allocated per
+//! hash. Allocating it each time let the allocator keep a megabyte-sized
+//! free chunk per blocking thread that ever hashed, so a gateway's memory
+//! grew with the number of distinct keys it verified rather than staying
+//! bounded by its cache size.
+//!
+//! The gateway verifies through a [`ScratchPool`]: argon2's working memory
+//! (1 MiB per generated-key verification) is reused instead of allocated per
+//! hash. Allocating it each time let the allocator keep a megabyte-sized
+//! free chunk per blocking thread that ever hashed, so a gateway's memory
+//! grew with the number of distinct keys it verified rather than staying
+//! bounded by its cache size.
 
 use std::fmt;
+use std::sync::Mutex;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use subtle::ConstantTimeEq;
 use thiserror::Error;
+use zeroize::Zeroize;
 
 use super::secret::SecretString;
 
@@ -127,6 +144,90 @@ pub fn verify_secret(presented: &str, hash: &KeyHash) -> bool {
         .is_ok()
 }
 
+/// Reusable argon2 working memory for verifications running at once.
+///
+/// Holds at most `max_buffers` buffers (the caller's hashing concurrency),
+/// each as large as the largest `m` it has served; buffers are zeroed after
+/// every use, since they hold values derived from the presented secret.
+#[derive(Debug)]
+pub struct ScratchPool {
+    max_buffers: usize,
+    // std Mutex: held to pop or push one buffer, never while hashing and never
+    // across an await (this module is synchronous).
+    free: Mutex<Vec<Vec<Block>>>,
+}
+
+impl ScratchPool {
+    /// A pool keeping up to `max_buffers` (at least 1) buffers.
+    pub fn new(max_buffers: usize) -> Self {
+        Self {
+            max_buffers: max_buffers.max(1),
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether `presented` matches the PHC string `hash`, like
+    /// [`verify_secret`], with working memory from the pool. The comparison
+    /// with the stored output runs in constant time.
+    pub fn verify(&self, presented: &str, hash: &KeyHash) -> bool {
+        let Ok(parsed) = PasswordHash::new(&hash.0) else {
+            return false;
+        };
+        let (Ok(algorithm), Ok(params), Some(salt), Some(expected)) = (
+            Algorithm::try_from(parsed.algorithm),
+            Params::try_from(&parsed),
+            parsed.salt,
+            parsed.hash,
+        ) else {
+            return false;
+        };
+        let version = match parsed.version.map(Version::try_from) {
+            None => Version::default(),
+            Some(Ok(version)) => version,
+            Some(Err(_)) => return false,
+        };
+        let mut salt_bytes = [0u8; 64];
+        let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+            return false;
+        };
+        let mut out = [0u8; 64];
+        let Some(out) = out.get_mut(..expected.len()) else {
+            return false;
+        };
+        let blocks = params.block_count();
+        let mut scratch = self.take();
+        if scratch.len() < blocks {
+            scratch.resize(blocks, Block::default());
+        }
+        let computed = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+            presented.as_bytes(),
+            salt,
+            out,
+            &mut scratch[..blocks],
+        );
+        scratch[..blocks].iter_mut().for_each(Zeroize::zeroize);
+        self.give_back(scratch);
+        let matched = computed.is_ok() && bool::from(out.ct_eq(expected.as_bytes()));
+        out.zeroize();
+        matched
+    }
+
+    fn take(&self) -> Vec<Block> {
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give_back(&self, scratch: Vec<Block>) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < self.max_buffers {
+            free.push(scratch);
+        }
+    }
+}
+
 /// The parameters a stored hash was made with, if it is an argon2id PHC string.
 pub fn params_of(hash: &KeyHash) -> Option<HashParams> {
     let parsed = PasswordHash::new(&hash.0).ok()?;
@@ -160,6 +261,45 @@ mod tests {
         assert!(!verify_secret("kg_live_abd", &hash));
         assert!(!verify_secret("", &hash));
         assert!(!hash.as_phc().contains("kg_live_abc"));
+    }
+
+    #[test]
+    fn the_scratch_pool_verifies_like_verify_secret_and_keeps_its_buffers() {
+        let pool = ScratchPool::new(2);
+        for params in [TINY, HashParams::GENERATED] {
+            let hash = hash_secret(&SecretString::from("kg_live_abc"), &params).unwrap();
+            assert!(pool.verify("kg_live_abc", &hash));
+            assert!(!pool.verify("kg_live_abd", &hash));
+            assert!(!pool.verify("", &hash));
+        }
+        assert_eq!(pool.free.lock().unwrap().len(), 1, "one buffer, reused");
+        let grown = pool.free.lock().unwrap()[0].len();
+        assert_eq!(grown, 1024, "as large as the largest m served, in 1 KiB blocks");
+        assert!(
+            pool.free.lock().unwrap()[0]
+                .iter()
+                .all(|b| b.as_ref().iter().all(|w| *w == 0)),
+            "zeroed after use"
+        );
+        for bad in [
+            "",
+            "not a phc",
+            "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ",
+            "$argon2id$v=99$m=64,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert!(!pool.verify("x", &KeyHash::from_phc(bad.into())), "{bad}");
+        }
+        // Hashes argon2 itself made with other variants still verify.
+        let argon2i = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x13,
+            Params::new(64, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"x", &SaltString::generate(&mut rand::rngs::OsRng))
+        .unwrap()
+        .to_string();
+        assert!(pool.verify("x", &KeyHash::from_phc(argon2i.clone())));
+        assert!(verify_secret("x", &KeyHash::from_phc(argon2i)));
     }
 
     #[test]
