@@ -5,7 +5,7 @@
 //! - Domain (pure): [`keys`] — key format, secrets, hashing, model;
 //!   [`policy`] — path normalisation, routes, scopes.
 //! - Adapters: [`store`] — the `KeyStore` trait, its SQLite and Postgres
-//!   implementations.
+//!   implementations; [`ratelimit`] — plan windows counted locally or in Redis.
 //! - Use case: [`manage`] — key lifecycle operations shared by the CLI and
 //!   the admin API (create, update, rotate, revoke, import); [`auth`] — who
 //!   is calling: credential extraction, presented key → principal, with a
@@ -31,5 +31,6 @@ pub mod manage;
 pub mod policy;
 pub mod problem;
 pub mod proxy;
+pub mod ratelimit;
 pub mod store;
 pub mod telemetry;
