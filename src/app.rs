@@ -29,10 +29,11 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::policy::routes::RouteTable;
 use crate::problem::ProblemRenderer;
-use crate::proxy::ProxyState;
 use crate::proxy::forward::{ForwardSettings, Forwarder};
 use crate::proxy::gate::Gate;
 use crate::proxy::sniff::{AmbiguousFraming, Observed, Verdicts};
+use crate::proxy::{ProxyState, RateLimitHeaderNames};
+use crate::ratelimit::{RateLimitError, RateLimiter};
 use crate::store::{self, SharedStore, StoreError};
 
 /// Longest a client may take to send a request head (slowloris guard).
@@ -55,6 +56,9 @@ pub enum AppError {
     /// The upstream settings are unusable.
     #[error("invalid upstream settings: {0}")]
     Upstream(String),
+    /// The rate limiter's settings are unusable.
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitError),
 }
 
 /// A running gateway: both listeners bound and serving.
@@ -66,6 +70,7 @@ pub struct Gateway {
     tasks: Vec<JoinHandle<()>>,
     store: SharedStore,
     usage: Arc<UsageRecorder>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl Gateway {
@@ -93,7 +98,14 @@ impl Gateway {
             config.auth.default_scopes.clone(),
             config.auth.method_scopes,
         );
-        let gate = Gate::new(authenticator.clone(), routes, config.plans.clone(), credentials);
+        let limiter = RateLimiter::start(&config.rate_limiter_settings(), clock.clone()).await?;
+        let gate = Gate::new(
+            authenticator.clone(),
+            routes,
+            config.plans.clone(),
+            credentials,
+            limiter.clone(),
+        );
         let forwarder = Forwarder::new(ForwardSettings {
             authority: config.upstream.authority.clone(),
             base_path: config.upstream.base_path.clone(),
@@ -118,6 +130,7 @@ impl Gateway {
             max_header_bytes: config.server.max_header_bytes,
             max_body_bytes: config.server.max_body_bytes,
             usage: usage.clone(),
+            rate_limit_headers: RateLimitHeaderNames::new(config.rate_limit.headers),
         });
 
         let proxy_listener = bind(config.server.listen).await?;
@@ -156,6 +169,7 @@ impl Gateway {
             tasks,
             store,
             usage,
+            limiter,
         })
     }
 
@@ -167,6 +181,11 @@ impl Gateway {
     /// The bound admin address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The rate limiter (its backend state: local, Redis, or falling back).
+    pub fn rate_limiter(&self) -> &Arc<RateLimiter> {
+        &self.limiter
     }
 
     /// The store this gateway uses.
@@ -184,6 +203,7 @@ impl Gateway {
                 tracing::error!(error = %e, "a gateway task failed during shutdown");
             }
         }
+        self.limiter.shutdown();
         if let Err(e) = self.usage.flush().await {
             tracing::error!(error = %e, "cannot write the final usage counts; they are lost");
         }

@@ -90,6 +90,23 @@ impl Config {
         self.plans.contains_key(name)
     }
 
+    /// The rate limiter's settings, from `[rate_limit]`.
+    pub fn rate_limiter_settings(&self) -> crate::ratelimit::RateLimitSettings {
+        use crate::ratelimit::{Backend, RedisSettings};
+        let r = &self.rate_limit;
+        let backend = match r.backend {
+            RateLimitBackend::Local => Backend::Local,
+            RateLimitBackend::Redis => Backend::Redis(RedisSettings {
+                key_prefix: r.redis_key_prefix.clone(),
+                pool_size: r.redis_pool_size,
+                connect_timeout: r.redis_connect_timeout,
+                timeout: r.redis_timeout,
+                ..RedisSettings::new(r.redis_url.clone())
+            }),
+        };
+        crate::ratelimit::RateLimitSettings { backend }
+    }
+
     /// The authenticator's settings, from `[auth]` and `[cache]`.
     pub fn auth_settings(&self) -> crate::auth::AuthSettings {
         crate::auth::AuthSettings {

@@ -515,6 +515,14 @@ pub struct RawRateLimit {
     pub redis_url: Lenient<Url>,
     /// `true`, `false` or `"x-ratelimit"`.
     pub headers: Lenient<toml::Value>,
+    /// Prefix of every Redis key the limiter writes.
+    pub redis_key_prefix: Lenient<String>,
+    /// Connections to Redis kept open (each multiplexed).
+    pub redis_pool_size: Lenient<u64>,
+    /// Limit on opening a Redis connection.
+    pub redis_connect_timeout: Lenient<String>,
+    /// Limit on one Redis round trip before the request falls back to local limits.
+    pub redis_timeout: Lenient<String>,
 }
 
 /// One `[[routes]]` entry.

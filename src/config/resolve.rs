@@ -28,6 +28,7 @@ use crate::keys::model::{parse_duration, validate_scope};
 use crate::keys::{HashParams, KeyFormat, KeyHash, KeyPrefix, KeySettings, SecretString};
 use crate::policy::{LimitScope, PathGlob, PlanLimit, PlanSettings, RouteSettings};
 use crate::problem::{ErrorTemplate, TEMPLATE_PLACEHOLDERS};
+use crate::ratelimit::RedisSettings;
 use crate::store::{StoreSettings, redact_url};
 use crate::telemetry::LogFormat;
 
@@ -653,18 +654,45 @@ impl Resolver {
         let redis_url = self
             .get("rate_limit.redis_url", &r.redis_url)
             .map_or_else(|| DEFAULT_REDIS_URL.to_owned(), |u| u.0);
-        let host = redis_url
+        if redis_url.starts_with("rediss://") {
+            self.err(
+                "rate_limit.redis_url",
+                "rediss:// (TLS) is not supported yet: use redis://HOST:PORT on a private network, \
+                 or a local TLS tunnel (stunnel, a sidecar) to the Redis server",
+            );
+        } else if redis_url
             .strip_prefix("redis://")
-            .or_else(|| redis_url.strip_prefix("rediss://"));
-        if host.is_none_or(|rest| rest.is_empty() || rest.starts_with('/')) {
+            .is_none_or(|rest| rest.is_empty() || rest.starts_with('/'))
+        {
             self.err(
                 "rate_limit.redis_url",
                 format!(
-                    "{:?} is not a Redis URL: use redis://HOST:PORT or rediss://HOST:PORT (TLS)",
+                    "{:?} is not a Redis URL: use redis://[:PASSWORD@]HOST:PORT[/DB]",
                     redact_url(&redis_url)
                 ),
             );
         }
+        let redis_key_prefix = self
+            .get("rate_limit.redis_key_prefix", &r.redis_key_prefix)
+            .unwrap_or_else(|| RedisSettings::DEFAULT_KEY_PREFIX.to_owned());
+        let redis_pool_size = self.number(
+            "rate_limit.redis_pool_size",
+            &r.redis_pool_size,
+            RedisSettings::DEFAULT_POOL_SIZE,
+            1..=64,
+        );
+        let redis_connect_timeout = self.duration(
+            "rate_limit.redis_connect_timeout",
+            &r.redis_connect_timeout,
+            RedisSettings::DEFAULT_CONNECT_TIMEOUT,
+            Duration::from_millis(1)..=60 * SECOND,
+        );
+        let redis_timeout = self.duration(
+            "rate_limit.redis_timeout",
+            &r.redis_timeout,
+            RedisSettings::DEFAULT_TIMEOUT,
+            Duration::from_millis(1)..=60 * SECOND,
+        );
         let headers = match self.get("rate_limit.headers", &r.headers) {
             None | Some(toml::Value::Boolean(true)) => RateLimitHeaders::Ietf,
             Some(toml::Value::Boolean(false)) => RateLimitHeaders::Off,
@@ -681,6 +709,10 @@ impl Resolver {
             backend,
             redis_url,
             headers,
+            redis_key_prefix,
+            redis_pool_size,
+            redis_connect_timeout,
+            redis_timeout,
         }
     }
 

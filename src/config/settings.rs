@@ -148,16 +148,7 @@ pub enum RateLimitBackend {
     Redis,
 }
 
-/// Which rate-limit headers responses carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateLimitHeaders {
-    /// None.
-    Off,
-    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (the default).
-    Ietf,
-    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
-    XRateLimit,
-}
+pub use crate::ratelimit::RateLimitHeaders;
 
 /// `[rate_limit]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -170,6 +161,16 @@ pub struct RateLimitSettings {
     pub redis_url: String,
     /// Header spelling (`rate_limit.headers`).
     pub headers: RateLimitHeaders,
+    /// Prefix of the limiter's Redis keys (`rate_limit.redis_key_prefix`).
+    pub redis_key_prefix: String,
+    /// Multiplexed Redis connections (`rate_limit.redis_pool_size`).
+    pub redis_pool_size: usize,
+    /// Limit on opening a Redis connection (`rate_limit.redis_connect_timeout`).
+    pub redis_connect_timeout: Duration,
+    /// Limit on one Redis round trip; past it the request is limited locally
+    /// and the gateway falls back until Redis answers again
+    /// (`rate_limit.redis_timeout`).
+    pub redis_timeout: Duration,
 }
 
 impl fmt::Debug for RateLimitSettings {
@@ -178,6 +179,10 @@ impl fmt::Debug for RateLimitSettings {
             .field("backend", &self.backend)
             .field("redis_url", &redact_url(&self.redis_url))
             .field("headers", &self.headers)
+            .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("redis_pool_size", &self.redis_pool_size)
+            .field("redis_connect_timeout", &self.redis_connect_timeout)
+            .field("redis_timeout", &self.redis_timeout)
             .finish()
     }
 }
@@ -236,6 +241,10 @@ mod tests {
             backend: RateLimitBackend::Redis,
             redis_url: "redis://:hunter2@cache:6379".into(),
             headers: RateLimitHeaders::Ietf,
+            redis_key_prefix: "keygate:rl:".into(),
+            redis_pool_size: 4,
+            redis_connect_timeout: Duration::from_secs(1),
+            redis_timeout: Duration::from_millis(100),
         };
         assert!(!format!("{settings:?}").contains("hunter2"));
     }

@@ -6,7 +6,9 @@
 //! Order (the first failure answers): path well-formed → route decision
 //! (`auth = false` routes pass here) → credential present and well-formed →
 //! key known, secret right, not revoked → not inactive → not expired → plan
-//! has API access → scopes.
+//! has API access → scopes → rate limits. The limiter runs last so that a
+//! request refused for any other reason consumes none of the plan's
+//! allowance.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,11 +17,12 @@ use http::request::Parts;
 
 use crate::auth::extract::{CredentialHeaders, Presented};
 use crate::auth::{AuthFailure, Authenticator, Principal};
-use crate::policy::PlanSettings;
 use crate::policy::path::{NormalizedPath, normalize};
 use crate::policy::routes::{Access, RouteTable};
 use crate::policy::scopes;
+use crate::policy::{LimitScope, PlanSettings};
 use crate::problem::{Code, Problem};
+use crate::ratelimit::{RateLimiter, WindowStatus};
 
 /// A request that passed every check; only [`Gate::check`] builds one.
 #[derive(Debug)]
@@ -51,6 +54,10 @@ pub struct Decision<'a> {
     pub short_prefix: Option<String>,
     /// Why the request was refused (for the log only).
     pub reason: Option<&'static str>,
+    /// The plan's tightest window after the rate limiter ran, for the
+    /// `RateLimit-*` headers of whatever response follows (`None` when the
+    /// limiter did not run: refused earlier, public route, unlimited plan).
+    pub rate: Option<WindowStatus>,
 }
 
 /// The checks, compiled once from config.
@@ -60,6 +67,7 @@ pub struct Gate {
     routes: RouteTable,
     plans: BTreeMap<String, PlanSettings>,
     credentials: CredentialHeaders,
+    limiter: Arc<RateLimiter>,
 }
 
 impl Gate {
@@ -69,13 +77,20 @@ impl Gate {
         routes: RouteTable,
         plans: BTreeMap<String, PlanSettings>,
         credentials: CredentialHeaders,
+        limiter: Arc<RateLimiter>,
     ) -> Self {
         Self {
             authenticator,
             routes,
             plans,
             credentials,
+            limiter,
         }
+    }
+
+    /// The rate limiter (backend state for readiness and metrics).
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        &self.limiter
     }
 
     /// The credential header names (stripped before forwarding).
@@ -144,7 +159,8 @@ impl Gate {
         let key = &principal.key;
         decision.key_id = Some(Arc::from(key.id.as_str()));
         decision.short_prefix = Some(key.short_prefix.clone());
-        if !scopes::plan_allows(self.plans.get(&key.plan)) {
+        let plan = self.plans.get(&key.plan);
+        if !scopes::plan_allows(plan) {
             decision.reason = Some("plan without API access");
             return Err(Problem::new(Code::PlanForbidden));
         }
@@ -152,9 +168,57 @@ impl Gate {
             decision.reason = Some("scope missing");
             return Err(Problem::insufficient_scope(missing));
         }
+        if let Some(plan) = plan.filter(|p| !p.unlimited && !p.limits.is_empty()) {
+            let subject = subject(plan, &key.plan, key.id.as_str(), key.owner.as_deref());
+            let verdict = self.limiter.check(&subject, &plan.limits).await;
+            decision.rate = verdict.window().copied();
+            if let Some(retry_after) = verdict.retry_after_secs() {
+                decision.reason = Some("rate limited");
+                return Err(Problem::rate_limited(retry_after));
+            }
+        }
         Ok(Authorized {
             principal: Some(principal),
             path,
         })
+    }
+}
+
+/// Whose counters a request of key `key_id` (owned by `owner`) on `plan`
+/// (named `plan_name`) counts against: the key's own, or its owner's within
+/// the plan for `per = "owner"` plans (a key without an owner counts alone).
+/// The plan name's length prefixes it, so no plan/owner pair can spell
+/// another pair's subject.
+fn subject(plan: &PlanSettings, plan_name: &str, key_id: &str, owner: Option<&str>) -> String {
+    match (plan.per, owner) {
+        (LimitScope::Owner, Some(owner)) => format!("o:{}:{plan_name}:{owner}", plan_name.len()),
+        _ => format!("k:{key_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_separate_keys_and_owners_per_plan() {
+        let plan = |per| PlanSettings {
+            api_access: true,
+            unlimited: false,
+            per,
+            limits: Vec::new(),
+        };
+        let (by_key, by_owner) = (plan(LimitScope::Key), plan(LimitScope::Owner));
+        assert_eq!(subject(&by_key, "pro", "key_1", Some("acme")), "k:key_1");
+        assert_eq!(subject(&by_owner, "team", "key_1", Some("acme")), "o:4:team:acme");
+        assert_eq!(
+            subject(&by_owner, "team", "key_1", None),
+            "k:key_1",
+            "no owner: alone"
+        );
+        assert_ne!(
+            subject(&by_owner, "team:b", "key_1", Some("acme")),
+            subject(&by_owner, "team", "key_1", Some("b:acme")),
+        );
     }
 }

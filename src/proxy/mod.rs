@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use http::Response;
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
 
 use crate::auth::usage::UsageRecorder;
 use crate::problem::{Problem, ProblemRenderer};
+use crate::ratelimit::{RateLimitHeaders, WindowStatus};
 
 pub mod forward;
 pub mod gate;
@@ -30,6 +31,37 @@ pub struct ProxyState {
     pub max_body_bytes: Option<u64>,
     /// Usage counting (in memory; flushed to the store in the background).
     pub usage: Arc<UsageRecorder>,
+    /// Names of the rate-limit headers, `None` when `rate_limit.headers = false`.
+    pub rate_limit_headers: Option<RateLimitHeaderNames>,
+}
+
+/// The three rate-limit header names in the configured spelling, built once.
+#[derive(Debug, Clone)]
+pub struct RateLimitHeaderNames {
+    limit: HeaderName,
+    remaining: HeaderName,
+    reset: HeaderName,
+}
+
+impl RateLimitHeaderNames {
+    /// The names for `style`; `None` when headers are off.
+    pub fn new(style: RateLimitHeaders) -> Option<Self> {
+        let [limit, remaining, reset] = style.names()?;
+        Some(Self {
+            limit: HeaderName::from_static(limit),
+            remaining: HeaderName::from_static(remaining),
+            reset: HeaderName::from_static(reset),
+        })
+    }
+
+    /// Sets the headers for `window` (the tightest window of the plan),
+    /// replacing any the upstream sent: clients must see the gateway's
+    /// numbers, not a mix.
+    pub fn apply(&self, headers: &mut HeaderMap, window: &WindowStatus) {
+        headers.insert(self.limit.clone(), HeaderValue::from(window.limit));
+        headers.insert(self.remaining.clone(), HeaderValue::from(window.remaining));
+        headers.insert(self.reset.clone(), HeaderValue::from(window.reset_secs()));
+    }
 }
 
 impl ProxyState {

@@ -7,7 +7,10 @@
 //!    smuggling attempt: 400, nothing forwarded (seen by [`super::sniff`]).
 //! 3. **Gate** ([`super::gate`]) — path normalisation (which runs before
 //!    routing, so routing and the upstream see the same path), route
-//!    decision, authentication, plan access, scopes.
+//!    decision, authentication, plan access, scopes, rate limits (last, so
+//!    a request refused for any other reason costs no allowance). Every
+//!    response to a request that passed the limiter, a 429 included, gets
+//!    the `RateLimit-*` headers of the plan's tightest window.
 //! 4. **Forward** ([`super::forward`]) — only an `Authorized` request; header
 //!    hygiene, streaming, upstream errors mapped to 502/504.
 //! 5. **Log** — one line per request with method, route, key id, short
@@ -40,7 +43,10 @@ pub async fn handle(state: &ProxyState, req: Request<Incoming>, client: SocketAd
             route: "-",
             ..Decision::default()
         };
-        let response = pipeline(state, req, client, &mut decision).await;
+        let mut response = pipeline(state, req, client, &mut decision).await;
+        if let (Some(names), Some(window)) = (&state.rate_limit_headers, &decision.rate) {
+            names.apply(response.headers_mut(), window);
+        }
         let status = response.status().as_u16();
         let outcome = response
             .extensions()

@@ -13,6 +13,7 @@ mod error_shapes;
 mod outage;
 mod proxy_auth;
 mod proxy_raw;
+mod ratelimit;
 mod replicas;
 mod serve_binary;
 mod support;

@@ -195,6 +195,11 @@ impl TestGateway {
         self.gateway.as_ref().unwrap().admin_addr()
     }
 
+    /// The running gateway.
+    pub fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().unwrap()
+    }
+
     /// The echo upstream's address.
     pub fn upstream(&self) -> SocketAddr {
         self.echo.addr()

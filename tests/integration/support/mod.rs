@@ -4,6 +4,7 @@
 pub mod chaos;
 pub mod gateway;
 pub mod pg;
+pub mod redis;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
