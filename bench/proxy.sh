@@ -8,7 +8,13 @@
 #   nginx-map   through nginx with a `map` of the same keys, 401 when not
 #               mapped (what a user would put there instead of keygate)
 #   keygate     through keygate: auth + scope check + plan lookup on cached
-#               keys (every key verified once before measuring)
+#               keys (every key verified once before measuring); the plan
+#               is unlimited
+#   keygate-local  the same with the plan limited by two windows (1 min and
+#               1 h, far above what wrk sends: every request is checked and
+#               counted, none denied), local counters
+#   keygate-redis  the same limits counted in Redis (REDIS_URL; the row is
+#               left out, with a note, when Redis does not answer)
 #
 # wrk runs on LOAD_CPU, every server (proxy under test and upstream) on
 # SERVER_CPU (taskset). Rows are interleaved over ROUNDS rounds, the order
@@ -28,7 +34,8 @@
 #                      PERF=1 (also profile the bare proxy and keygate)
 #                      KEYGATE_BIN=path (measure another keygate build, e.g.
 #                      an older commit's, against this tree's helpers)
-#                      KEYGATE_B_BIN=path (add a fifth row: that build of
+#                      REDIS_URL=redis://127.0.0.1:6379 (keygate-redis row)
+#                      KEYGATE_B_BIN=path (add a row: that build of
 #                      keygate, same keys and config, interleaved with the
 #                      others: an A/B in one run)
 #
@@ -47,6 +54,7 @@ DURATION="${DURATION:-10s}"
 CONNS="${CONNS:-64}"
 LOAD_CPU="${LOAD_CPU:-0}"
 SERVER_CPU="${SERVER_CPU:-1}"
+REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 # The path every row requests; keygate's one route requires scope `bench`
 # on it.
 REQ_PATH="/v1/orders/42"
@@ -67,9 +75,10 @@ ex="$PWD/target/release/examples"
 make_work proxy
 w="$BENCH_WORK"
 mkdir -p "$w/up" "$w/map"
-mapfile -t ports < <(free_ports 7)
+mapfile -t ports < <(free_ports 11)
 P_UP="${ports[0]}" P_BARE="${ports[1]}" P_MAP="${ports[2]}" P_KG="${ports[3]}" P_ADMIN="${ports[4]}"
-P_KGB="${ports[5]}" P_ADMINB="${ports[6]}"
+P_KGB="${ports[5]}" P_ADMINB="${ports[6]}" P_KGL="${ports[7]}" P_ADMINL="${ports[8]}"
+P_KGR="${ports[9]}" P_ADMINR="${ports[10]}"
 kgb="${KEYGATE_B_BIN:-}"
 [[ -z "$kgb" || -x "$kgb" ]] || die "no keygate binary at KEYGATE_B_BIN=$kgb"
 on_server=(taskset -c "$SERVER_CPU")
@@ -229,12 +238,31 @@ for d in up map; do
         || die "nginx rejects $w/$d/nginx.conf"
 done
 
-# The B build gets its own copy of the store (same keys) and ports.
-if [[ -n "$kgb" ]]; then
+# variant NAME PORT ADMIN_PORT [SED_EXPR [EXTRA_TOML]]: NAME.toml and NAME.db,
+# a copy of keygate's store (same keys) and config on its own ports, edited
+# by SED_EXPR, with EXTRA_TOML appended.
+variant() {
     python3 -c 'import sqlite3, sys; a = sqlite3.connect(sys.argv[1]); b = sqlite3.connect(sys.argv[2]); a.backup(b); b.close()' \
-        "$w/keygate.db" "$w/keygate-b.db"
-    sed -e "s|127.0.0.1:$P_KG\"|127.0.0.1:$P_KGB\"|" -e "s|127.0.0.1:$P_ADMIN\"|127.0.0.1:$P_ADMINB\"|" \
-        -e "s|$w/keygate.db|$w/keygate-b.db|" "$w/keygate.toml" >"$w/keygate-b.toml"
+        "$w/keygate.db" "$w/$1.db"
+    sed -e "s|127.0.0.1:$P_KG\"|127.0.0.1:$2\"|" -e "s|127.0.0.1:$P_ADMIN\"|127.0.0.1:$3\"|" \
+        -e "s|$w/keygate.db|$w/$1.db|" -e "${4:-}" "$w/keygate.toml" >"$w/$1.toml"
+    printf '%b\n' "${5:-}" >>"$w/$1.toml"
+}
+# The B build gets its own copy of the store and ports.
+[[ -z "$kgb" ]] || variant keygate-b "$P_KGB" "$P_ADMINB"
+# The limiter rows: plan `pro` gets two windows no run reaches.
+limited='s|^unlimited = true$|limits = [ { requests = 1000000000, per = "1m" }, { requests = 1000000000, per = "1h" } ]|'
+variant keygate-local "$P_KGL" "$P_ADMINL" "$limited"
+redis_hostport="${REDIS_URL#redis://}"
+redis_hostport="${redis_hostport##*@}"
+redis_hostport="${redis_hostport%%/*}"
+if python3 -c 'import socket, sys; h, p = sys.argv[1].rsplit(":", 1); s = socket.create_connection((h, int(p)), 1); s.sendall(b"PING\r\n"); sys.exit(0 if s.recv(16).startswith(b"+PONG") else 1)' "$redis_hostport" 2>/dev/null; then
+    variant keygate-redis "$P_KGR" "$P_ADMINR" "$limited" \
+        "\n[rate_limit]\nbackend = \"redis\"\nredis_url = \"$REDIS_URL\"\nredis_key_prefix = \"keygate-bench:$$:\""
+    with_redis=1
+else
+    note "Redis does not answer at $REDIS_URL: the keygate-redis row is left out"
+    with_redis=""
 fi
 
 # --- servers, all on SERVER_CPU ----------------------------------------------
@@ -283,18 +311,32 @@ cold_foreign="$(foreign_cpu "$((t1 / 1000000000))" "$(date +%s.%N)")"
 warm_walk="$(walk "$w/keys.txt")"
 kg_rss_warm="$(status_kib "$KG_PID" VmRSS)"
 
+# start_variant NAME BIN PORT: starts a variant and warms its cache; sets
+# LAST_PID.
+start_variant() {
+    start "$1" "${on_server[@]}" "$2" --config "$w/$1.toml" serve
+    wait_port "$3" "$LAST_PID" "$1"
+    "${on_load[@]}" "$ex/walk" "http://127.0.0.1:$3$REQ_PATH" "$w/keys.txt" 64 >/dev/null
+}
 if [[ -n "$kgb" ]]; then
-    start keygate-b "${on_server[@]}" "$kgb" --config "$w/keygate-b.toml" serve
+    start_variant keygate-b "$kgb" "$P_KGB"
     KGB_PID="$LAST_PID"
-    wait_port "$P_KGB" "$KGB_PID" keygate-b
-    "${on_load[@]}" "$ex/walk" "http://127.0.0.1:$P_KGB$REQ_PATH" "$w/keys.txt" 64 >/dev/null
+fi
+start_variant keygate-local "$kg" "$P_KGL"
+KGL_PID="$LAST_PID"
+if [[ -n "$with_redis" ]]; then
+    start_variant keygate-redis "$kg" "$P_KGR"
+    KGR_PID="$LAST_PID"
 fi
 
 # --- sanity: every row answers 200 with a key; the gates 401 without one -----
-declare -A PORT=([upstream]="$P_UP" [bare]="$P_BARE" [nginx-map]="$P_MAP" [keygate]="$P_KG" [keygate-b]="$P_KGB")
+declare -A PORT=([upstream]="$P_UP" [bare]="$P_BARE" [nginx-map]="$P_MAP" [keygate]="$P_KG" [keygate-b]="$P_KGB"
+    [keygate-local]="$P_KGL" [keygate-redis]="$P_KGR")
 # The process whose CPU time each row's proxy costs ("-": none).
-declare -A PROXY_PID=([upstream]="" [bare]="$BARE_PID" [nginx-map]="$MAP_WORKER" [keygate]="$KG_PID" [keygate-b]="${KGB_PID:-}")
-ROWS=(upstream bare nginx-map keygate)
+declare -A PROXY_PID=([upstream]="" [bare]="$BARE_PID" [nginx-map]="$MAP_WORKER" [keygate]="$KG_PID"
+    [keygate-b]="${KGB_PID:-}" [keygate-local]="$KGL_PID" [keygate-redis]="${KGR_PID:-}")
+ROWS=(upstream bare nginx-map keygate keygate-local)
+[[ -z "$with_redis" ]] || ROWS+=(keygate-redis)
 [[ -z "$kgb" ]] || ROWS+=(keygate-b)
 first_key="$(head -1 "$w/keys.txt")"
 for row in "${ROWS[@]}"; do
@@ -399,19 +441,21 @@ busy_after="$(busy_report)"
 # --- report -------------------------------------------------------------------
 python3 - "$w" "$NKEYS" "$ROUNDS" "$DURATION" "$CONNS" "$LOAD_CPU" "$SERVER_CPU" \
     "$mkkeys_line" "$(((t1 - t0) / 1000000))" "$cold_walk" "$warm_walk" "$after_flood" \
-    "$kg_rss_warm" "$busy_before" "$busy_after" "$cold_foreign" "$kg_version" "$clk_tck" "$kgb" <<'PY'
+    "$kg_rss_warm" "$busy_before" "$busy_after" "$cold_foreign" "$kg_version" "$clk_tck" "$kgb" "${ROWS[*]}" <<'PY'
 import json, statistics, sys
 (w, nkeys, rounds, duration, conns, load_cpu, server_cpu, mkkeys_line, ready_ms,
- cold, warm, after, rss_warm, busy_before, busy_after, cold_foreign, kg_version, clk_tck, kgb) = sys.argv[1:]
+ cold, warm, after, rss_warm, busy_before, busy_after, cold_foreign, kg_version, clk_tck, kgb, rows) = sys.argv[1:]
 clk_tck = int(clk_tck)
 cold, warm, after = json.loads(cold), json.loads(warm), json.loads(after)
 
-rows = ["upstream", "bare", "nginx-map", "keygate"] + (["keygate-b"] if kgb else [])
+rows = rows.split()
 labels = {
     "upstream": "upstream (nginx, direct)",
     "bare": "bare hyper proxy",
     "nginx-map": "nginx + map of keys",
     "keygate": "keygate",
+    "keygate-local": "keygate + local limits",
+    "keygate-redis": "keygate + Redis limits",
     "keygate-b": "keygate B",
 }
 runs = {r: [] for r in rows}
@@ -459,6 +503,12 @@ kb = med["keygate"]["rps"] / med["bare"]["rps"]
 kn = med["keygate"]["rps"] / med["nginx-map"]["rps"]
 print()
 print(f"target keygate >= 0.90x bare proxy: {kb:.2f}x -> {'met' if kb >= 0.9 else 'NOT met'}; keygate vs nginx+map: {kn:.2f}x")
+for r in ("keygate-local", "keygate-redis"):
+    if r in med:
+        cost = 1 - med[r]["rps"] / med["keygate"]["rps"]
+        extra = med[r]["pcpu"] - med["keygate"]["pcpu"]
+        target = f" (target < 5%: {'met' if cost < 0.05 else 'NOT met'})" if r == "keygate-local" else ""
+        print(f"{labels[r]}: costs {100 * cost:.1f}% of keygate's throughput{target}; {extra:+.1f} us CPU/request")
 
 print()
 print(f"keys: {mkkeys_line} (examples/mkkeys.rs, argon2 generated set)")

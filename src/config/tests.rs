@@ -193,6 +193,26 @@ fn value_checks_table() {
             "redis://",
         ),
         (
+            "rate_limit.redis_url = \"rediss://cache:6380\"",
+            "rate_limit.redis_url",
+            "not supported yet",
+        ),
+        (
+            "rate_limit.redis_pool_size = 0",
+            "rate_limit.redis_pool_size",
+            "out of range",
+        ),
+        (
+            "rate_limit.redis_timeout = \"0s\"",
+            "rate_limit.redis_timeout",
+            "too short",
+        ),
+        (
+            "rate_limit.redis_connect_timeout = \"2m\"",
+            "rate_limit.redis_connect_timeout",
+            "too long",
+        ),
+        (
             "rate_limit.headers = \"ietf\"",
             "rate_limit.headers",
             "x-ratelimit",
@@ -382,6 +402,15 @@ fn missing_sections_take_the_defaults() {
     assert_eq!(config.rate_limit.backend, RateLimitBackend::Local);
     assert_eq!(config.rate_limit.redis_url, "redis://127.0.0.1:6379");
     assert_eq!(config.rate_limit.headers, RateLimitHeaders::Ietf);
+    assert_eq!(config.rate_limit.redis_key_prefix, "keygate:rl:");
+    assert_eq!(config.rate_limit.redis_pool_size, 4);
+    assert_eq!(config.rate_limit.redis_connect_timeout, Duration::from_secs(1));
+    assert_eq!(config.rate_limit.redis_timeout, Duration::from_millis(100));
+    assert_eq!(
+        config.rate_limiter_settings(),
+        crate::ratelimit::RateLimitSettings::default(),
+        "local by default"
+    );
     assert!(config.routes.is_empty());
     assert!(config.errors.is_empty());
     assert_eq!(
@@ -698,4 +727,32 @@ fn default_file_matches_the_built_in_defaults() {
     assert!(!route("GET", "/public/logo.png").unwrap().auth);
     assert!(!route("GET", "/healthz").unwrap().auth);
     assert!(route("DELETE", "/v1/orders/1").is_none());
+}
+
+#[test]
+fn the_redis_backend_settings_reach_the_limiter() {
+    let config = ok(
+        r#"
+        [rate_limit]
+        backend = "redis"
+        redis_url = "redis://:pw@cache:6379/2"
+        redis_key_prefix = "edge:"
+        redis_pool_size = 8
+        redis_connect_timeout = "2s"
+        redis_timeout = "50ms"
+    "#,
+        &no_env(),
+    );
+    let crate::ratelimit::Backend::Redis(redis) = config.rate_limiter_settings().backend else {
+        panic!("not the redis backend");
+    };
+    assert_eq!(redis.url, "redis://:pw@cache:6379/2");
+    assert_eq!(redis.key_prefix, "edge:");
+    assert_eq!(redis.pool_size, 8);
+    assert_eq!(redis.connect_timeout, Duration::from_secs(2));
+    assert_eq!(redis.timeout, Duration::from_millis(50));
+    assert_eq!(
+        redis.probe_interval,
+        crate::ratelimit::RedisSettings::DEFAULT_PROBE_INTERVAL
+    );
 }

@@ -186,6 +186,45 @@ async fn per_owner_plans_share_one_allowance_across_the_owners_keys() {
 }
 
 #[tokio::test]
+async fn a_plan_change_takes_effect_like_any_other_key_change() {
+    let gw = TestGateway::start(&plans(r#"{ requests = 1, per = "1h" }"#)).await;
+    let issued = gw
+        .manager
+        .create(
+            CreateKey {
+                name: "upgrade".into(),
+                plan: Some("pro".into()),
+                ..CreateKey::default()
+            },
+            &Actor::cli(),
+        )
+        .await
+        .unwrap();
+    let key = issued.secret.expose().to_owned();
+    assert_eq!(call(&gw, &key).await.status, StatusCode::OK);
+    assert_eq!(call(&gw, &key).await.status, StatusCode::TOO_MANY_REQUESTS);
+    gw.manager
+        .update(
+            issued.key.id.as_str(),
+            keygate::keys::KeyPatch {
+                plan: Some("enterprise".into()),
+                ..keygate::keys::KeyPatch::default()
+            },
+            &Actor::cli(),
+        )
+        .await
+        .unwrap();
+    // The change feed brings the new plan to the cached key: unlimited now.
+    let [(name, value)] = bearer(&key);
+    let reply = gw
+        .eventually(PATH, &[(name, value.as_str())], |r| r.status == StatusCode::OK)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("ratelimit-limit"), None, "enterprise is unlimited");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn header_spellings_follow_rate_limit_headers() {
     let limit = r#"{ requests = 1, per = "1m" }"#;
     let x = TestGateway::start(&format!(
