@@ -22,11 +22,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::admin::metrics::MetricsSources;
 use crate::auth::Authenticator;
 use crate::auth::extract::CredentialHeaders;
 use crate::auth::usage::{self, UsageRecorder};
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::manage::KeyManager;
 use crate::policy::routes::RouteTable;
 use crate::problem::ProblemRenderer;
 use crate::proxy::forward::{ForwardSettings, Forwarder};
@@ -35,6 +37,7 @@ use crate::proxy::sniff::{AmbiguousFraming, Observed, Verdicts};
 use crate::proxy::{ProxyState, RateLimitHeaderNames};
 use crate::ratelimit::{RateLimitError, RateLimiter};
 use crate::store::{self, SharedStore, StoreError};
+use crate::telemetry::metrics::{Metrics, MetricsError};
 
 /// Longest a client may take to send a request head (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,6 +59,9 @@ pub enum AppError {
     /// The upstream settings are unusable.
     #[error("invalid upstream settings: {0}")]
     Upstream(String),
+    /// The metrics registry could not be built.
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] MetricsError),
     /// The rate limiter's settings are unusable.
     #[error(transparent)]
     RateLimit(#[from] RateLimitError),
@@ -98,6 +104,7 @@ impl Gateway {
             config.auth.default_scopes.clone(),
             config.auth.method_scopes,
         );
+        let metrics = Arc::new(Metrics::new()?);
         let limiter = RateLimiter::start(&config.rate_limiter_settings(), clock.clone()).await?;
         let gate = Gate::new(
             authenticator.clone(),
@@ -131,6 +138,7 @@ impl Gateway {
             max_body_bytes: config.server.max_body_bytes,
             usage: usage.clone(),
             rate_limit_headers: RateLimitHeaderNames::new(config.rate_limit.headers),
+            metrics: metrics.clone(),
         });
 
         let proxy_listener = bind(config.server.listen).await?;
@@ -156,7 +164,22 @@ impl Gateway {
             )),
             tokio::spawn(admin::serve(
                 admin_listener,
-                admin::AdminState::new(store.clone()),
+                admin::AdminState::new(
+                    KeyManager::new(
+                        store.clone(),
+                        config.keys.clone(),
+                        config.plans.keys().cloned().collect(),
+                        clock.clone(),
+                    ),
+                    &config.admin,
+                    clock.clone(),
+                    MetricsSources {
+                        metrics: metrics.clone(),
+                        authenticator: authenticator.clone(),
+                        limiter: limiter.clone(),
+                        usage: usage.clone(),
+                    },
+                ),
                 shutdown_rx,
                 grace,
             )),

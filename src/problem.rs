@@ -39,12 +39,15 @@ const CHALLENGE: &str = r#"Bearer realm="keygate""#;
 /// `WWW-Authenticate` of the 401s about a presented key (RFC 9110 §15.5.2:
 /// every 401 carries a challenge; RFC 6750 §3.1 names the error).
 const INVALID_TOKEN_CHALLENGE: &str = r#"Bearer realm="keygate", error="invalid_token""#;
+/// `WWW-Authenticate` of `admin_unauthorized` (the admin API's own realm).
+const ADMIN_CHALLENGE: &str = r#"Bearer realm="keygate-admin""#;
 /// `WWW-Authenticate` of `insufficient_scope` when the scope cannot be named.
 const SCOPE_CHALLENGE: &str = r#"Bearer error="insufficient_scope""#;
 
 /// What went wrong: one code per situation of SPEC §5, plus `not_found` and
-/// `internal_error` for the gateway's own use (those two cannot be
-/// templated in `[errors]`).
+/// `internal_error` for the gateway's own use and the admin API's codes of
+/// SPEC §7 (`admin_unauthorized`, `validation_failed`, `conflict`); none of
+/// those five can be templated in `[errors]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Code {
     /// No credential: 401.
@@ -75,15 +78,23 @@ pub enum Code {
     PayloadTooLarge,
     /// The request head exceeds `server.max_header_bytes`: 431.
     HeadersTooLarge,
-    /// Nothing served at this path (the gateway's own listeners): 404.
+    /// Nothing served at this path (the gateway's own listeners), or no
+    /// key with that id (admin API): 404.
     NotFound,
     /// A bug or unexpected failure inside the gateway: 500.
     InternalError,
+    /// A missing or wrong admin token, or none configured (admin API): 401.
+    AdminUnauthorized,
+    /// The request names bad fields (admin API; the problem lists them): 422.
+    ValidationFailed,
+    /// The key's state forbids the change, e.g. re-activating a revoked key
+    /// (admin API): 409.
+    Conflict,
 }
 
 impl Code {
     /// How many codes there are.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 19;
 
     /// Every code, in declaration order (so `ALL[c as usize] == c`).
     pub const ALL: [Self; Self::COUNT] = [
@@ -103,6 +114,9 @@ impl Code {
         Self::HeadersTooLarge,
         Self::NotFound,
         Self::InternalError,
+        Self::AdminUnauthorized,
+        Self::ValidationFailed,
+        Self::Conflict,
     ];
 
     /// The code as clients, logs and metrics see it (`invalid_key`).
@@ -124,6 +138,9 @@ impl Code {
             Self::HeadersTooLarge => "headers_too_large",
             Self::NotFound => "not_found",
             Self::InternalError => "internal_error",
+            Self::AdminUnauthorized => "admin_unauthorized",
+            Self::ValidationFailed => "validation_failed",
+            Self::Conflict => "conflict",
         }
     }
 
@@ -136,9 +153,11 @@ impl Code {
     /// override it).
     pub fn status(self) -> StatusCode {
         match self {
-            Self::MissingCredentials | Self::InvalidKey | Self::KeyInactive | Self::KeyExpired => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::MissingCredentials
+            | Self::InvalidKey
+            | Self::KeyInactive
+            | Self::KeyExpired
+            | Self::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope | Self::PlanForbidden => StatusCode::FORBIDDEN,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::AmbiguousCredentials | Self::BadRequest => StatusCode::BAD_REQUEST,
@@ -149,6 +168,8 @@ impl Code {
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Conflict => StatusCode::CONFLICT,
         }
     }
 
@@ -171,6 +192,9 @@ impl Code {
             Self::HeadersTooLarge => "Request headers too large",
             Self::NotFound => "Not found",
             Self::InternalError => "Internal error",
+            Self::AdminUnauthorized => "Admin token required",
+            Self::ValidationFailed => "Validation failed",
+            Self::Conflict => "Conflict",
         }
     }
 
@@ -206,14 +230,28 @@ impl Code {
             Self::HeadersTooLarge => "The request headers are larger than this gateway accepts.",
             Self::NotFound => "Nothing is served at this path.",
             Self::InternalError => "The gateway failed to handle this request. Retry shortly.",
+            Self::AdminUnauthorized => {
+                "Send a valid admin token in the Authorization header as 'Bearer <token>'."
+            }
+            Self::ValidationFailed => "Some fields of the request are invalid: see `errors` for each one.",
+            Self::Conflict => "The key's current state does not allow this change.",
         }
     }
 
-    /// Whether an `[errors.<code>]` table may name the code (all but
+    /// Whether an `[errors.<code>]` table may name the code: all but
     /// `not_found` and `internal_error`, which answer the gateway's own
-    /// mistakes rather than a client's).
+    /// mistakes rather than a client's, and the admin API's codes, which
+    /// always answer in the default shape (`[errors]` mimics the proxied
+    /// API, not ours).
     pub fn is_templatable(self) -> bool {
-        !matches!(self, Self::NotFound | Self::InternalError)
+        !matches!(
+            self,
+            Self::NotFound
+                | Self::InternalError
+                | Self::AdminUnauthorized
+                | Self::ValidationFailed
+                | Self::Conflict
+        )
     }
 }
 
@@ -237,6 +275,29 @@ pub struct Problem {
     /// Seconds until a retry can succeed: the `{retry_after}` placeholder
     /// and the `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// The bad fields of a `validation_failed` problem: the default body's
+    /// `errors` extension member (`[{"field":…,"message":…}]`), left out
+    /// when empty. Templates do not carry it.
+    pub errors: Vec<FieldError>,
+}
+
+/// One bad field of a request: where it is and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's path in the request, e.g. `scopes[1]` or `limit`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A bad field and why.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
 }
 
 impl Problem {
@@ -247,6 +308,7 @@ impl Problem {
             message: None,
             scope: None,
             retry_after: None,
+            errors: Vec::new(),
         }
     }
 
@@ -266,6 +328,14 @@ impl Problem {
             message: Some(Cow::Owned(format!("This action requires the '{scope}' scope"))),
             scope: Some(scope),
             ..Self::new(Code::InsufficientScope)
+        }
+    }
+
+    /// `validation_failed` listing the bad fields.
+    pub fn validation_failed(errors: Vec<FieldError>) -> Self {
+        Self {
+            errors,
+            ..Self::new(Code::ValidationFailed)
         }
     }
 
@@ -421,6 +491,25 @@ pub fn problem_json(code: &str, title: &str, status: u16, detail: &str) -> Strin
     out
 }
 
+/// Adds the `errors` extension member to a body from [`problem_json`]:
+/// `…,"errors":[{"field":…,"message":…},…]}`.
+fn push_field_errors(out: &mut String, errors: &[FieldError]) {
+    // `problem_json` ends with the object's closing brace.
+    out.pop();
+    out.push_str(",\"errors\":[");
+    for (i, e) in errors.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"field\":\"");
+        push_json_escaped(out, &e.field);
+        out.push_str("\",\"message\":\"");
+        push_json_escaped(out, &e.message);
+        out.push_str("\"}");
+    }
+    out.push_str("]}");
+}
+
 /// How one code answers, compiled from its template (or the defaults).
 #[derive(Debug, Clone)]
 struct Entry {
@@ -546,6 +635,11 @@ impl ProblemRenderer {
             _ => &entry.default_message,
         };
         let body = match &entry.body {
+            None if !problem.errors.is_empty() => {
+                let mut out = problem_json(code.as_str(), code.title(), entry.status.as_u16(), message);
+                push_field_errors(&mut out, &problem.errors);
+                out
+            }
             None => problem_json(code.as_str(), code.title(), entry.status.as_u16(), message),
             Some(parts) => {
                 let mut out = String::with_capacity(256 + message.len());
@@ -588,6 +682,9 @@ impl ProblemRenderer {
             }
             Code::InsufficientScope => {
                 headers.insert(WWW_AUTHENTICATE, scope_challenge(problem.scope.as_deref()));
+            }
+            Code::AdminUnauthorized => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(ADMIN_CHALLENGE));
             }
             _ => {}
         }
@@ -687,6 +784,9 @@ mod tests {
             (Code::HeadersTooLarge, 431),
             (Code::NotFound, 404),
             (Code::InternalError, 500),
+            (Code::AdminUnauthorized, 401),
+            (Code::ValidationFailed, 422),
+            (Code::Conflict, 409),
         ];
         assert_eq!(cases.len(), Code::COUNT);
         for (code, status) in cases {
@@ -719,6 +819,7 @@ mod tests {
                     Some(r#"Bearer realm="keygate", error="invalid_token""#)
                 }
                 Code::InsufficientScope => Some(r#"Bearer error="insufficient_scope""#),
+                Code::AdminUnauthorized => Some(r#"Bearer realm="keygate-admin""#),
                 _ => None,
             };
             assert_eq!(header(&out, WWW_AUTHENTICATE), challenge, "{code}");
@@ -932,6 +1033,31 @@ mod tests {
         let out = r.build(&Problem::new(Code::NotFound));
         assert_eq!(out.status, StatusCode::NOT_FOUND);
         assert!(out.body.starts_with(r#"{"type":"urn:keygate:problem:not_found""#));
+    }
+
+    #[test]
+    fn validation_problems_list_their_fields() {
+        let r = ProblemRenderer::default();
+        let out = r.build(&Problem::validation_failed(vec![
+            FieldError::new("scopes[1]", "invalid scope \"a b\""),
+            FieldError::new("plan", "unknown plan"),
+        ]));
+        assert_eq!(out.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let parsed: serde_json::Value = serde_json::from_str(&out.body).unwrap();
+        assert_eq!(parsed["code"], "validation_failed");
+        assert_eq!(
+            parsed["errors"],
+            serde_json::json!([
+                {"field": "scopes[1]", "message": "invalid scope \"a b\""},
+                {"field": "plan", "message": "unknown plan"},
+            ])
+        );
+        let admin = r.build(&Problem::new(Code::AdminUnauthorized));
+        assert_eq!(admin.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            header(&admin, WWW_AUTHENTICATE),
+            Some(r#"Bearer realm="keygate-admin""#)
+        );
     }
 
     #[test]

@@ -224,4 +224,15 @@ pub struct AuthStats {
     /// Whether failed verifications are over `auth.max_failures_per_second`
     /// (flood mode: recently failed prefixes are refused without hashing).
     pub flooded: bool,
+    /// Changes applied from the store's change feed (each invalidates).
+    pub changes_applied: u64,
+    /// Requests waiting for an argon2 permit right now.
+    pub hash_queue_depth: u64,
+    /// How long after its commit the newest change of the last applied
+    /// batch was applied here.
+    pub change_feed_lag: std::time::Duration,
+    /// Whether the last poll of the store's change feed succeeded.
+    pub store_up: bool,
+    /// Verified secrets cached.
+    pub cached_entries: usize,
 }

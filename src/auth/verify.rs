@@ -62,6 +62,15 @@ struct Counters {
     coalesced: AtomicU64,
     stale_served: AtomicU64,
     store_errors: AtomicU64,
+    /// Changes applied from the store's change feed.
+    changes_applied: AtomicU64,
+    /// Requests waiting for an argon2 permit right now.
+    hash_waiting: AtomicU64,
+    /// Milliseconds between the newest applied change's commit and its
+    /// application here (the last batch's).
+    feed_lag_ms: AtomicU64,
+    /// Whether the last change-feed poll failed.
+    feed_failing: AtomicBool,
 }
 
 /// Checks presented keys against the store, with a verified-key cache kept
@@ -181,6 +190,11 @@ impl Authenticator {
             stale_served: get(&c.stale_served),
             store_errors: get(&c.store_errors),
             flooded: self.throttle.flooded(self.clock.now()),
+            changes_applied: get(&c.changes_applied),
+            hash_queue_depth: get(&c.hash_waiting),
+            change_feed_lag: StdDuration::from_millis(get(&c.feed_lag_ms)),
+            store_up: !c.feed_failing.load(Ordering::Relaxed),
+            cached_entries: self.cache.len(),
         }
     }
 
@@ -252,11 +266,20 @@ impl Authenticator {
             }
             self.cache.invalidate(&key_ids, &short_prefixes);
             applied += page.items.len() as u64;
+            if let Some(newest_at) = page.items.iter().map(|e| e.at).max() {
+                let lag = (self.clock.now() - newest_at).num_milliseconds().max(0);
+                self.counters
+                    .feed_lag_ms
+                    .store(u64::try_from(lag).unwrap_or(0), Ordering::Relaxed);
+            }
             *last = newest;
             if page.next.is_none() {
                 break;
             }
         }
+        self.counters
+            .changes_applied
+            .fetch_add(applied, Ordering::Relaxed);
         Ok(applied)
     }
 
@@ -294,6 +317,9 @@ impl Authenticator {
                 () = stop_requested(&mut shutdown) => break,
                 polled = self.poll_changes() => polled,
             };
+            self.counters
+                .feed_failing
+                .store(polled.is_err(), Ordering::Relaxed);
             match polled {
                 Ok(applied) => {
                     if failing {
@@ -468,7 +494,10 @@ impl Authenticator {
             return Err(AuthError::invalid(reason, first_short));
         }
 
-        let Ok(permit) = Arc::clone(&self.hash_permits).acquire_owned().await else {
+        self.counters.hash_waiting.fetch_add(1, Ordering::Relaxed);
+        let acquired = Arc::clone(&self.hash_permits).acquire_owned().await;
+        self.counters.hash_waiting.fetch_sub(1, Ordering::Relaxed);
+        let Ok(permit) = acquired else {
             // The semaphore is never closed; answer as an internal failure
             // rather than panic if that ever changes.
             return Err(AuthError::new(AuthFailure::Unavailable, first_short));

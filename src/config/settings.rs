@@ -5,7 +5,7 @@
 //! cache to `auth`, rate limiting to `ratelimit`, tokens to `token`, admin to
 //! `admin`, logging to `telemetry`. Those that have moved: `KeySettings`
 //! (`keys`), `StoreSettings` (`store`), routes, path globs and plans
-//! (`policy`), error templates (`problem`).
+//! (`policy`), error templates (`problem`), `AdminSettings` (`admin`).
 //!
 //! Everything here is already checked: durations are parsed, names
 //! validated. `Debug` never prints a secret.
@@ -15,7 +15,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::keys::{KeyHash, SecretString};
+pub use crate::admin::AdminSettings;
+use crate::keys::SecretString;
 use crate::store::redact_url;
 use crate::telemetry::LogFormat;
 
@@ -210,25 +211,6 @@ pub struct TokenSettings {
     pub access_ttl: Duration,
     /// Refresh-token lifetime (`tokens.refresh_ttl`).
     pub refresh_ttl: Duration,
-}
-
-/// `[admin]`: who may call the admin API.
-#[derive(Debug, Clone, Default)]
-pub struct AdminSettings {
-    /// argon2id PHC hashes of accepted admin tokens (`admin.tokens`),
-    /// checked to parse.
-    pub tokens: Vec<KeyHash>,
-    /// A plain admin token from `KEYGATE_ADMIN_TOKEN`, read once at load
-    /// (compare it in constant time).
-    pub env_token: Option<SecretString>,
-}
-
-impl AdminSettings {
-    /// Whether any admin token is configured; without one the admin API
-    /// refuses everything but health and metrics.
-    pub fn has_tokens(&self) -> bool {
-        !self.tokens.is_empty() || self.env_token.is_some()
-    }
 }
 
 #[cfg(test)]

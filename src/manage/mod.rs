@@ -21,7 +21,7 @@ use crate::keys::{
     Key, KeyFormat, KeyId, KeyPatch, KeyPrefix, KeySettings, KeySource, KeyState, KeyStatus, ModelError,
     SecretString, hash,
 };
-use crate::store::{Actor, AuditEntry, KeyFilter, NewKey, Page, PageRequest, SharedStore, StoreError};
+use crate::store::{Actor, AuditEntry, KeyFilter, NewKey, Page, PageRequest, SharedStore, StoreError, Usage};
 
 pub mod import;
 
@@ -64,10 +64,14 @@ pub struct Issued {
     pub secret: SecretString,
 }
 
-/// The JSON view of a key that users see (CLI `--json`, admin API).
-#[derive(Debug, Clone, Serialize)]
+/// A key as users see it (CLI `--json`, admin API), never with its secret.
+// The admin API's OpenAPI schema `Key` is derived from this type, so the
+// description cannot drift from what both edges print.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Key)]
 pub struct KeyView {
     /// Stable id.
+    #[schema(value_type = String, example = "key_01kaqz3m5v8x2c4n6b7d9f0g1h")]
     pub id: KeyId,
     /// Name.
     pub name: String,
@@ -78,6 +82,7 @@ pub struct KeyView {
     /// Plan.
     pub plan: String,
     /// Stored status.
+    #[schema(schema_with = status_schema)]
     pub status: KeyStatus,
     /// Whether `expires_at` has passed.
     pub expired: bool,
@@ -88,8 +93,10 @@ pub struct KeyView {
     /// The public short prefix.
     pub short_prefix: String,
     /// `generated` or `imported`.
+    #[schema(schema_with = source_schema)]
     pub source: KeySource,
     /// Free-form metadata.
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     /// Creation instant.
     pub created_at: DateTime<Utc>,
@@ -123,6 +130,30 @@ impl KeyView {
             request_count: key.request_count,
         }
     }
+}
+
+/// The spellings of [`KeyStatus`], for schemas.
+pub const STATUS_NAMES: [&str; 3] = ["active", "inactive", "revoked"];
+
+/// The schema of a [`KeyStatus`]: one of [`STATUS_NAMES`].
+fn status_schema() -> utoipa::openapi::Object {
+    enum_schema(
+        &STATUS_NAMES,
+        "Stored status: `inactive` can be re-enabled, `revoked` is final.",
+    )
+}
+
+/// The schema of a [`KeySource`].
+fn source_schema() -> utoipa::openapi::Object {
+    enum_schema(&["generated", "imported"], "Where the current secret came from.")
+}
+
+fn enum_schema(names: &[&str], description: &str) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(names.iter().copied()))
+        .description(Some(description))
+        .build()
 }
 
 /// Why an operation failed. Edges map each variant to one exit code or
@@ -315,6 +346,13 @@ impl KeyManager {
         }
     }
 
+    /// A key's usage: request counts by outcome and last use, from the
+    /// batched usage counters (so up to one flush interval behind).
+    pub async fn usage(&self, id: &str) -> Result<Usage, ManageError> {
+        let id = parse_id(id)?;
+        Ok(self.store.usage(&id).await?)
+    }
+
     /// One page of the audit trail.
     pub async fn audit(&self, page: PageRequest<i64>) -> Result<Page<AuditEntry, i64>, ManageError> {
         Ok(self.store.audit(page).await?)
@@ -424,7 +462,9 @@ impl KeyManager {
         Ok((generated, key_hash))
     }
 
-    fn check_plan(&self, plan: &str) -> Result<(), ManageError> {
+    /// Whether `plan` is a configured plan (an `Invalid` error on `plan`
+    /// listing the configured ones if not).
+    pub fn check_plan(&self, plan: &str) -> Result<(), ManageError> {
         if self.plans.contains(plan) {
             Ok(())
         } else {

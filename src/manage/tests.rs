@@ -343,3 +343,14 @@ async fn imported_keys_keep_their_shape_and_share_short_prefixes() {
         .unwrap_err();
     assert!(err.to_string().contains("already in the store"), "{err}");
 }
+
+#[test]
+fn status_names_are_the_statuses() {
+    for name in STATUS_NAMES {
+        let status: KeyStatus = name.parse().unwrap();
+        assert_eq!(status.as_str(), name);
+    }
+    for status in [KeyStatus::Active, KeyStatus::Inactive, KeyStatus::Revoked] {
+        assert!(STATUS_NAMES.contains(&status.as_str()));
+    }
+}

@@ -58,6 +58,9 @@ pub struct Decision<'a> {
     /// `RateLimit-*` headers of whatever response follows (`None` when the
     /// limiter did not run: refused earlier, public route, unlimited plan).
     pub rate: Option<WindowStatus>,
+    /// How long the upstream took to send its response head, once forwarded
+    /// (for the latency metrics).
+    pub upstream: Option<std::time::Duration>,
 }
 
 /// The checks, compiled once from config.

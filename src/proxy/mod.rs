@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use crate::auth::usage::UsageRecorder;
 use crate::problem::{Problem, ProblemRenderer};
 use crate::ratelimit::{RateLimitHeaders, WindowStatus};
+use crate::telemetry::metrics::Metrics;
 
 pub mod forward;
 pub mod gate;
@@ -33,6 +34,8 @@ pub struct ProxyState {
     pub usage: Arc<UsageRecorder>,
     /// Names of the rate-limit headers, `None` when `rate_limit.headers = false`.
     pub rate_limit_headers: Option<RateLimitHeaderNames>,
+    /// Request counts and latencies.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The three rate-limit header names in the configured spelling, built once.

@@ -15,8 +15,10 @@
 //!    hygiene, streaming, upstream errors mapped to 502/504.
 //! 5. **Log** — one line per request with method, route, key id, short
 //!    prefix, decision, status and duration; never a secret.
-//! 6. **Usage** — a request whose key was identified is counted by outcome
-//!    in memory ([`crate::auth::usage`]); the store is written off this path.
+//! 6. **Usage and metrics** — a request whose key was identified is counted
+//!    by outcome in memory ([`crate::auth::usage`]; the store is written off
+//!    this path), and every request by outcome and route, with its latency,
+//!    in [`crate::telemetry::metrics`].
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -56,6 +58,10 @@ pub async fn handle(state: &ProxyState, req: Request<Incoming>, client: SocketAd
         if let Some(key_id) = &decision.key_id {
             state.usage.record_now(key_id, outcome);
         }
+        let duration = started.elapsed();
+        state
+            .metrics
+            .observe_request(outcome, decision.route, duration, decision.upstream);
         tracing::info!(
             method = %method,
             route = decision.route,
@@ -64,7 +70,7 @@ pub async fn handle(state: &ProxyState, req: Request<Incoming>, client: SocketAd
             decision = outcome,
             reason = decision.reason.unwrap_or("-"),
             status,
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = duration.as_secs_f64() * 1000.0,
             "request"
         );
         response
@@ -120,7 +126,10 @@ async fn pipeline<'a>(
     };
 
     // 4. Forward.
-    match state.forwarder.forward(authorized, parts, body, client).await {
+    let forwarded_at = Instant::now();
+    let forwarded = state.forwarder.forward(authorized, parts, body, client).await;
+    decision.upstream = Some(forwarded_at.elapsed());
+    match forwarded {
         Ok(response) => response,
         Err(e) => {
             let code = match &e {

@@ -287,6 +287,8 @@ struct RedisLink {
     state: AtomicU64,
     /// Wakes the probe when the limiter falls back.
     wake: Notify,
+    /// Switches to fallback so far (a start without Redis counts).
+    fallbacks: AtomicU64,
     probe_interval: Duration,
 }
 
@@ -300,6 +302,7 @@ impl RedisLink {
             .compare_exchange(seen, fallback, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            self.fallbacks.fetch_add(1, Ordering::Relaxed);
             warn!(
                 redis.addr = self.backend.target(),
                 error = %cause,
@@ -392,6 +395,7 @@ impl RateLimiter {
             backend,
             state: AtomicU64::new(pack(0, mode)),
             wake: Notify::new(),
+            fallbacks: AtomicU64::new(u64::from(mode == MODE_FALLBACK)),
             probe_interval: redis_settings.probe_interval,
         });
         let probe = tokio::spawn(Arc::clone(&link).probe()).abort_handle();
@@ -429,6 +433,14 @@ impl RateLimiter {
             Some(link) if link.state.load(Ordering::Acquire) & MODE_FALLBACK == 0 => BackendState::Redis,
             Some(_) => BackendState::RedisFallback,
         }
+    }
+
+    /// How often the limiter has fallen back from Redis to local counters
+    /// (starting without Redis counts once); 0 for the local backend.
+    pub fn fallbacks(&self) -> u64 {
+        self.redis
+            .as_ref()
+            .map_or(0, |link| link.fallbacks.load(Ordering::Relaxed))
     }
 
     /// The local counters (the backend, or the Redis fallback), e.g. for

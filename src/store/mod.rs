@@ -129,17 +129,22 @@ pub struct Page<T, C> {
 }
 
 /// One audit row: who changed which key, how, when.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+// Also the admin API's JSON view of it, so the schema derive describes it
+// for OpenAPI.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Monotonic sequence number (the store's change sequence).
     pub seq: i64,
     /// The key changed.
+    #[schema(value_type = String)]
     pub key_id: KeyId,
-    /// Who changed it.
+    /// Who changed it: `cli`, or `admin:<token id>`.
+    #[schema(value_type = String, example = "admin:env")]
     pub actor: Actor,
     /// `created`, `imported`, `updated`, `rotated`, `revoked`, …
     pub action: String,
     /// What changed (field names, never secrets).
+    #[schema(value_type = Object)]
     pub details: serde_json::Value,
     /// When.
     pub at: DateTime<Utc>,
@@ -168,7 +173,7 @@ pub struct UsageDelta {
 }
 
 /// A key's usage: request counts by outcome and last use.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     /// Count per outcome code.
     pub by_outcome: std::collections::BTreeMap<String, u64>,

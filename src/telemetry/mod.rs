@@ -1,9 +1,12 @@
-//! Logging: the tracing subscriber (text or JSON lines on stderr).
+//! Logging: the tracing subscriber (text or JSON lines on stderr); and
+//! [`metrics`], the Prometheus registry.
 //!
 //! Logs never carry secrets: call sites log key ids and short prefixes only,
 //! and secret types redact themselves in `Debug`.
 
 use tracing_subscriber::EnvFilter;
+
+pub mod metrics;
 
 /// How log lines are written (`log.format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -7,9 +7,13 @@
     reason = "test harness helpers: a panic is a test failure with its message"
 )]
 
+mod admin_errors;
+mod admin_keys;
+mod admin_openapi;
 mod cli_check_config;
 mod cli_keys;
 mod error_shapes;
+mod metrics;
 mod outage;
 mod proxy_auth;
 mod proxy_raw;

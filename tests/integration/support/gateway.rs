@@ -74,6 +74,9 @@ pub struct TestGateway {
     _dir: tempfile::TempDir,
 }
 
+/// The admin token of [`TestGateway::with_admin_token`].
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// The routes most tests use.
 pub const DEFAULT_ROUTES: &str = r#"
 [[routes]]
@@ -108,6 +111,15 @@ impl TestGateway {
     /// A gateway whose config is the defaults for tests plus `extra` TOML.
     pub async fn start(extra: &str) -> Self {
         Self::start_with(extra, |_| {}).await
+    }
+
+    /// A gateway like `start` whose admin API accepts [`ADMIN_TOKEN`] (as
+    /// `KEYGATE_ADMIN_TOKEN` would set it).
+    pub async fn with_admin_token(extra: &str) -> Self {
+        Self::start_with(extra, |c| {
+            c.admin.env_token = Some(keygate::keys::SecretString::from(ADMIN_TOKEN));
+        })
+        .await
     }
 
     /// Like `start`, letting the test adjust the resolved config.
@@ -239,6 +251,32 @@ impl TestGateway {
     /// GET on the admin listener.
     pub async fn admin_get(&self, path: &str) -> Reply {
         send(&self.client, self.admin(), Method::GET, path, &[], "").await
+    }
+
+    /// A request to the admin listener with `Authorization: Bearer <token>`
+    /// (when given) and, for a non-empty body, `Content-Type:
+    /// application/json`.
+    pub async fn admin_send(&self, method: Method, path: &str, token: Option<&str>, body: &str) -> Reply {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = Vec::new();
+        if let Some(auth) = &auth {
+            headers.push(("authorization", auth.as_str()));
+        }
+        if !body.is_empty() {
+            headers.push(("content-type", "application/json"));
+        }
+        send(&self.client, self.admin(), method, path, &headers, body).await
+    }
+
+    /// A request to the admin listener with exactly these headers.
+    pub async fn admin_send_with(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        send(&self.client, self.admin(), method, path, headers, body).await
     }
 
     /// Waits (up to 5 s) until `check` holds, re-sending the request; for

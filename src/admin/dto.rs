@@ -1,0 +1,615 @@
+//! What the admin API reads and writes: request bodies and query strings
+//! (parsed here, every bad field named), the JSON extractor that turns
+//! body errors into problems, and the response views. The key view itself
+//! is [`KeyView`], shared with the CLI's `--json` output.
+//!
+//! Parsing collects every problem it can see before answering, using the
+//! same validation functions as [`crate::manage`] (which checks again), so a
+//! client fixes all its fields in one round trip.
+
+use std::collections::BTreeSet;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use chrono::{DateTime, Utc};
+use http::HeaderMap;
+use http::header::CONTENT_TYPE;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use utoipa::ToSchema;
+
+use super::error::AdminError;
+use crate::keys::model::{parse_duration, parse_expiry, validate_scope, validate_text};
+use crate::keys::{KeyPatch, KeyPrefix, KeyStatus, SecretString};
+use crate::manage::{CreateKey, Issued, KeyManager, KeyView};
+use crate::problem::FieldError;
+use crate::store::{AuditEntry, Usage};
+
+/// Items per page when `limit` is not given.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// The largest `limit` accepted.
+pub const MAX_LIMIT: u32 = 500;
+
+/// A JSON request body, parsed with every failure as a problem: a body that
+/// is not JSON (or not sent as JSON) is 400 `bad_request`; JSON of the wrong
+/// shape (unknown field, wrong type, missing field) is 422
+/// `validation_failed` naming the field.
+#[derive(Debug)]
+pub struct AdminJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AdminJson<T> {
+    type Rejection = AdminError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let headers = req.headers().clone();
+        let body = Bytes::from_request(req, state).await.map_err(|e| {
+            AdminError::BadRequest(format!("Cannot read the request body: {}.", e.body_text()))
+        })?;
+        parse_json(&headers, &body).map(Self)
+    }
+}
+
+/// Like [`AdminJson`], but an empty body is `T::default()` (for bodies
+/// whose every field is optional, e.g. rotate's).
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = AdminError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let headers = req.headers().clone();
+        let body = Bytes::from_request(req, state).await.map_err(|e| {
+            AdminError::BadRequest(format!("Cannot read the request body: {}.", e.body_text()))
+        })?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(T::default()));
+        }
+        parse_json(&headers, &body).map(Self)
+    }
+}
+
+/// Parses a JSON body sent with a JSON content type.
+pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, AdminError> {
+    let json_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_json_media_type);
+    if !json_type {
+        return Err(AdminError::BadRequest(
+            "Send the request body as JSON, with Content-Type: application/json.".into(),
+        ));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(AdminError::BadRequest(
+            "The request body is empty: send a JSON object.".into(),
+        ));
+    }
+    // Syntax first (400), then shape (422): a body that is JSON but not an
+    // object, or an object with bad fields, is the client's data to fix.
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| AdminError::BadRequest(format!("The request body is not valid JSON: {e}.")))?;
+    if !value.is_object() {
+        return Err(AdminError::field("body", "the body must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        json_field_error(&path, &e.into_inner())
+    })
+}
+
+/// `application/json` or `application/<anything>+json`, parameters allowed.
+fn is_json_media_type(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// A serde data error as a field error: the path serde reached (or, for a
+/// missing or unknown field at that level, the field it names), and serde's
+/// message.
+fn json_field_error(path: &str, error: &serde_json::Error) -> AdminError {
+    let message = error.to_string();
+    let named = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|lead| message.strip_prefix(lead))
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name.to_owned());
+    let field = match (path, named) {
+        (".", Some(name)) => name,
+        (".", None) => "body".to_owned(),
+        (path, Some(name)) if message.starts_with("missing") => format!("{path}.{name}"),
+        (path, _) => path.to_owned(),
+    };
+    AdminError::field(field, message)
+}
+
+/// Field errors so far; turns into one [`AdminError::Validation`].
+#[derive(Debug, Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, field: impl Into<String>, message: impl ToString) {
+        self.0.push(FieldError::new(field, message.to_string()));
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, AdminError> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(AdminError::Validation(self.0))
+        }
+    }
+}
+
+/// `POST /v1/keys`: what `keygate keys create` takes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// Human name (1 to 200 characters).
+    pub name: String,
+    /// Granted scopes (letters, digits and `_ . : - / *`).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Plan, one of the configured `[plans]`; default `keys.default_plan`.
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// Expiry: an RFC 3339 instant, a duration from now such as `30d`,
+    /// `"never"`, or null (never, the default).
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// Owner (account / tenant).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Key prefix, e.g. `sk_live_`; default `keys.default_prefix`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Free-form JSON object.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl CreateKeyRequest {
+    /// The create request, or every bad field.
+    pub fn parse(self, manager: &KeyManager, now: DateTime<Utc>) -> Result<CreateKey, AdminError> {
+        let mut errors = Errors::default();
+        if let Err(e) = validate_text("name", &self.name) {
+            errors.add("name", e);
+        }
+        if let Some(owner) = &self.owner {
+            if let Err(e) = validate_text("owner", owner) {
+                errors.add("owner", e);
+            }
+        }
+        let scopes = scopes(&self.scopes, &mut errors);
+        if let Some(plan) = &self.plan {
+            plan_error(manager, plan, &mut errors);
+        }
+        let expires_at = match self.expires_at.as_deref() {
+            None => None,
+            Some(when) => parse_expiry(when, now).unwrap_or_else(|e| {
+                errors.add("expires_at", e);
+                None
+            }),
+        };
+        if let Some(prefix) = &self.prefix {
+            if let Err(e) = KeyPrefix::new(prefix) {
+                errors.add("prefix", e);
+            }
+        }
+        metadata_error(self.metadata.as_ref(), &mut errors);
+        errors.finish(CreateKey {
+            name: self.name,
+            owner: self.owner,
+            scopes,
+            plan: self.plan,
+            expires_at,
+            prefix: self.prefix,
+            metadata: self.metadata,
+        })
+    }
+}
+
+/// `PATCH /v1/keys/{id}`: the fields to change; absent fields stay.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyRequest {
+    /// New name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New scopes (replaces the set).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// New plan.
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// New expiry: RFC 3339, a duration from now such as `30d`, or null /
+    /// `"never"` for never.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub expires_at: Option<Option<String>>,
+    /// `active` or `inactive` (revoke with `POST /v1/keys/{id}/revoke`).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, pattern = "^(active|inactive)$")]
+    pub status: Option<String>,
+    /// New owner; null clears it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub owner: Option<Option<String>>,
+    /// New metadata (a JSON object; replaces it).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl UpdateKeyRequest {
+    /// The patch, or every bad field.
+    pub fn parse(self, manager: &KeyManager, now: DateTime<Utc>) -> Result<KeyPatch, AdminError> {
+        let mut errors = Errors::default();
+        if let Some(name) = &self.name {
+            if let Err(e) = validate_text("name", name) {
+                errors.add("name", e);
+            }
+        }
+        if let Some(Some(owner)) = &self.owner {
+            if let Err(e) = validate_text("owner", owner) {
+                errors.add("owner", e);
+            }
+        }
+        let scopes = self.scopes.as_deref().map(|s| scopes(s, &mut errors));
+        if let Some(plan) = &self.plan {
+            plan_error(manager, plan, &mut errors);
+        }
+        let expires_at = match &self.expires_at {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(when)) => Some(parse_expiry(when, now).unwrap_or_else(|e| {
+                errors.add("expires_at", e);
+                None
+            })),
+        };
+        let status = match self.status.as_deref() {
+            None => None,
+            Some("active") => Some(KeyStatus::Active),
+            Some("inactive") => Some(KeyStatus::Inactive),
+            Some("revoked") => {
+                errors.add(
+                    "status",
+                    "revoke a key with POST /v1/keys/{id}/revoke (revocation is final); PATCH sets only active or inactive",
+                );
+                None
+            }
+            Some(other) => {
+                errors.add(
+                    "status",
+                    format!("unknown status {other:?}: use active or inactive"),
+                );
+                None
+            }
+        };
+        metadata_error(self.metadata.as_ref(), &mut errors);
+        let patch = KeyPatch {
+            name: self.name,
+            owner: self.owner,
+            scopes,
+            plan: self.plan,
+            expires_at,
+            status,
+            metadata: self.metadata,
+        };
+        if errors.0.is_empty() && patch.is_empty() {
+            errors.add(
+                "body",
+                "the patch changes nothing: set at least one of name, scopes, plan, expires_at, status, owner, metadata",
+            );
+        }
+        errors.finish(patch)
+    }
+}
+
+/// `POST /v1/keys/{id}/rotate`; the body may be empty (no grace period).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeyRequest {
+    /// How long the previous secret keeps working, e.g. `24h`; default `0`
+    /// (it stops at once).
+    #[serde(default)]
+    pub grace_period: Option<String>,
+}
+
+impl RotateKeyRequest {
+    /// The grace period, or the bad field.
+    pub fn parse(&self) -> Result<chrono::Duration, AdminError> {
+        match self.grace_period.as_deref() {
+            None => Ok(chrono::Duration::zero()),
+            Some(text) => parse_duration(text).map_err(|e| AdminError::field("grace_period", e.to_string())),
+        }
+    }
+}
+
+/// The valid scopes of a list; each bad one is named by its index.
+fn scopes(list: &[String], errors: &mut Errors) -> BTreeSet<String> {
+    let mut set = BTreeSet::new();
+    for (i, scope) in list.iter().enumerate() {
+        match validate_scope(scope) {
+            Ok(()) => {
+                set.insert(scope.clone());
+            }
+            Err(e) => errors.add(format!("scopes[{i}]"), e),
+        }
+    }
+    set
+}
+
+fn plan_error(manager: &KeyManager, plan: &str, errors: &mut Errors) {
+    if let Err(crate::manage::ManageError::Invalid { message, .. }) = manager.check_plan(plan) {
+        errors.add("plan", message);
+    }
+}
+
+fn metadata_error(metadata: Option<&serde_json::Value>, errors: &mut Errors) {
+    if metadata.is_some_and(|m| !m.is_object()) {
+        errors.add("metadata", "metadata must be a JSON object");
+    }
+}
+
+/// Deserializes a field that is present (maybe `null`) as `Some(…)`, so an
+/// absent field (`None`, via `#[serde(default)]`) differs from `null`.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `GET /v1/keys` query parameters, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListKeysQuery {
+    /// Only this owner's keys.
+    pub owner: Option<String>,
+    /// Only keys with this status.
+    pub status: Option<KeyStatus>,
+    /// Page size.
+    pub limit: u32,
+    /// Where to resume (unverified until the cursor signer checks it).
+    pub presented_cursor: Option<String>,
+}
+
+impl ListKeysQuery {
+    /// Parses `owner`, `status`, `limit` and `cursor`; empty values count as
+    /// absent.
+    pub fn parse(raw: Option<&str>) -> Result<Self, AdminError> {
+        let mut errors = Errors::default();
+        let mut params = Params::parse(raw, &["owner", "status", "limit", "cursor"], &mut errors)?;
+        let status = params
+            .take("status")
+            .and_then(|s| s.parse::<KeyStatus>().map_err(|e| errors.add("status", e)).ok());
+        let limit = limit(params.take("limit"), &mut errors);
+        errors.finish(Self {
+            owner: params.take("owner"),
+            status,
+            limit,
+            presented_cursor: params.take("cursor"),
+        })
+    }
+}
+
+/// `GET /v1/audit` query parameters, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditQuery {
+    /// Page size.
+    pub limit: u32,
+    /// Where to resume (unverified).
+    pub presented_cursor: Option<String>,
+}
+
+impl AuditQuery {
+    /// Parses `limit` and `cursor`.
+    pub fn parse(raw: Option<&str>) -> Result<Self, AdminError> {
+        let mut errors = Errors::default();
+        let mut params = Params::parse(raw, &["limit", "cursor"], &mut errors)?;
+        let limit = limit(params.take("limit"), &mut errors);
+        errors.finish(Self {
+            limit,
+            presented_cursor: params.take("cursor"),
+        })
+    }
+}
+
+/// Query parameters by name, each known name at most once.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(raw: Option<&str>, known: &[&str], errors: &mut Errors) -> Result<Self, AdminError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map_err(|e| AdminError::BadRequest(format!("The query string is malformed: {e}.")))?;
+        let mut seen = BTreeSet::new();
+        let mut kept = Vec::new();
+        for (name, value) in pairs {
+            if !known.contains(&name.as_str()) {
+                errors.add(name, format!("unknown query parameter: use {}", known.join(", ")));
+            } else if !seen.insert(name.clone()) {
+                errors.add(name, "given more than once");
+            } else if !value.is_empty() {
+                kept.push((name, value));
+            }
+        }
+        Ok(Self(kept))
+    }
+
+    fn take(&mut self, name: &str) -> Option<String> {
+        let i = self.0.iter().position(|(n, _)| n == name)?;
+        Some(self.0.swap_remove(i).1)
+    }
+}
+
+fn limit(text: Option<String>, errors: &mut Errors) -> u32 {
+    match text {
+        None => DEFAULT_LIMIT,
+        Some(text) => match text.parse::<u32>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                errors.add(
+                    "limit",
+                    format!("{text:?} is not a page size: use a whole number from 1 to {MAX_LIMIT}"),
+                );
+                DEFAULT_LIMIT
+            }
+        },
+    }
+}
+
+/// A key with its secret: the answer of create and rotate, the only time
+/// the secret is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuedKey {
+    /// The key.
+    #[serde(flatten)]
+    pub view: KeyView,
+    /// The secret: store it now, it is never shown again.
+    #[serde(serialize_with = "expose")]
+    #[schema(value_type = String, example = "kg_live_3hT9kQ2mVx7bN4pR8sW1yZ6cF0dG5jL2uA9eHk")]
+    pub key: SecretString,
+}
+
+impl IssuedKey {
+    /// The view of what create or rotate issued, at `now`.
+    pub fn new(issued: &Issued, now: DateTime<Utc>) -> Self {
+        Self {
+            view: KeyView::new(&issued.key, now),
+            key: issued.secret.clone(),
+        }
+    }
+}
+
+fn expose<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(secret.expose())
+}
+
+/// One page of keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyPage {
+    /// The keys, in id (creation) order.
+    pub data: Vec<KeyView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One page of the audit trail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    /// The entries, oldest first.
+    pub data: Vec<AuditEntry>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A key's usage.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageView {
+    /// The key.
+    pub key_id: String,
+    /// Counts by outcome (`ok` or a SPEC error code), total and last use.
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// The problem+json body of every admin API error (RFC 9457); documents
+/// what `crate::problem` renders.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProblemBody {
+    /// `urn:keygate:problem:<code>`.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    /// Short title of the code.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong and what to do.
+    pub detail: String,
+    /// The keygate error code, e.g. `validation_failed`.
+    pub code: String,
+    /// The bad fields (`validation_failed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldErrorBody>>,
+}
+
+/// One bad field of a `validation_failed` problem.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FieldErrorBody {
+    /// The field's path, e.g. `scopes[1]`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        h
+    }
+
+    fn fields(e: AdminError) -> Vec<(String, String)> {
+        match e {
+            AdminError::Validation(errors) => errors.into_iter().map(|e| (e.field, e.message)).collect(),
+            other => panic!("not a validation error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn body_errors() {
+        let h = json_headers();
+        let bad_request = |body: &str, headers: &HeaderMap| {
+            matches!(
+                parse_json::<CreateKeyRequest>(headers, body.as_bytes()),
+                Err(AdminError::BadRequest(_))
+            )
+        };
+        assert!(bad_request("{", &h));
+        assert!(bad_request("", &h));
+        assert!(bad_request("name=x", &h));
+        assert!(bad_request(r#"{"name":"x"} trailing"#, &h));
+        assert!(bad_request(r#"{"name":"x"}"#, &HeaderMap::new()));
+        let cases = [
+            (r#"{"name":"x","nope":1}"#, "nope"),
+            (r#"{"scopes":["a"]}"#, "name"),
+            (r#"{"name":5}"#, "name"),
+            (r#"{"name":"x","scopes":["a",7]}"#, "scopes[1]"),
+            ("[1]", "body"),
+        ];
+        for (body, field) in cases {
+            let e = parse_json::<CreateKeyRequest>(&h, body.as_bytes()).unwrap_err();
+            let got = fields(e);
+            assert_eq!(got.len(), 1, "{body}");
+            assert_eq!(got[0].0, field, "{body}: {got:?}");
+            assert!(!got[0].1.contains("line 1"), "{got:?}");
+        }
+        assert!(is_json_media_type("application/merge-patch+json"));
+        assert!(!is_json_media_type("text/json"));
+    }
+
+    #[test]
+    fn queries() {
+        let q = ListKeysQuery::parse(Some("owner=acme&status=inactive&limit=5&cursor=")).unwrap();
+        assert_eq!(
+            q,
+            ListKeysQuery {
+                owner: Some("acme".into()),
+                status: Some(KeyStatus::Inactive),
+                limit: 5,
+                presented_cursor: None
+            }
+        );
+        assert_eq!(ListKeysQuery::parse(None).unwrap().limit, DEFAULT_LIMIT);
+        let e = ListKeysQuery::parse(Some("status=gone&limit=0&color=red&owner=a&owner=b")).unwrap_err();
+        let named: Vec<String> = fields(e).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(named, ["color", "owner", "status", "limit"]);
+        for bad in ["limit=501", "limit=-1", "limit=ten"] {
+            assert!(AuditQuery::parse(Some(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(AuditQuery::parse(Some("limit=500")).unwrap().limit, 500);
+    }
+}

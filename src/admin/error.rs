@@ -1,0 +1,141 @@
+//! [`AdminError`]: every way an admin request fails, mapped to its SPEC §7
+//! code in one `match` and rendered by [`crate::problem`] in the default
+//! problem+json shape (the admin API never uses `[errors]` templates).
+
+use axum::response::{IntoResponse, Response};
+
+use super::auth::Refusal;
+use crate::manage::ManageError;
+use crate::problem::{Code, FieldError, Problem, ProblemRenderer};
+
+/// Why an admin request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// No valid admin token (401 `admin_unauthorized`).
+    #[error("admin token refused: {0:?}")]
+    Unauthorized(Refusal),
+    /// The body is not JSON, or a cursor was altered (400 `bad_request`).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Bad fields, each named (422 `validation_failed`).
+    #[error("invalid fields: {0:?}")]
+    Validation(Vec<FieldError>),
+    /// No such key or endpoint (404 `not_found`).
+    #[error("{0}")]
+    NotFound(String),
+    /// The key's state forbids the change (409 `conflict`).
+    #[error("{0}")]
+    Conflict(String),
+    /// The store or hashing failed (500 `internal_error`); the cause goes to
+    /// the log, never to the client.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AdminError {
+    /// One bad field.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Validation(vec![FieldError::new(field, message)])
+    }
+
+    /// The problem the client sees.
+    pub fn problem(&self) -> Problem {
+        match self {
+            Self::Unauthorized(refusal) => {
+                Problem::new(Code::AdminUnauthorized).with_message(refusal_message(*refusal))
+            }
+            Self::BadRequest(message) => Problem::new(Code::BadRequest).with_message(sentence(message)),
+            Self::Validation(errors) => {
+                let message = match errors.as_slice() {
+                    [one] => sentence(&format!(
+                        "The field {} is invalid: {}",
+                        quoted(&one.field),
+                        one.message
+                    )),
+                    _ => format!(
+                        "{} fields are invalid: {}. See `errors` for each.",
+                        errors.len(),
+                        errors
+                            .iter()
+                            .map(|e| quoted(&e.field))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                Problem {
+                    message: Some(message.into()),
+                    ..Problem::validation_failed(errors.clone())
+                }
+            }
+            Self::NotFound(message) => Problem::new(Code::NotFound).with_message(sentence(message)),
+            Self::Conflict(message) => Problem::new(Code::Conflict).with_message(sentence(message)),
+            Self::Internal(_) => Problem::new(Code::InternalError),
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(cause) = &self {
+            tracing::error!(error = %cause, "admin request failed");
+        }
+        // The admin API always answers in the default problem shape.
+        ProblemRenderer::default().render(&self.problem())
+    }
+}
+
+impl From<ManageError> for AdminError {
+    fn from(e: ManageError) -> Self {
+        match e {
+            // The id comes from the path: a malformed one names no key.
+            ManageError::Invalid { field, message } if field == "id" => {
+                Self::NotFound(format!("No key has this id: {message}"))
+            }
+            ManageError::Invalid { field, message } => {
+                Self::Validation(vec![FieldError::new(field, message)])
+            }
+            ManageError::NotFound(id) => Self::NotFound(format!("No key has the id {id}.")),
+            ManageError::Conflict(message) => Self::Conflict(message),
+            other @ (ManageError::Import(_) | ManageError::Store(_) | ManageError::Hash(_)) => {
+                Self::Internal(other.to_string())
+            }
+        }
+    }
+}
+
+/// What the client is told for each refusal: what to do next.
+fn refusal_message(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::NotConfigured => {
+            "No admin token is configured, so the admin API refuses everything but /healthz, /readyz and /metrics. \
+             Set KEYGATE_ADMIN_TOKEN to a long random token, or add the argon2id hash of one to admin.tokens in \
+             the config file, then restart keygate."
+        }
+        Refusal::Missing => "Send an admin token in the Authorization header as 'Bearer <token>'.",
+        Refusal::Wrong => {
+            "The admin token is not valid. Send one of the tokens configured in admin.tokens or \
+             KEYGATE_ADMIN_TOKEN, in full, as 'Bearer <token>'."
+        }
+        Refusal::Throttled => {
+            "Too many invalid admin tokens were sent in the last second. Retry in a second."
+        }
+    }
+}
+
+/// `message` as a sentence: first letter capitalised, a full stop at the
+/// end (messages from `manage` and serde are lowercase fragments).
+fn sentence(message: &str) -> String {
+    let mut chars = message.trim_end().chars();
+    let mut out: String = match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    };
+    if !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
+}
+
+fn quoted(field: &str) -> String {
+    format!("'{field}'")
+}
