@@ -384,6 +384,11 @@ async fn a_redis_outage_falls_back_to_local_limits_without_a_5xx_and_recovers() 
         );
         assert!(count(&replies, StatusCode::TOO_MANY_REQUESTS) >= 15);
         assert_eq!(limiter.state(), BackendState::RedisFallback, "{fault:?}");
+        let metrics = gw.admin_get("/metrics").await.text();
+        assert!(
+            metrics.contains("keygate_ratelimit_backend{state=\"redis_fallback\"} 1"),
+            "{fault:?}: /metrics says so: {metrics}"
+        );
         println!("{fault:?}: 20 requests answered in {took:?} with Redis cut");
         assert!(
             took < Duration::from_secs(5),
@@ -397,6 +402,15 @@ async fn a_redis_outage_falls_back_to_local_limits_without_a_5xx_and_recovers() 
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    let metrics = gw.admin_get("/metrics").await.text();
+    assert!(
+        metrics.contains("keygate_ratelimit_backend{state=\"redis\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keygate_ratelimit_redis_fallbacks_total 2"),
+        "{metrics}"
+    );
     // Back on Redis: the count there survived the outage (2 of 5 used).
     let replies = burst(&[&gw], &key, 10).await;
     assert_eq!(count(&replies, StatusCode::OK), 3);
