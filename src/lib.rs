@@ -5,7 +5,8 @@
 //! - Domain (pure): [`keys`] — key format, secrets, hashing, model;
 //!   [`policy`] — path normalisation, routes, scopes.
 //! - Adapters: [`store`] — the `KeyStore` trait, its SQLite and Postgres
-//!   implementations; [`ratelimit`] — plan windows counted locally or in Redis.
+//!   implementations; [`ratelimit`] — plan windows counted locally or in Redis;
+//!   [`token`] — JWT exchange: claims, signing keys, sessions, refresh rotation.
 //! - Use case: [`manage`] — key lifecycle operations shared by the CLI and
 //!   the admin API (create, update, rotate, revoke, import); [`auth`] — who
 //!   is calling: credential extraction, presented key → principal, with a
@@ -34,3 +35,4 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod store;
 pub mod telemetry;
+pub mod token;
