@@ -38,12 +38,13 @@ mod tests;
 pub use env::{EnvSource, ProcessEnv};
 pub use settings::{
     AdminSettings, AuthSettings, CacheSettings, CredentialHeader, CredentialScheme, ERROR_CODES, LogSettings,
-    RateLimitBackend, RateLimitHeaders, RateLimitSettings, ServerSettings, TokenSettings, UpstreamSettings,
+    RateLimitBackend, RateLimitHeaders, RateLimitSettings, ServerSettings, UpstreamSettings,
 };
 // The owning modules' settings types that `Config` holds, re-exported so
 // wiring code can name every field's type from here.
 pub use crate::policy::{LimitScope, PathGlob, PlanLimit, PlanSettings, RouteSettings};
 pub use crate::problem::{ErrorTemplate, TEMPLATE_PLACEHOLDERS};
+pub use crate::token::TokenSettings;
 
 /// The config file used when neither `--config` nor `KEYGATE_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "config/keygate.toml";
@@ -78,8 +79,10 @@ pub struct Config {
     pub errors: BTreeMap<String, ErrorTemplate>,
     /// `[log]`.
     pub log: LogSettings,
-    /// `[tokens]`.
-    pub tokens: TokenSettings,
+    /// `[tokens]`: the token exchange's settings, every key already parsed
+    /// once; `None` when `tokens.enabled = false`. Read it through
+    /// [`Config::token_settings`].
+    pub tokens: Option<TokenSettings>,
     /// `[admin]` and `KEYGATE_ADMIN_TOKEN`.
     pub admin: AdminSettings,
 }
@@ -105,6 +108,14 @@ impl Config {
             }),
         };
         crate::ratelimit::RateLimitSettings { backend }
+    }
+
+    /// The token exchange's settings, from `[tokens]`: `None` when
+    /// `tokens.enabled = false`. The keys are `[[tokens.keys]]` in file order
+    /// (the first signs), then `tokens.signing_key` as one more HS256 key;
+    /// [`crate::token::Tokens::new`] accepts them (resolution built them).
+    pub fn token_settings(&self) -> Option<TokenSettings> {
+        self.tokens.clone()
     }
 
     /// The authenticator's settings, from `[auth]` and `[cache]`.

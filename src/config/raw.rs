@@ -591,12 +591,34 @@ pub struct RawLog {
 pub struct RawTokens {
     /// Whether the token exchange endpoints are served.
     pub enabled: Lenient<bool>,
-    /// JWT signing key.
+    /// A bare HS256 secret: one more signing key, after `keys`.
     pub signing_key: Lenient<Secret>,
     /// Access-token lifetime.
     pub access_ttl: Lenient<String>,
     /// Refresh-token lifetime.
     pub refresh_ttl: Lenient<String>,
+    /// `aud` of every token (absent = none).
+    pub audience: Lenient<String>,
+    /// `iss` of every token.
+    pub issuer: Lenient<String>,
+    /// `[[tokens.keys]]`: signing keys, the first signs, all verify.
+    pub keys: Tables<RawTokenKey>,
+}
+
+/// One `[[tokens.keys]]` entry.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct RawTokenKey {
+    /// Key id (optional for HS256, derived from the secret when absent).
+    pub kid: Lenient<String>,
+    /// `HS256`, `EdDSA` or `ES256` (required).
+    pub algorithm: Lenient<String>,
+    /// HS256: the shared secret.
+    pub secret: Lenient<Secret>,
+    /// EdDSA / ES256: the PKCS#8 PEM private key itself.
+    pub private_key: Lenient<Secret>,
+    /// EdDSA / ES256: a path to a PKCS#8 PEM private key file.
+    pub private_key_file: Lenient<String>,
 }
 
 /// `[admin]`.

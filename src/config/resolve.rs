@@ -5,7 +5,9 @@
 //!
 //! What the owning modules decide stays with them: the key prefix rules
 //! ([`KeyPrefix::new`]), argon2 limits ([`HashParams::validate`]), scope and
-//! duration syntax ([`validate_scope`], [`parse_duration`]).
+//! duration syntax ([`validate_scope`], [`parse_duration`]), token signing
+//! keys ([`SigningKeys::new`], [`Tokens::new`], whose errors are mapped back
+//! to the key's TOML path).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -13,15 +15,16 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use argon2::password_hash::PasswordHash;
+use zeroize::Zeroizing;
 
 use super::raw::{
     Field, Lenient, RawAdmin, RawAuth, RawCache, RawConfig, RawDatabase, RawErrorTemplate, RawHashParams,
-    RawKeys, RawLog, RawPlan, RawRateLimit, RawRoute, RawServer, RawTokens, RawUpstream, Secret, Section,
-    index_path, key_path,
+    RawKeys, RawLog, RawPlan, RawRateLimit, RawRoute, RawServer, RawTokenKey, RawTokens, RawUpstream, Secret,
+    Section, index_path, key_path,
 };
 use super::settings::{
     AdminSettings, AuthSettings, CacheSettings, CredentialHeader, CredentialScheme, ERROR_CODES, LogSettings,
-    RateLimitBackend, RateLimitHeaders, RateLimitSettings, ServerSettings, TokenSettings, UpstreamSettings,
+    RateLimitBackend, RateLimitHeaders, RateLimitSettings, ServerSettings, UpstreamSettings,
 };
 use super::{Config, ConfigError};
 use crate::keys::model::{parse_duration, validate_scope};
@@ -31,6 +34,8 @@ use crate::problem::{ErrorTemplate, TEMPLATE_PLACEHOLDERS};
 use crate::ratelimit::RedisSettings;
 use crate::store::{StoreSettings, redact_url};
 use crate::telemetry::LogFormat;
+use crate::token::keys::{MAX_KID_LEN, MIN_HMAC_SECRET_BYTES};
+use crate::token::{Algorithm, KeyError, KeySpec, SigningKeys, TokenConfigError, TokenSettings, Tokens};
 
 /// `server.listen` default: loopback, so a fresh install exposes nothing.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
@@ -50,13 +55,16 @@ pub const DEFAULT_PLAN: &str = "free";
 pub const DEFAULT_AUTH_HEADERS: [&str; 2] = ["Authorization", "X-API-Key"];
 /// `log.level` default.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
-/// Shortest signing key accepted, in bytes (256 bits for HS256).
-pub const MIN_SIGNING_KEY_BYTES: usize = 32;
+/// Largest `tokens.keys[].private_key_file` read, in bytes: a PEM private
+/// key is well under 1 KiB, so anything bigger is the wrong file.
+pub const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
+/// The kid a key's material is checked under when its own kid is missing or
+/// unusable, so that one mistake does not hide the other.
+const STAND_IN_KID: &str = "stand-in";
 
 const SECOND: Duration = Duration::from_secs(1);
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
-const DAY: Duration = Duration::from_secs(86_400);
 /// Longest duration any setting accepts; keeps arithmetic on it far from
 /// overflow.
 const FOREVER: Duration = Duration::from_secs(10 * 365 * 86_400);
@@ -998,32 +1006,328 @@ impl Resolver {
         LogSettings { format, level }
     }
 
-    fn tokens(&mut self, raw: &Section<RawTokens>) -> TokenSettings {
+    /// `[tokens]`: `None` when `tokens.enabled = false`. The keys are parsed
+    /// with the token module whether or not the exchange is enabled, so
+    /// turning it on cannot reveal new mistakes.
+    fn tokens(&mut self, raw: &Section<RawTokens>) -> Option<TokenSettings> {
         let t = self.section("tokens", raw);
+        let before = self.errors.len();
         let enabled = self.or("tokens.enabled", &t.enabled, false);
+        let access_ttl = self.duration(
+            "tokens.access_ttl",
+            &t.access_ttl,
+            TokenSettings::DEFAULT_ACCESS_TTL,
+            SECOND..=TokenSettings::MAX_TTL,
+        );
+        let refresh_ttl = self.duration(
+            "tokens.refresh_ttl",
+            &t.refresh_ttl,
+            TokenSettings::DEFAULT_REFRESH_TTL,
+            SECOND..=TokenSettings::MAX_TTL,
+        );
+        let issuer = self.or(
+            "tokens.issuer",
+            &t.issuer,
+            TokenSettings::DEFAULT_ISSUER.to_owned(),
+        );
+        if issuer.is_empty() {
+            self.err(
+                "tokens.issuer",
+                format!(
+                    "must not be empty: omit it for {:?}",
+                    TokenSettings::DEFAULT_ISSUER
+                ),
+            );
+        }
+        let audience = self.get("tokens.audience", &t.audience);
+        if audience.as_deref().is_some_and(str::is_empty) {
+            self.err(
+                "tokens.audience",
+                "must not be empty: omit it for tokens without an audience",
+            );
+        }
+
+        // [[tokens.keys]] in order, then tokens.signing_key. The first key
+        // signs, so a bare signing_key signs only while the list is empty;
+        // next to a list it keeps verifying the tokens it signed, which is
+        // how an operator moves from one secret to a rotated list.
+        let mut keys: Vec<KeySpec> = Vec::new();
+        let mut sources: Vec<KeySource> = Vec::new();
+        let mut listed = 0;
+        match &t.keys.0 {
+            Field::Missing => {}
+            Field::Invalid(message) => self.type_err("tokens.keys", message),
+            Field::Valid(entries) => {
+                listed = entries.len();
+                for (i, entry) in entries.iter().enumerate() {
+                    if let Some((spec, source)) = self.token_key(&index_path("tokens.keys", i), entry) {
+                        self.add_token_key(&mut keys, &mut sources, spec, source);
+                    }
+                }
+            }
+        }
         let signing_key = self
             .get_secret("tokens.signing_key", &t.signing_key, "a string")
-            .map(|s: Secret| s.0);
-        match &signing_key {
-            Some(key) if key.expose().len() < MIN_SIGNING_KEY_BYTES => self.err(
-                "tokens.signing_key",
-                format!(
-                    "is too short: use at least {MIN_SIGNING_KEY_BYTES} random bytes (e.g. the output of `openssl rand -base64 48`)"
-                ),
-            ),
-            None if enabled && matches!(t.signing_key.0, Field::Missing) => self.err(
-                "tokens.signing_key",
-                format!(
-                    "is required when tokens.enabled = true: set it, or KEYGATE_TOKENS__SIGNING_KEY, to at least {MIN_SIGNING_KEY_BYTES} random bytes (e.g. `openssl rand -base64 48`)"
-                ),
-            ),
-            _ => {}
+            .map(|s: Secret| KeySpec::hs256(s.0));
+        if let Some(spec) = signing_key {
+            let source = KeySource {
+                name: "tokens.signing_key".into(),
+                kid_path: "tokens.signing_key".into(),
+                algorithm_path: "tokens.signing_key".into(),
+                material_path: "tokens.signing_key".into(),
+                file: None,
+            };
+            if self.check_token_key(&spec, &source) {
+                self.add_token_key(&mut keys, &mut sources, spec, source);
+            }
         }
-        TokenSettings {
-            enabled,
-            signing_key,
-            access_ttl: self.duration("tokens.access_ttl", &t.access_ttl, 2 * HOUR, SECOND..=FOREVER),
-            refresh_ttl: self.duration("tokens.refresh_ttl", &t.refresh_ttl, 30 * DAY, SECOND..=FOREVER),
+        if enabled && listed == 0 && is_missing(&t.signing_key.0) {
+            self.err("tokens.signing_key", no_token_key());
+        }
+
+        let settings = TokenSettings {
+            keys,
+            access_ttl,
+            refresh_ttl,
+            audience,
+            issuer,
+        };
+        if !enabled || self.errors.len() > before {
+            return None;
+        }
+        // The checks above mirror the token module's; building the exchange
+        // is the last word, so a config that resolves cannot fail to start.
+        match Tokens::new(&settings) {
+            Ok(_) => Some(settings),
+            Err(TokenConfigError::Key(e)) => {
+                let (path, message) = key_problem(&e, &settings.keys, &sources);
+                self.err(&path, message);
+                None
+            }
+            Err(TokenConfigError::InvalidSetting { field, problem }) => {
+                self.err(&key_path("tokens", field), problem);
+                None
+            }
+        }
+    }
+
+    /// One `[[tokens.keys]]` entry at `base`: its spec (the PEM read from
+    /// `private_key_file` when it names one), once every part checks out.
+    fn token_key(&mut self, base: &str, entry: &Section<RawTokenKey>) -> Option<(KeySpec, KeySource)> {
+        let k: RawTokenKey = self.section(base, entry);
+        let kid_path = key_path(base, "kid");
+        let algorithm_path = key_path(base, "algorithm");
+        let secret_path = key_path(base, "secret");
+        let private_key_path = key_path(base, "private_key");
+        let file_path = key_path(base, "private_key_file");
+
+        let algorithm = match self.get(&algorithm_path, &k.algorithm) {
+            Some(name) => match name.parse::<Algorithm>() {
+                Ok(algorithm) => Some(algorithm),
+                Err(e) => {
+                    self.err(&algorithm_path, e.to_string());
+                    None
+                }
+            },
+            None if is_missing(&k.algorithm.0) => {
+                self.err(
+                    &algorithm_path,
+                    "is required: \"HS256\" (with secret), or \"EdDSA\" or \"ES256\" (with private_key or private_key_file)",
+                );
+                None
+            }
+            None => None,
+        };
+        let kid = self.get(&kid_path, &k.kid);
+        let secret = self.get_secret(&secret_path, &k.secret, "a string");
+        let private_key = self.get_secret(&private_key_path, &k.private_key, "a string (PEM text)");
+        let file = self.get(&file_path, &k.private_key_file);
+        let algorithm = algorithm?;
+
+        let (material, material_path, file) = if algorithm == Algorithm::Hs256 {
+            for (missing, path) in [
+                (is_missing(&k.private_key.0), &private_key_path),
+                (is_missing(&k.private_key_file.0), &file_path),
+            ] {
+                if !missing {
+                    self.err(
+                        path,
+                        "is for EdDSA and ES256 keys: an HS256 key takes its shared secret in secret",
+                    );
+                }
+            }
+            let Some(secret) = secret else {
+                if is_missing(&k.secret.0) {
+                    self.err(
+                        &secret_path,
+                        format!(
+                            "is required for an HS256 key: at least {MIN_HMAC_SECRET_BYTES} random bytes (e.g. `openssl rand -base64 48`), here or in KEYGATE_TOKENS__KEYS__<N>__SECRET"
+                        ),
+                    );
+                }
+                return None;
+            };
+            (secret.0, secret_path, None)
+        } else {
+            if !is_missing(&k.secret.0) {
+                self.err(
+                    &secret_path,
+                    format!(
+                        "is for HS256 keys: an {algorithm} key takes private_key (PEM text) or private_key_file (its path)"
+                    ),
+                );
+            }
+            match (private_key, file) {
+                (Some(_), Some(_)) => {
+                    self.err(
+                        &file_path,
+                        "and private_key are both set: set one, the PEM text in private_key or its path in private_key_file",
+                    );
+                    return None;
+                }
+                (Some(pem), None) => (pem.0, private_key_path, None),
+                (None, Some(file)) => (self.read_key_file(&file_path, &file)?, file_path, Some(file)),
+                (None, None) => {
+                    if is_missing(&k.private_key.0) && is_missing(&k.private_key_file.0) {
+                        self.err(
+                            &private_key_path,
+                            format!(
+                                "is required for an {algorithm} key: set private_key to a PKCS#8 PEM private key, or private_key_file to the path of one (generate it with {})",
+                                openssl_command(algorithm)
+                            ),
+                        );
+                    }
+                    return None;
+                }
+            }
+        };
+
+        let mut source = KeySource {
+            name: base.to_owned(),
+            kid_path,
+            algorithm_path,
+            material_path,
+            file,
+        };
+        let kid = match kid {
+            Some(kid) => kid,
+            None if is_missing(&k.kid.0) && algorithm == Algorithm::Hs256 => {
+                // Derived like tokens.signing_key's: every replica agrees,
+                // and moving the bare secret into the list keeps its kid.
+                source.kid_path = source.material_path.clone();
+                KeySpec::hs256(material.clone()).kid
+            }
+            None => {
+                if is_missing(&k.kid.0) {
+                    self.err(
+                        &source.kid_path,
+                        format!(
+                            "is required for an {algorithm} key: a name such as \"2026-11\" (1 to {MAX_KID_LEN} characters from A-Z a-z 0-9 . _ -)"
+                        ),
+                    );
+                }
+                // Still check the material, under a stand-in kid.
+                let stand_in = KeySpec {
+                    kid: STAND_IN_KID.to_owned(),
+                    algorithm,
+                    material,
+                };
+                self.check_token_key(&stand_in, &source);
+                return None;
+            }
+        };
+        let spec = KeySpec {
+            kid,
+            algorithm,
+            material,
+        };
+        self.check_token_key(&spec, &source).then_some((spec, source))
+    }
+
+    /// Parses one key with the token module, reporting what is wrong with
+    /// it at its path; a bad kid does not hide a bad key.
+    fn check_token_key(&mut self, spec: &KeySpec, source: &KeySource) -> bool {
+        match SigningKeys::new(std::slice::from_ref(spec)) {
+            Ok(_) => true,
+            Err(e @ KeyError::BadKid(_)) => {
+                self.err(&source.kid_path, e.to_string());
+                let stand_in = KeySpec {
+                    kid: STAND_IN_KID.to_owned(),
+                    algorithm: spec.algorithm,
+                    material: spec.material.clone(),
+                };
+                self.check_token_key(&stand_in, source);
+                false
+            }
+            Err(e) => {
+                let (path, message) = key_message(&e, source);
+                self.err(&path, message);
+                false
+            }
+        }
+    }
+
+    /// Appends a checked key unless an earlier one has its kid.
+    fn add_token_key(
+        &mut self,
+        keys: &mut Vec<KeySpec>,
+        sources: &mut Vec<KeySource>,
+        spec: KeySpec,
+        source: KeySource,
+    ) {
+        let Some(earlier) = keys.iter().position(|k| k.kid == spec.kid) else {
+            keys.push(spec);
+            sources.push(source);
+            return;
+        };
+        let earlier = &sources[earlier].name;
+        let message = if source.kid_path == source.material_path {
+            format!(
+                "derives the key id {:?}, which {earlier} already uses: list each secret once",
+                spec.kid
+            )
+        } else {
+            format!(
+                "duplicate key id {:?}: {earlier} already uses it; give every key its own kid",
+                spec.kid
+            )
+        };
+        self.err(&source.kid_path, message);
+    }
+
+    /// Reads a `private_key_file`, at most [`MAX_KEY_FILE_BYTES`]. Messages
+    /// name the file, never its content.
+    fn read_key_file(&mut self, path: &str, file: &str) -> Option<SecretString> {
+        use std::io::Read as _;
+        let limit = u64::try_from(MAX_KEY_FILE_BYTES + 1).unwrap_or(u64::MAX);
+        // Sized up front so the buffer never moves, leaving no stray copy
+        // of the key behind when it is zeroised.
+        let mut buf = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_BYTES + 1));
+        let read = std::fs::File::open(file).and_then(|f| f.take(limit).read_to_end(&mut buf));
+        match read {
+            Err(e) => {
+                self.err(path, format!("cannot read {file:?}: {e}"));
+                None
+            }
+            Ok(n) if n > MAX_KEY_FILE_BYTES => {
+                self.err(
+                    path,
+                    format!("{file:?} is over {MAX_KEY_FILE_BYTES} bytes, too large for a PEM private key"),
+                );
+                None
+            }
+            Ok(_) => match std::str::from_utf8(&buf) {
+                Ok(text) => Some(SecretString::new(text.to_owned())),
+                Err(_) => {
+                    self.err(
+                        path,
+                        format!(
+                            "{file:?} is not text: a PKCS#8 PEM file starts with -----BEGIN PRIVATE KEY-----"
+                        ),
+                    );
+                    None
+                }
+            },
         }
     }
 
@@ -1058,6 +1362,99 @@ impl Resolver {
             None => None,
         };
         AdminSettings { tokens, env_token }
+    }
+}
+
+/// Where one signing key came from, for locating its problems.
+struct KeySource {
+    /// How messages name it: `tokens.keys[1]` or `tokens.signing_key`.
+    name: String,
+    /// Path of its kid (of the secret when the kid is derived from it).
+    kid_path: String,
+    /// Path of its algorithm.
+    algorithm_path: String,
+    /// Path of its secret, `private_key` or `private_key_file`.
+    material_path: String,
+    /// The `private_key_file` it was read from.
+    file: Option<String>,
+}
+
+/// The problem `tokens.signing_key` reports when the exchange is enabled
+/// without any key.
+fn no_token_key() -> String {
+    format!(
+        "is required when tokens.enabled = true: set it, or KEYGATE_TOKENS__SIGNING_KEY, to at least {MIN_HMAC_SECRET_BYTES} random bytes (e.g. `openssl rand -base64 48`), or list keys under [[tokens.keys]]"
+    )
+}
+
+/// Whether a key is absent from the file.
+fn is_missing<T>(field: &Field<T>) -> bool {
+    matches!(field, Field::Missing)
+}
+
+/// The curve an asymmetric algorithm's PEM must hold.
+fn curve(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::Hs256 => "HMAC",
+        Algorithm::EdDsa => "Ed25519",
+        Algorithm::Es256 => "P-256",
+    }
+}
+
+/// How to make a key for `algorithm`.
+fn openssl_command(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::Hs256 => "`openssl rand -base64 48`",
+        Algorithm::EdDsa => "`openssl genpkey -algorithm ed25519`",
+        Algorithm::Es256 => "`openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`",
+    }
+}
+
+/// The path and message of a key problem from the token module, for the key
+/// that `source` describes. Messages never quote key material.
+fn key_message(error: &KeyError, source: &KeySource) -> (String, String) {
+    match error {
+        KeyError::NoKeys => ("tokens.signing_key".to_owned(), no_token_key()),
+        KeyError::BadKid(_) | KeyError::DuplicateKid(_) => (source.kid_path.clone(), error.to_string()),
+        KeyError::UnsupportedAlgorithm(_) => (source.algorithm_path.clone(), error.to_string()),
+        KeyError::ShortSecret { .. } => (
+            source.material_path.clone(),
+            format!(
+                "is too short: use at least {MIN_HMAC_SECRET_BYTES} random bytes (e.g. {})",
+                openssl_command(Algorithm::Hs256)
+            ),
+        ),
+        KeyError::BadPrivateKey {
+            algorithm, reason, ..
+        } => {
+            let what = format!(
+                "a PKCS#8 PEM {} private key (-----BEGIN PRIVATE KEY-----): {reason}; generate one with {}",
+                curve(*algorithm),
+                openssl_command(*algorithm)
+            );
+            let message = match &source.file {
+                Some(file) => format!("{file:?} does not hold {what}"),
+                None => format!("is not {what}"),
+            };
+            (source.material_path.clone(), message)
+        }
+    }
+}
+
+/// [`key_message`] for an error about a whole key set, finding the key by
+/// the kid the error names.
+fn key_problem(error: &KeyError, keys: &[KeySpec], sources: &[KeySource]) -> (String, String) {
+    let kid = match error {
+        KeyError::DuplicateKid(kid)
+        | KeyError::ShortSecret { kid, .. }
+        | KeyError::BadPrivateKey { kid, .. } => Some(kid),
+        KeyError::BadKid(_) | KeyError::UnsupportedAlgorithm(_) | KeyError::NoKeys => None,
+    };
+    let index = kid.and_then(|kid| keys.iter().rposition(|k| &k.kid == kid));
+    match index.and_then(|i| sources.get(i)) {
+        Some(source) => key_message(error, source),
+        None if *error == KeyError::NoKeys => ("tokens.signing_key".to_owned(), no_token_key()),
+        None => ("tokens.keys".to_owned(), error.to_string()),
     }
 }
 
@@ -1167,6 +1564,8 @@ fn check_filter(filter: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
 
     #[test]
     fn upstream_urls() {

@@ -5,7 +5,8 @@
 //! cache to `auth`, rate limiting to `ratelimit`, tokens to `token`, admin to
 //! `admin`, logging to `telemetry`. Those that have moved: `KeySettings`
 //! (`keys`), `StoreSettings` (`store`), routes, path globs and plans
-//! (`policy`), error templates (`problem`), `AdminSettings` (`admin`).
+//! (`policy`), error templates (`problem`), `AdminSettings` (`admin`),
+//! `TokenSettings` (`token`).
 //!
 //! Everything here is already checked: durations are parsed, names
 //! validated. `Debug` never prints a secret.
@@ -16,7 +17,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use crate::admin::AdminSettings;
-use crate::keys::SecretString;
 use crate::store::redact_url;
 use crate::telemetry::LogFormat;
 
@@ -196,21 +196,6 @@ pub struct LogSettings {
     /// tracing filter directives, e.g. `info` or `keygate=debug,info`
     /// (`log.level`); already checked to parse.
     pub level: String,
-}
-
-/// `[tokens]`: the JWT exchange (SPEC §8).
-#[derive(Debug, Clone)]
-pub struct TokenSettings {
-    /// Whether `/auth/login`, `/auth/refresh` and `/oauth/token` are served
-    /// (`tokens.enabled`).
-    pub enabled: bool,
-    /// HMAC signing key, at least 32 bytes; always set when enabled
-    /// (`tokens.signing_key` or `KEYGATE_TOKENS__SIGNING_KEY`).
-    pub signing_key: Option<SecretString>,
-    /// Access-token lifetime (`tokens.access_ttl`).
-    pub access_ttl: Duration,
-    /// Refresh-token lifetime (`tokens.refresh_ttl`).
-    pub refresh_ttl: Duration,
 }
 
 #[cfg(test)]

@@ -294,6 +294,15 @@ fn value_checks_table() {
         ("log.level = \"verbose\"", "log.level", "not a level"),
         ("tokens.enabled = true", "tokens.signing_key", "required"),
         (
+            "tokens.enabled = true\ntokens.keys = []",
+            "tokens.signing_key",
+            "[[tokens.keys]]",
+        ),
+        ("tokens.issuer = \"\"", "tokens.issuer", "must not be empty"),
+        ("tokens.audience = \"\"", "tokens.audience", "must not be empty"),
+        ("tokens.refresh_ttl = \"3651d\"", "tokens.refresh_ttl", "too long"),
+        ("tokens.keys = { kid = \"a\" }", "tokens.keys", "array of tables"),
+        (
             "tokens.signing_key = \"short\"",
             "tokens.signing_key",
             "too short",
@@ -420,10 +429,8 @@ fn missing_sections_take_the_defaults() {
             level: "info".into()
         }
     );
-    assert!(!config.tokens.enabled);
-    assert!(config.tokens.signing_key.is_none());
-    assert_eq!(config.tokens.access_ttl, Duration::from_secs(2 * 3600));
-    assert_eq!(config.tokens.refresh_ttl, Duration::from_secs(30 * 86_400));
+    assert!(config.tokens.is_none(), "the token exchange is off by default");
+    assert!(config.token_settings().is_none());
     assert!(!config.admin.has_tokens());
 
     // The seed plans.
@@ -511,6 +518,7 @@ fn env_overrides_apply_by_type() {
             // strings that read as other TOML types where the field is a string
             ("KEYGATE_KEYS__DEFAULT_PREFIX", "tc_"),
             ("KEYGATE_TOKENS__SIGNING_KEY", "12345678901234567890123456789012"),
+            ("KEYGATE_TOKENS__ENABLED", "true"),
             ("KEYGATE_LOG__LEVEL", "debug"),
             ("KEYGATE_LOG__FORMAT", "\"json\""),
             // a number that must be a string: the field is unset in the file,
@@ -536,8 +544,12 @@ fn env_overrides_apply_by_type() {
     assert_eq!(config.routes[1].path.as_str(), "/healthz");
     assert!(!config.routes[1].auth);
     assert_eq!(config.keys.default_prefix.as_str(), "tc_");
-    let key = config.tokens.signing_key.as_ref().map(|k| k.expose());
-    assert_eq!(key, Some("12345678901234567890123456789012"));
+    let tokens = config.token_settings().expect("enabled from the environment");
+    assert_eq!(tokens.keys.len(), 1);
+    assert_eq!(
+        tokens.keys[0].material.expose(),
+        "12345678901234567890123456789012"
+    );
     assert_eq!(config.log.level, "debug");
     assert_eq!(config.log.format, LogFormat::Json);
     assert_eq!(config.keys.default_plan, "2024");
@@ -710,6 +722,7 @@ fn default_file_matches_the_built_in_defaults() {
     assert_eq!(file.plans, built_in.plans);
     assert_eq!(file.log, built_in.log);
     assert_eq!(file.auth.headers, built_in.auth.headers);
+    assert!(file.tokens.is_none() && built_in.tokens.is_none());
     assert_eq!(file.routes.len(), 4);
     let route = |method: &str, path: &str| file.routes.iter().find(|r| r.matches(method, path));
     assert!(
@@ -755,4 +768,382 @@ fn the_redis_backend_settings_reach_the_limiter() {
         redis.probe_interval,
         crate::ratelimit::RedisSettings::DEFAULT_PROBE_INTERVAL
     );
+}
+
+// ---------------------------------------------------------------------------
+// [tokens]
+// ---------------------------------------------------------------------------
+
+/// A 40-byte HS256 secret that is easy to look for in printed output.
+const HS_SECRET: &str = "hs256-secret-that-must-never-be-printed!!";
+
+/// A PKCS#8 PEM Ed25519 private key.
+fn ed25519_pem(seed: u8) -> String {
+    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+    ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+        .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap()
+        .to_string()
+}
+
+/// A PKCS#8 PEM P-256 private key.
+fn p256_pem(seed: u8) -> String {
+    use p256::pkcs8::EncodePrivateKey as _;
+    p256::ecdsa::SigningKey::from_slice(&[seed; 32])
+        .unwrap()
+        .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap()
+        .to_string()
+}
+
+/// The base64 body of a PEM: what must never be printed.
+fn pem_body(pem: &str) -> String {
+    pem.lines().filter(|l| !l.starts_with("-----")).collect()
+}
+
+/// `text` with every secret in it checked absent from the errors' text.
+fn token_errors(text: &str, secrets: &[&str]) -> Vec<(String, String)> {
+    let found = errors(text, &no_env());
+    let printed = format!("{found:?}");
+    for secret in secrets {
+        assert!(!printed.contains(secret), "{secret} leaked in {printed}");
+    }
+    found
+}
+
+fn message_at<'a>(found: &'a [(String, String)], path: &str) -> &'a str {
+    match found.iter().find(|(p, _)| p == path) {
+        Some((_, message)) => message,
+        None => panic!("no error at {path}: {found:#?}"),
+    }
+}
+
+#[test]
+fn tokens_defaults_with_a_bare_signing_key() {
+    let config = ok(
+        &format!("[tokens]\nenabled = true\nsigning_key = \"{HS_SECRET}\""),
+        &no_env(),
+    );
+    let settings = config.token_settings().unwrap();
+    assert_eq!(settings.access_ttl, Duration::from_secs(2 * 3600));
+    assert_eq!(settings.refresh_ttl, Duration::from_secs(30 * 86_400));
+    assert_eq!(settings.issuer, "keygate");
+    assert_eq!(settings.audience, None);
+    assert_eq!(settings.keys.len(), 1);
+    let key = &settings.keys[0];
+    assert_eq!(key.algorithm, crate::token::Algorithm::Hs256);
+    assert_eq!(key.material.expose(), HS_SECRET);
+    // The same kid the token module derives, so tokens stay valid across
+    // replicas and restarts.
+    let derived = crate::token::KeySpec::hs256(crate::keys::SecretString::from(HS_SECRET));
+    assert_eq!(key.kid, derived.kid);
+    assert!(crate::token::Tokens::new(&settings).is_ok());
+
+    // Disabled: no settings, but a written key is still checked.
+    let off = ok(
+        &format!("[tokens]\nsigning_key = \"{HS_SECRET}\"\naudience = \"api\""),
+        &no_env(),
+    );
+    assert!(off.token_settings().is_none());
+    let found = token_errors("tokens.signing_key = \"short\"", &["short\""]);
+    assert_eq!(paths(&found), ["tokens.signing_key"]);
+}
+
+#[test]
+fn tokens_keys_are_listed_in_order_and_the_signing_key_comes_last() {
+    let ed = ed25519_pem(7);
+    let es = p256_pem(9);
+    let text = format!(
+        r#"
+        [tokens]
+        enabled = true
+        signing_key = "{HS_SECRET}"
+        access_ttl = "15m"
+        refresh_ttl = "7d"
+        audience = "orders-api"
+        issuer = "https://gateway.example"
+
+        [[tokens.keys]]
+        kid = "ed-2026-11"
+        algorithm = "EdDSA"
+        private_key = """
+{ed}"""
+
+        [[tokens.keys]]
+        kid = "es-2026-10"
+        algorithm = "ES256"
+        private_key = '''{es}'''
+
+        [[tokens.keys]]
+        algorithm = "HS256"
+        kid = "hs-old"
+        secret = "another-hs256-secret-of-at-least-32-bytes"
+        "#
+    );
+    let config = ok(&text, &no_env());
+    let settings = config.token_settings().unwrap();
+    let kids: Vec<&str> = settings.keys.iter().map(|k| k.kid.as_str()).collect();
+    assert_eq!(kids[..3], ["ed-2026-11", "es-2026-10", "hs-old"]);
+    assert!(kids[3].starts_with("hs256-"), "{kids:?}");
+    assert_eq!(settings.access_ttl, Duration::from_secs(15 * 60));
+    assert_eq!(settings.refresh_ttl, Duration::from_secs(7 * 86_400));
+    assert_eq!(settings.audience.as_deref(), Some("orders-api"));
+    assert_eq!(settings.issuer, "https://gateway.example");
+
+    let tokens = crate::token::Tokens::new(&settings).unwrap();
+    assert_eq!(tokens.keys().signing_kid(), "ed-2026-11");
+    assert_eq!(tokens.jwks()["keys"].as_array().map(Vec::len), Some(2));
+
+    let printed = format!("{config:?}");
+    for secret in [HS_SECRET, "another-hs256-secret", &pem_body(&ed), &pem_body(&es)] {
+        assert!(!printed.contains(secret), "secret leaked in {printed}");
+    }
+}
+
+#[test]
+fn tokens_key_mistakes_are_reported_at_their_paths() {
+    let ed = ed25519_pem(1);
+    let es = p256_pem(2);
+    // (the [[tokens.keys]] entries, path with the error, a word the message contains)
+    let cases: &[(String, &str, &str)] = &[
+        (
+            format!("algorithm = \"RS256\"\nsecret = \"{HS_SECRET}\""),
+            "tokens.keys[0].algorithm",
+            "not a supported signing algorithm",
+        ),
+        (
+            format!("algorithm = \"hs256\"\nsecret = \"{HS_SECRET}\""),
+            "tokens.keys[0].algorithm",
+            "HS256, EdDSA or ES256",
+        ),
+        (
+            format!("secret = \"{HS_SECRET}\""),
+            "tokens.keys[0].algorithm",
+            "required",
+        ),
+        (
+            "algorithm = \"HS256\"\nsecret = \"too-short\"".to_owned(),
+            "tokens.keys[0].secret",
+            "too short",
+        ),
+        (
+            "algorithm = \"HS256\"\nkid = \"a\"".to_owned(),
+            "tokens.keys[0].secret",
+            "required",
+        ),
+        (
+            format!("algorithm = \"HS256\"\nsecret = \"{HS_SECRET}\"\nprivate_key = \"x\""),
+            "tokens.keys[0].private_key",
+            "EdDSA and ES256",
+        ),
+        (
+            format!("algorithm = \"EdDSA\"\nkid = \"a\"\nsecret = \"{HS_SECRET}\""),
+            "tokens.keys[0].secret",
+            "HS256 keys",
+        ),
+        (
+            "algorithm = \"EdDSA\"\nkid = \"a\"".to_owned(),
+            "tokens.keys[0].private_key",
+            "openssl genpkey -algorithm ed25519",
+        ),
+        (
+            format!("algorithm = \"EdDSA\"\nprivate_key = '''{ed}'''"),
+            "tokens.keys[0].kid",
+            "required",
+        ),
+        (
+            format!("algorithm = \"EdDSA\"\nkid = \"a\"\nprivate_key = '''{ed}'''\nprivate_key_file = \"k.pem\""),
+            "tokens.keys[0].private_key_file",
+            "both set",
+        ),
+        (
+            "algorithm = \"EdDSA\"\nkid = \"a\"\nprivate_key = \"-----BEGIN PRIVATE KEY-----\\nbm9wZQ==\\n-----END PRIVATE KEY-----\\n\""
+                .to_owned(),
+            "tokens.keys[0].private_key",
+            "is not a PKCS#8 PEM Ed25519 private key",
+        ),
+        (
+            // A P-256 key where an Ed25519 one belongs.
+            format!("algorithm = \"EdDSA\"\nkid = \"a\"\nprivate_key = '''{es}'''"),
+            "tokens.keys[0].private_key",
+            "Ed25519",
+        ),
+        (
+            format!("algorithm = \"ES256\"\nkid = \"a\"\nprivate_key = '''{ed}'''"),
+            "tokens.keys[0].private_key",
+            "is not a PKCS#8 PEM P-256 private key",
+        ),
+        (
+            format!("algorithm = \"HS256\"\nkid = \"has space\"\nsecret = \"{HS_SECRET}\""),
+            "tokens.keys[0].kid",
+            "not a usable key id",
+        ),
+        (
+            format!("algorithm = \"HS256\"\nsecret = \"{HS_SECRET}\"\nprivate_key_path = \"x\""),
+            "tokens.keys[0].private_key_path",
+            "unknown key",
+        ),
+        (
+            format!(
+                "algorithm = \"HS256\"\nkid = \"k1\"\nsecret = \"{HS_SECRET}\"\n[[tokens.keys]]\nalgorithm = \"EdDSA\"\nkid = \"k1\"\nprivate_key = '''{ed}'''"
+            ),
+            "tokens.keys[1].kid",
+            "duplicate key id \"k1\": tokens.keys[0] already uses it",
+        ),
+        (
+            format!(
+                "algorithm = \"HS256\"\nsecret = \"{HS_SECRET}\"\n[[tokens.keys]]\nalgorithm = \"HS256\"\nsecret = \"{HS_SECRET}\""
+            ),
+            "tokens.keys[1].secret",
+            "list each secret once",
+        ),
+    ];
+    for (entry, path, word) in cases {
+        let text = format!("[tokens]\nenabled = true\n[[tokens.keys]]\n{entry}");
+        let found = token_errors(&text, &[HS_SECRET, "too-short", &pem_body(&ed), &pem_body(&es)]);
+        let message = message_at(&found, path);
+        assert!(
+            message.contains(word),
+            "{entry:?}: {path}: {message:?} lacks {word:?}"
+        );
+    }
+
+    // The bare signing_key repeating a listed secret.
+    let found = token_errors(
+        &format!(
+            "[tokens]\nsigning_key = \"{HS_SECRET}\"\n[[tokens.keys]]\nalgorithm = \"HS256\"\nsecret = \"{HS_SECRET}\""
+        ),
+        &[HS_SECRET],
+    );
+    assert_eq!(paths(&found), ["tokens.signing_key"]);
+    assert!(found[0].1.contains("tokens.keys[0] already uses"), "{found:#?}");
+}
+
+#[test]
+fn tokens_every_key_problem_is_collected() {
+    let text = format!(
+        r#"
+        [tokens]
+        enabled = true
+        signing_key = "short"
+        [[tokens.keys]]
+        kid = "bad kid"
+        algorithm = "HS256"
+        secret = "also-short"
+        [[tokens.keys]]
+        kid = "fine"
+        algorithm = "HS512"
+        secret = "{HS_SECRET}"
+        [[tokens.keys]]
+        kid = "ed"
+        algorithm = "EdDSA"
+        private_key = "not pem at all"
+        "#
+    );
+    let found = token_errors(&text, &[HS_SECRET, "also-short", "short\"", "not pem at all"]);
+    assert_eq!(
+        paths(&found),
+        [
+            "tokens.keys[0].kid",
+            "tokens.keys[0].secret",
+            "tokens.keys[1].algorithm",
+            "tokens.keys[2].private_key",
+            "tokens.signing_key",
+        ],
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn tokens_private_key_file_is_read_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let es = p256_pem(3);
+    let good = dir.path().join("es256.pem");
+    std::fs::write(&good, &es).unwrap();
+    let text = format!(
+        "[tokens]\nenabled = true\n[[tokens.keys]]\nkid = \"es\"\nalgorithm = \"ES256\"\nprivate_key_file = {:?}",
+        good.display().to_string()
+    );
+    let config = ok(&text, &no_env());
+    let settings = config.token_settings().unwrap();
+    assert_eq!(settings.keys[0].material.expose(), es);
+    assert!(!format!("{config:?}").contains(&pem_body(&es)));
+
+    // A missing file names the file.
+    let missing = dir.path().join("nope.pem").display().to_string();
+    let found = token_errors(
+        &format!("[[tokens.keys]]\nkid = \"ed\"\nalgorithm = \"EdDSA\"\nprivate_key_file = {missing:?}"),
+        &[],
+    );
+    let message = message_at(&found, "tokens.keys[0].private_key_file");
+    assert!(
+        message.contains("cannot read") && message.contains(&missing),
+        "{message}"
+    );
+
+    // A file that is not a key is named, and its content never printed.
+    let wrong = dir.path().join("wrong.pem");
+    std::fs::write(&wrong, "FILE-CONTENT-SECRET-1234\n").unwrap();
+    let wrong = wrong.display().to_string();
+    let found = token_errors(
+        &format!("[[tokens.keys]]\nkid = \"ed\"\nalgorithm = \"EdDSA\"\nprivate_key_file = {wrong:?}"),
+        &["FILE-CONTENT-SECRET"],
+    );
+    let message = message_at(&found, "tokens.keys[0].private_key_file");
+    assert!(
+        message.contains(&wrong) && message.contains("PKCS#8 PEM Ed25519"),
+        "{message}"
+    );
+
+    // So is a file of the wrong size or encoding.
+    let big = dir.path().join("big.pem");
+    std::fs::write(&big, vec![b'A'; 70 * 1024]).unwrap();
+    let binary = dir.path().join("key.der");
+    std::fs::write(&binary, [0x30, 0x82, 0xff, 0xfe]).unwrap();
+    for (file, word) in [(big, "too large"), (binary, "not text")] {
+        let file = file.display().to_string();
+        let found = errors(
+            &format!("[[tokens.keys]]\nkid = \"ed\"\nalgorithm = \"EdDSA\"\nprivate_key_file = {file:?}"),
+            &no_env(),
+        );
+        let message = message_at(&found, "tokens.keys[0].private_key_file");
+        assert!(message.contains(word), "{message}");
+    }
+}
+
+#[test]
+fn tokens_secrets_from_the_environment() {
+    // The bare key, with the file enabling the exchange.
+    let config = ok(
+        "[tokens]\nenabled = true",
+        &env(&[("KEYGATE_TOKENS__SIGNING_KEY", HS_SECRET)]),
+    );
+    let settings = config.token_settings().unwrap();
+    assert_eq!(settings.keys[0].material.expose(), HS_SECRET);
+    assert!(!format!("{config:?}").contains(HS_SECRET));
+
+    // A listed key's secret.
+    let listed = "[tokens]\nenabled = true\n[[tokens.keys]]\nkid = \"k1\"\nalgorithm = \"HS256\"";
+    let config = ok(listed, &env(&[("KEYGATE_TOKENS__KEYS__0__SECRET", HS_SECRET)]));
+    let settings = config.token_settings().unwrap();
+    assert_eq!(settings.keys[0].kid, "k1");
+    assert_eq!(settings.keys[0].material.expose(), HS_SECRET);
+
+    // Problems name the variable, never the value.
+    let found = errors(
+        "[tokens]\nenabled = true",
+        &env(&[("KEYGATE_TOKENS__SIGNING_KEY", "env-short-secret")]),
+    );
+    assert_eq!(
+        paths(&found),
+        ["KEYGATE_TOKENS__SIGNING_KEY (tokens.signing_key)"]
+    );
+    assert!(found[0].1.contains("too short"), "{found:#?}");
+    assert!(!format!("{found:?}").contains("env-short-secret"));
+    let found = errors(listed, &env(&[("KEYGATE_TOKENS__KEYS__0__SECRET", "env-short")]));
+    assert_eq!(
+        paths(&found),
+        ["KEYGATE_TOKENS__KEYS__0__SECRET (tokens.keys[0].secret)"]
+    );
+    assert!(!format!("{found:?}").contains("env-short"));
 }

@@ -91,11 +91,6 @@ impl Gate {
         }
     }
 
-    /// The rate limiter (backend state for readiness and metrics).
-    pub fn limiter(&self) -> &Arc<RateLimiter> {
-        &self.limiter
-    }
-
     /// The credential header names (stripped before forwarding).
     pub fn credentials(&self) -> &CredentialHeaders {
         &self.credentials
