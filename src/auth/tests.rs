@@ -21,7 +21,8 @@ use crate::manage::{CreateKey, KeyGenerator, KeyManager};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
     Actor, AuditEntry, Candidate, KeyFilter, KeyStore, MigrationReport, NewKey, Page, PageRequest,
-    SharedStore, StoreError, StoreSettings, Usage, UsageDelta,
+    SessionRecord, SessionRevokeReason, SessionWrite, SharedStore, StoreError, StoreSettings, Usage,
+    UsageDelta,
 };
 
 const TINY: HashParams = HashParams {
@@ -148,6 +149,44 @@ impl KeyStore for TestStore {
 
     async fn usage(&self, id: &KeyId) -> Result<Usage, StoreError> {
         self.inner.usage(id).await
+    }
+
+    async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.inner.session(id).await
+    }
+
+    async fn session_for(
+        &self,
+        key_id: &KeyId,
+        client_session: Option<&str>,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        self.inner.session_for(key_id, client_session).await
+    }
+
+    async fn save_session(
+        &self,
+        record: &SessionRecord,
+        expected_generation: Option<u64>,
+        replaces: Option<&str>,
+        actor: &Actor,
+    ) -> Result<SessionWrite, StoreError> {
+        self.inner
+            .save_session(record, expected_generation, replaces, actor)
+            .await
+    }
+
+    async fn revoke_session(
+        &self,
+        id: &str,
+        reason: SessionRevokeReason,
+        at: DateTime<Utc>,
+        actor: &Actor,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        self.inner.revoke_session(id, reason, at, actor).await
+    }
+
+    async fn delete_expired_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.inner.delete_expired_sessions(before).await
     }
 }
 
@@ -449,6 +488,41 @@ async fn a_flood_spread_over_many_prefixes_stops_hashing_at_the_global_budget() 
     assert_eq!(
         failure(&a, &forge("kg_test_", &shorts[0])).await,
         invalid(InvalidReason::WrongSecret)
+    );
+}
+
+#[tokio::test]
+async fn session_changes_do_not_drop_the_keys_cached_entries() {
+    let f = fixture().await;
+    let issued = f.manager.create(named("k"), &Actor::cli()).await.unwrap();
+    let a = authenticator(&f, settings()).await;
+    let secret = issued.secret.expose();
+    auth(&a, secret).await.unwrap();
+    let hashes = a.stats().hashes;
+
+    let now = f.clock.now();
+    let record = crate::store::conformance::session(&issued.key.id, None, now);
+    let written = f
+        .store
+        .save_session(&record, None, None, &Actor::cli())
+        .await
+        .unwrap();
+    assert_eq!(written, SessionWrite::Written);
+    f.store
+        .revoke_session(&record.id, SessionRevokeReason::Admin, now, &Actor::cli())
+        .await
+        .unwrap();
+    assert_eq!(
+        a.poll_changes().await.unwrap(),
+        2,
+        "both session changes are on the feed"
+    );
+    assert_eq!(a.cached_entries(), 1, "the key's entry stays");
+    auth(&a, secret).await.unwrap();
+    assert_eq!(
+        a.stats().hashes,
+        hashes,
+        "no argon2 re-check after a session change"
     );
 }
 

@@ -41,6 +41,10 @@ use crate::store::{Candidate, PageRequest, SharedStore, StoreError};
 
 /// Audit rows read per page while applying the change feed.
 const AUDIT_PAGE: u32 = 500;
+
+/// Audit actions of token-exchange sessions (`session_created`, …) start
+/// with this; they do not change the key's record.
+const SESSION_ACTION_PREFIX: &str = "session_";
 /// While the store fails, an entry served past its TTL asks the store again
 /// at most this often (instead of on every request, each waiting for the
 /// store's timeout).
@@ -250,8 +254,14 @@ impl Authenticator {
             let mut short_prefixes = Vec::new();
             let mut imported = false;
             for entry in &page.items {
-                key_ids.push(entry.key_id.clone());
                 let action = entry.action.as_str();
+                // A session change (token exchange) says nothing about the
+                // key's own record: dropping the key's cached entries for it
+                // would cost an argon2 re-check per login on every replica.
+                if action.starts_with(SESSION_ACTION_PREFIX) {
+                    continue;
+                }
+                key_ids.push(entry.key_id.clone());
                 if [ACTION_CREATED, ACTION_IMPORTED, ACTION_ROTATED].contains(&action) {
                     if let Some(short) = entry.details.get("short_prefix").and_then(|v| v.as_str()) {
                         short_prefixes.push(short.to_owned());

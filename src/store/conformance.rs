@@ -32,8 +32,8 @@ use sqlx::{ConnectOptions, Connection, Executor};
 use super::postgres::PostgresStore;
 use super::rows::timestamp_text;
 use super::{
-    Actor, AuditEntry, KeyFilter, KeyStore, NewKey, PageRequest, SharedStore, StoreError, StoreSettings,
-    UsageDelta, redact_url,
+    Actor, AuditEntry, KeyFilter, KeyStore, NewKey, PageRequest, SessionRecord, SessionRevokeReason,
+    SessionWrite, SharedStore, StoreError, StoreSettings, UsageDelta, redact_url,
 };
 use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeySource, KeyStatus, ModelError};
 
@@ -62,6 +62,13 @@ macro_rules! conformance_tests {
             audit_order_and_change_seq,
             usage_recording,
             migrate_is_idempotent,
+            session_round_trip,
+            session_uniqueness_per_key_and_client_session,
+            session_updates_are_conditional_on_the_generation,
+            session_insert_replaces_an_unusable_row,
+            session_revocation,
+            session_changes_on_the_change_feed,
+            expired_session_cleanup,
         );
     };
     (@cases $factory:path; $($case:ident),+ $(,)?) => {
@@ -1037,4 +1044,582 @@ pub async fn migrate_is_idempotent(store: &dyn KeyStore) {
     let second = store.migrate().await.expect("migrate");
     assert_eq!(second, first);
     store.ping().await.expect("ping");
+}
+
+/// A fresh session id (`ses_<ulid>`) for `at`.
+fn session_id(at: DateTime<Utc>) -> String {
+    format!(
+        "ses_{}",
+        ulid::Ulid::from_datetime(at.into()).to_string().to_lowercase()
+    )
+}
+
+/// A new, active session of `key_id` opened at `at` (generation 0, a 30-day
+/// refresh token, a 2-hour access token).
+pub fn session(key_id: &KeyId, client_session: Option<&str>, at: DateTime<Utc>) -> SessionRecord {
+    SessionRecord {
+        id: session_id(at),
+        key_id: key_id.clone(),
+        client_session: client_session.map(String::from),
+        scopes: ["orders:read"].into_iter().map(String::from).collect(),
+        created_at: at,
+        expires_at: at + Duration::days(30),
+        revoked_at: None,
+        revoked_reason: None,
+        family_digest: [0xf0; 32],
+        refresh_digest: [0x00; 32],
+        refresh_generation: 0,
+        access_jti: format!("jti-{}", at.timestamp()),
+        access_issued_at: at,
+        access_expires_at: at + Duration::hours(2),
+    }
+}
+
+/// `current` after a rotation at `at`: the next generation, a new refresh
+/// digest (distinct per `tag`), a new access token, a later expiry.
+fn rotated(current: &SessionRecord, at: DateTime<Utc>, tag: u8) -> SessionRecord {
+    SessionRecord {
+        expires_at: at + Duration::days(30),
+        refresh_digest: [tag; 32],
+        refresh_generation: current.refresh_generation + 1,
+        access_jti: format!("jti-{}-{tag}", at.timestamp()),
+        access_issued_at: at,
+        access_expires_at: at + Duration::hours(2),
+        ..current.clone()
+    }
+}
+
+async fn save(
+    store: &dyn KeyStore,
+    record: &SessionRecord,
+    expected_generation: Option<u64>,
+    replaces: Option<&str>,
+) -> SessionWrite {
+    store
+        .save_session(record, expected_generation, replaces, &Actor::key(&record.key_id))
+        .await
+        .expect("save_session")
+}
+
+async fn change_seq(store: &dyn KeyStore) -> i64 {
+    store.change_seq().await.expect("change_seq")
+}
+
+async fn stored_session(store: &dyn KeyStore, id: &str) -> Option<SessionRecord> {
+    store.session(id).await.expect("session")
+}
+
+/// The audit rows after `seq`, as (action, key, actor, details).
+async fn audit_after(store: &dyn KeyStore, seq: i64) -> Vec<(String, KeyId, String, serde_json::Value)> {
+    all_audit(store)
+        .await
+        .into_iter()
+        .filter(|e| e.seq > seq)
+        .map(|e| (e.action, e.key_id, e.actor.as_str().to_owned(), e.details))
+        .collect()
+}
+
+/// Every session field survives save and read, at microsecond precision;
+/// lookups by id and by key and client session; `Debug` hides digests.
+pub async fn session_round_trip(store: &dyn KeyStore) {
+    let k = create(store, "ses00001", t(0)).await;
+    let mut full = session(&k.id, Some("device-1"), t(1));
+    full.scopes = ["a", "orders:write"].into_iter().map(String::from).collect();
+    full.family_digest = std::array::from_fn(|i| u8::try_from(i).expect("small"));
+    full.refresh_digest = std::array::from_fn(|i| 255 - u8::try_from(i).expect("small"));
+    full.refresh_generation = 7;
+    assert_eq!(save(store, &full, None, None).await, SessionWrite::Written);
+    assert_eq!(stored_session(store, &full.id).await, Some(full.clone()));
+    let by_slot = store
+        .session_for(&k.id, Some("device-1"))
+        .await
+        .expect("session_for");
+    assert_eq!(by_slot, Some(full.clone()));
+    assert_eq!(store.session_for(&k.id, None).await.expect("session_for"), None);
+    assert_eq!(
+        store
+            .session_for(&k.id, Some("device-2"))
+            .await
+            .expect("session_for"),
+        None
+    );
+    assert_eq!(stored_session(store, &session_id(t(1))).await, None);
+
+    // The key's default session (no client session id), no scopes.
+    let mut default = session(&k.id, None, t(2));
+    default.scopes = BTreeSet::new();
+    assert_eq!(save(store, &default, None, None).await, SessionWrite::Written);
+    assert_eq!(
+        store.session_for(&k.id, None).await.expect("session_for"),
+        Some(default.clone())
+    );
+    let other = KeyId::generate(t(3));
+    assert_eq!(store.session_for(&other, None).await.expect("session_for"), None);
+
+    // A session needs its key.
+    let orphan = session(&other, None, t(3));
+    let err = store
+        .save_session(&orphan, None, None, &Actor::cli())
+        .await
+        .expect_err("no such key");
+    assert!(
+        matches!(&err, StoreError::NotFound(id) if *id == other),
+        "{err:?}"
+    );
+
+    let printed = format!("{full:?}");
+    assert!(printed.contains("family_digest: \"[redacted]\""), "{printed}");
+    assert!(printed.contains("refresh_digest: \"[redacted]\""), "{printed}");
+    assert!(!printed.contains("[0, 1, 2"), "{printed}");
+    assert!(!printed.contains("[255, 254"), "{printed}");
+}
+
+/// One session per key and client session id; `None` is one value of its
+/// own (distinct from `Some("")`); a lost race is a conflict that writes
+/// nothing, not an error.
+pub async fn session_uniqueness_per_key_and_client_session(store: &dyn KeyStore) {
+    let k = create(store, "ses00002", t(0)).await;
+    let other = create(store, "ses00003", t(0)).await;
+    let a = session(&k.id, None, t(1));
+    assert_eq!(save(store, &a, None, None).await, SessionWrite::Written);
+    let seq = store.change_seq().await.expect("seq");
+
+    let twin = session(&k.id, None, t(2));
+    assert_eq!(save(store, &twin, None, None).await, SessionWrite::Conflict);
+    assert_eq!(stored_session(store, &twin.id).await, None);
+    assert_eq!(
+        store.change_seq().await.expect("seq"),
+        seq,
+        "a conflict writes nothing"
+    );
+
+    let empty = session(&k.id, Some(""), t(3));
+    assert_eq!(
+        save(store, &empty, None, None).await,
+        SessionWrite::Written,
+        "'' is not None"
+    );
+    let empty_twin = session(&k.id, Some(""), t(4));
+    assert_eq!(save(store, &empty_twin, None, None).await, SessionWrite::Conflict);
+    let named = session(&k.id, Some("x"), t(5));
+    assert_eq!(save(store, &named, None, None).await, SessionWrite::Written);
+    let theirs = session(&other.id, None, t(6));
+    assert_eq!(
+        save(store, &theirs, None, None).await,
+        SessionWrite::Written,
+        "per key"
+    );
+
+    assert_eq!(store.session_for(&k.id, None).await.expect("get"), Some(a));
+    assert_eq!(
+        store.session_for(&k.id, Some("")).await.expect("get"),
+        Some(empty)
+    );
+    assert_eq!(
+        store.session_for(&k.id, Some("x")).await.expect("get"),
+        Some(named)
+    );
+    assert_eq!(
+        store.session_for(&other.id, None).await.expect("get"),
+        Some(theirs)
+    );
+
+    // Two logins for one slot at once: exactly one row, the other a conflict.
+    let (first, second) = (
+        session(&k.id, Some("race"), t(7)),
+        session(&k.id, Some("race"), t(7)),
+    );
+    let (r1, r2) = tokio::join!(save(store, &first, None, None), save(store, &second, None, None));
+    let mut outcomes = [r1, r2];
+    outcomes.sort_by_key(|w| *w == SessionWrite::Conflict);
+    assert_eq!(outcomes, [SessionWrite::Written, SessionWrite::Conflict]);
+    let winner = store
+        .session_for(&k.id, Some("race"))
+        .await
+        .expect("get")
+        .expect("one row");
+    let expected = if r1 == SessionWrite::Written {
+        &first
+    } else {
+        &second
+    };
+    assert_eq!(&winner, expected);
+}
+
+/// An update applies only while the stored generation is the one read and
+/// the row is not revoked; otherwise nothing is written. Updates leave the
+/// immutable fields alone and are not audited; nonsensical calls are
+/// refused.
+pub async fn session_updates_are_conditional_on_the_generation(store: &dyn KeyStore) {
+    let k = create(store, "ses00004", t(0)).await;
+    let s0 = session(&k.id, Some("dev"), t(1));
+    assert_eq!(save(store, &s0, None, None).await, SessionWrite::Written);
+    let seq = store.change_seq().await.expect("seq");
+
+    let s1 = rotated(&s0, t(10), 1);
+    assert_eq!(save(store, &s1, Some(0), None).await, SessionWrite::Written);
+    assert_eq!(stored_session(store, &s0.id).await, Some(s1.clone()));
+
+    // A second redemption of generation 0 (another replica, or a replay).
+    let stale = rotated(&s0, t(11), 2);
+    assert_eq!(save(store, &stale, Some(0), None).await, SessionWrite::Conflict);
+    assert_eq!(stored_session(store, &s0.id).await, Some(s1.clone()));
+
+    // A login continuing the session: new family, scopes and access token;
+    // id, key, client session and creation never change.
+    let mut s2 = rotated(&s1, t(20), 3);
+    s2.family_digest = [0xf2; 32];
+    s2.scopes = ["orders:write"].into_iter().map(String::from).collect();
+    let mut sent = s2.clone();
+    sent.created_at = t(19);
+    sent.client_session = Some("elsewhere".into());
+    assert_eq!(save(store, &sent, Some(1), None).await, SessionWrite::Written);
+    assert_eq!(stored_session(store, &s0.id).await, Some(s2.clone()));
+    assert_eq!(
+        store.change_seq().await.expect("seq"),
+        seq,
+        "rotations are not audited"
+    );
+
+    // No such row: a conflict (the caller re-reads and finds none).
+    let ghost = rotated(&session(&k.id, Some("ghost"), t(1)), t(2), 4);
+    assert_eq!(save(store, &ghost, Some(0), None).await, SessionWrite::Conflict);
+    assert_eq!(stored_session(store, &ghost.id).await, None);
+
+    // Two redemptions of one generation at once: exactly one wins.
+    let (x, y) = (rotated(&s2, t(30), 5), rotated(&s2, t(30), 6));
+    let (rx, ry) = tokio::join!(save(store, &x, Some(2), None), save(store, &y, Some(2), None));
+    let mut outcomes = [rx, ry];
+    outcomes.sort_by_key(|w| *w == SessionWrite::Conflict);
+    assert_eq!(outcomes, [SessionWrite::Written, SessionWrite::Conflict]);
+    let current = stored_session(store, &s0.id).await.expect("row");
+    assert_eq!(&current, if rx == SessionWrite::Written { &x } else { &y });
+
+    // Refused: a revoked record, replaces on an update, a generation that
+    // does not rise.
+    let refused = |r: Result<SessionWrite, StoreError>| matches!(r, Err(StoreError::Refused(_)));
+    let actor = Actor::key(&k.id);
+    let mut revoked = rotated(&current, t(40), 7);
+    revoked.revoked_at = Some(t(40));
+    revoked.revoked_reason = Some(SessionRevokeReason::Admin);
+    assert!(refused(store.save_session(&revoked, Some(3), None, &actor).await));
+    let next = rotated(&current, t(40), 8);
+    assert!(refused(
+        store.save_session(&next, Some(3), Some(&s0.id), &actor).await
+    ));
+    assert!(refused(store.save_session(&next, Some(4), None, &actor).await));
+    assert!(refused(store.save_session(&current, Some(3), None, &actor).await));
+    assert_eq!(stored_session(store, &s0.id).await, Some(current.clone()));
+
+    // A revoked row is never updated.
+    store
+        .revoke_session(&s0.id, SessionRevokeReason::Admin, t(41), &Actor::cli())
+        .await
+        .expect("revoke");
+    assert_eq!(save(store, &next, Some(3), None).await, SessionWrite::Conflict);
+    let after = stored_session(store, &s0.id).await.expect("row");
+    assert_eq!((after.refresh_generation, after.revoked_at), (3, Some(t(41))));
+}
+
+/// An insert may replace the revoked or expired row of the same key and
+/// client session, deleting it in the same transaction (audited); an active
+/// row, or another slot's row, is never deleted.
+pub async fn session_insert_replaces_an_unusable_row(store: &dyn KeyStore) {
+    let k = create(store, "ses00005", t(0)).await;
+    let old = session(&k.id, Some("dev"), t(1));
+    assert_eq!(save(store, &old, None, None).await, SessionWrite::Written);
+
+    // Still active: not replaced, and the insert conflicts.
+    let seq = store.change_seq().await.expect("seq");
+    let early = session(&k.id, Some("dev"), t(2));
+    assert_eq!(
+        save(store, &early, None, Some(&old.id)).await,
+        SessionWrite::Conflict
+    );
+    assert_eq!(stored_session(store, &old.id).await, Some(old.clone()));
+    assert_eq!(stored_session(store, &early.id).await, None);
+    assert_eq!(store.change_seq().await.expect("seq"), seq);
+
+    // Revoked: deleted with the insert; both audited, in that order.
+    store
+        .revoke_session(&old.id, SessionRevokeReason::Admin, t(3), &Actor::cli())
+        .await
+        .expect("revoke");
+    let seq = store.change_seq().await.expect("seq");
+    let new = session(&k.id, Some("dev"), t(4));
+    assert_eq!(
+        save(store, &new, None, Some(&old.id)).await,
+        SessionWrite::Written
+    );
+    assert_eq!(stored_session(store, &old.id).await, None);
+    assert_eq!(
+        store.session_for(&k.id, Some("dev")).await.expect("get"),
+        Some(new.clone())
+    );
+    let actor = format!("key:{}", k.id);
+    assert_eq!(
+        audit_after(store, seq).await,
+        vec![
+            (
+                "session_replaced".to_owned(),
+                k.id.clone(),
+                actor.clone(),
+                json!({"session_id": old.id, "replaced_by": new.id})
+            ),
+            (
+                "session_created".to_owned(),
+                k.id.clone(),
+                actor.clone(),
+                json!({"session_id": new.id})
+            ),
+        ]
+    );
+
+    // Expired as of the new row's creation (the boundary counts).
+    let mut short = session(&k.id, Some("exp"), t(5));
+    short.expires_at = t(100);
+    short.access_expires_at = t(50);
+    assert_eq!(save(store, &short, None, None).await, SessionWrite::Written);
+    let too_early = session(&k.id, Some("exp"), t(99));
+    assert_eq!(
+        save(store, &too_early, None, Some(&short.id)).await,
+        SessionWrite::Conflict
+    );
+    assert_eq!(stored_session(store, &short.id).await, Some(short.clone()));
+    let mut at_expiry = session(&k.id, Some("exp"), t(100));
+    at_expiry.created_at = short.expires_at;
+    assert_eq!(
+        save(store, &at_expiry, None, Some(&short.id)).await,
+        SessionWrite::Written
+    );
+    assert_eq!(stored_session(store, &short.id).await, None);
+
+    // Only a row of the same key and client session is deleted: a revoked
+    // row of another slot stays, and nothing is recorded as replaced.
+    let elsewhere = session(&k.id, Some("other"), t(6));
+    assert_eq!(save(store, &elsewhere, None, None).await, SessionWrite::Written);
+    store
+        .revoke_session(&elsewhere.id, SessionRevokeReason::Admin, t(7), &Actor::cli())
+        .await
+        .expect("revoke");
+    let seq = store.change_seq().await.expect("seq");
+    let fresh = session(&k.id, Some("dev2"), t(8));
+    assert_eq!(
+        save(store, &fresh, None, Some(&elsewhere.id)).await,
+        SessionWrite::Written
+    );
+    assert!(stored_session(store, &elsewhere.id).await.is_some());
+    let actions: Vec<String> = audit_after(store, seq).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(actions, ["session_created"]);
+}
+
+/// Revocation is audited once, keeps the first instant and reason, and
+/// answers `None` for an unknown id. A key's own revocation leaves its
+/// sessions in place (gateways check the key as well).
+pub async fn session_revocation(store: &dyn KeyStore) {
+    let k = create(store, "ses00006", t(0)).await;
+    let seq = store.change_seq().await.expect("seq");
+    let unknown = store
+        .revoke_session(&session_id(t(1)), SessionRevokeReason::Admin, t(1), &Actor::cli())
+        .await
+        .expect("revoke");
+    assert_eq!(unknown, None);
+    assert_eq!(store.change_seq().await.expect("seq"), seq);
+
+    let s = session(&k.id, Some("dev"), t(1));
+    assert_eq!(save(store, &s, None, None).await, SessionWrite::Written);
+    let seq = store.change_seq().await.expect("seq");
+    let admin = Actor::admin_token("t1");
+    let revoked = store
+        .revoke_session(&s.id, SessionRevokeReason::Admin, t(5), &admin)
+        .await
+        .expect("revoke")
+        .expect("known");
+    let expected = SessionRecord {
+        revoked_at: Some(t(5)),
+        revoked_reason: Some(SessionRevokeReason::Admin),
+        ..s.clone()
+    };
+    assert_eq!(revoked, expected);
+    assert_eq!(stored_session(store, &s.id).await, Some(expected.clone()));
+    let entries: Vec<AuditEntry> = all_audit(store)
+        .await
+        .into_iter()
+        .filter(|e| e.seq > seq)
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(
+        (
+            entries[0].action.as_str(),
+            &entries[0].key_id,
+            entries[0].actor.as_str()
+        ),
+        ("session_revoked", &k.id, "admin:t1")
+    );
+    assert_eq!(entries[0].details, json!({"session_id": s.id, "reason": "admin"}));
+    assert_eq!(entries[0].at, t(5));
+
+    // Again, for another reason: the first revocation stands, nothing written.
+    let seq = store.change_seq().await.expect("seq");
+    let again = store
+        .revoke_session(&s.id, SessionRevokeReason::RefreshReuse, t(6), &Actor::key(&k.id))
+        .await
+        .expect("revoke");
+    assert_eq!(again, Some(expected.clone()));
+    assert_eq!(store.change_seq().await.expect("seq"), seq);
+
+    // A reuse revocation is recorded with its reason.
+    let other = session(&k.id, Some("phone"), t(7));
+    assert_eq!(save(store, &other, None, None).await, SessionWrite::Written);
+    let reuse = store
+        .revoke_session(
+            &other.id,
+            SessionRevokeReason::RefreshReuse,
+            t(8),
+            &Actor::key(&k.id),
+        )
+        .await
+        .expect("revoke")
+        .expect("known");
+    assert_eq!(reuse.revoked_reason, Some(SessionRevokeReason::RefreshReuse));
+    let last = all_audit(store).await.pop().expect("a row");
+    assert_eq!(
+        last.details,
+        json!({"session_id": other.id, "reason": "refresh_reuse"})
+    );
+
+    // Revoking the key does not touch its sessions' rows.
+    let revoke_key = KeyPatch {
+        status: Some(KeyStatus::Revoked),
+        ..patch()
+    };
+    store
+        .update_key(&k.id, &revoke_key, t(9), &Actor::cli())
+        .await
+        .expect("revoke key");
+    assert_eq!(stored_session(store, &s.id).await, Some(expected));
+    assert_eq!(stored_session(store, &other.id).await, Some(reuse));
+}
+
+/// Session inserts, replacements and revocations advance the change
+/// sequence like key changes, with the session's key and id and never a
+/// digest; rotations, conflicts, repeated revocations and cleanup do not.
+pub async fn session_changes_on_the_change_feed(store: &dyn KeyStore) {
+    let k = create(store, "ses00007", t(0)).await;
+    let start = change_seq(store).await;
+
+    let s0 = session(&k.id, None, t(1));
+    assert_eq!(save(store, &s0, None, None).await, SessionWrite::Written);
+    let after_insert = change_seq(store).await;
+    assert!(after_insert > start);
+
+    let s1 = rotated(&s0, t(2), 1);
+    assert_eq!(save(store, &s1, Some(0), None).await, SessionWrite::Written);
+    assert_eq!(save(store, &s1, Some(0), None).await, SessionWrite::Conflict);
+    assert_eq!(
+        change_seq(store).await,
+        after_insert,
+        "rotations and conflicts are not changes"
+    );
+
+    store
+        .revoke_session(
+            &s0.id,
+            SessionRevokeReason::RefreshReuse,
+            t(3),
+            &Actor::key(&k.id),
+        )
+        .await
+        .expect("revoke");
+    let after_revoke = change_seq(store).await;
+    assert!(after_revoke > after_insert);
+    store
+        .revoke_session(&s0.id, SessionRevokeReason::Admin, t(4), &Actor::cli())
+        .await
+        .expect("revoke");
+    assert_eq!(change_seq(store).await, after_revoke);
+
+    let s2 = session(&k.id, None, t(5));
+    assert_eq!(save(store, &s2, None, Some(&s0.id)).await, SessionWrite::Written);
+    let after_replace = change_seq(store).await;
+    assert!(after_replace > after_revoke);
+
+    let mut gone = session(&k.id, Some("old"), t(6));
+    gone.expires_at = t(7);
+    gone.access_expires_at = t(7);
+    assert_eq!(save(store, &gone, None, None).await, SessionWrite::Written);
+    let before_cleanup = change_seq(store).await;
+    assert_eq!(store.delete_expired_sessions(t(8)).await.expect("cleanup"), 1);
+    assert_eq!(change_seq(store).await, before_cleanup, "cleanup is not a change");
+
+    // What a follower of the feed reads: the session's key, the session id,
+    // in commit order, and no digest.
+    let entries = audit_after(store, start).await;
+    let summary: Vec<(&str, &KeyId, Option<&str>)> = entries
+        .iter()
+        .map(|(action, key_id, _, details)| (action.as_str(), key_id, details["session_id"].as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("session_created", &k.id, Some(s0.id.as_str())),
+            ("session_revoked", &k.id, Some(s0.id.as_str())),
+            ("session_replaced", &k.id, Some(s0.id.as_str())),
+            ("session_created", &k.id, Some(s2.id.as_str())),
+            ("session_created", &k.id, Some(gone.id.as_str())),
+        ]
+    );
+    for (_, _, _, details) in &entries {
+        let fields: BTreeSet<&str> = details
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert!(
+            fields.is_subset(&["session_id", "replaced_by", "reason"].into_iter().collect()),
+            "{details}"
+        );
+    }
+}
+
+/// Cleanup deletes the sessions whose refresh token and access token both
+/// expired strictly before the instant, revoked or not, and nothing else.
+pub async fn expired_session_cleanup(store: &dyn KeyStore) {
+    let k = create(store, "ses00008", t(0)).await;
+    let with = |slot: &str, expires: i64, access_expires: i64| {
+        let mut s = session(&k.id, Some(slot), t(1));
+        s.expires_at = t(expires);
+        s.access_expires_at = t(access_expires);
+        s
+    };
+    let done = with("done", 100, 50);
+    let access_left = with("access-left", 100, 150);
+    let refresh_left = with("refresh-left", 200, 50);
+    let revoked = with("revoked", 100, 50);
+    for s in [&done, &access_left, &refresh_left, &revoked] {
+        assert_eq!(save(store, s, None, None).await, SessionWrite::Written);
+    }
+    store
+        .revoke_session(&revoked.id, SessionRevokeReason::Admin, t(2), &Actor::cli())
+        .await
+        .expect("revoke");
+
+    assert_eq!(store.delete_expired_sessions(t(50)).await.expect("cleanup"), 0);
+    assert_eq!(
+        store.delete_expired_sessions(t(100)).await.expect("cleanup"),
+        0,
+        "strictly before"
+    );
+    assert_eq!(store.delete_expired_sessions(t(101)).await.expect("cleanup"), 2);
+    assert_eq!(stored_session(store, &done.id).await, None);
+    assert_eq!(stored_session(store, &revoked.id).await, None);
+    assert!(stored_session(store, &access_left.id).await.is_some());
+    assert_eq!(store.delete_expired_sessions(t(151)).await.expect("cleanup"), 1);
+    assert_eq!(stored_session(store, &access_left.id).await, None);
+    assert_eq!(
+        stored_session(store, &refresh_left.id).await,
+        Some(refresh_left.clone())
+    );
+    assert_eq!(store.delete_expired_sessions(t(151)).await.expect("cleanup"), 0);
 }

@@ -5,6 +5,12 @@
 //! Every change to a key is written in the same transaction as an append-only
 //! audit row; the audit row's sequence number is the store's change sequence,
 //! which running gateways watch to invalidate their caches.
+//!
+//! The store also keeps token-exchange sessions ([`SessionRecord`]) as plain
+//! rows: `auth` converts them to and from `token`'s `Session`, which this
+//! module does not know (STYLE.md §2). Session writes that change which
+//! tokens a gateway admits are audited the same way, so they ride the same
+//! change feed.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -68,8 +74,8 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Who made a change, as recorded in the audit trail: `cli`, or an admin
-/// token's id.
+/// Who made a change, as recorded in the audit trail: `cli`, an admin
+/// token's id, or a client of the token exchange by its key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Actor(String);
@@ -83,6 +89,12 @@ impl Actor {
     /// An admin token, by its id.
     pub fn admin_token(id: &str) -> Self {
         Self(format!("admin:{id}"))
+    }
+
+    /// A client of the token exchange, by the key it authenticated with
+    /// (logins, and revocations after refresh-token reuse): `key:<key id>`.
+    pub fn key(id: &KeyId) -> Self {
+        Self(format!("key:{id}"))
     }
 
     /// The recorded text.
@@ -138,12 +150,15 @@ pub struct AuditEntry {
     /// The key changed.
     #[schema(value_type = String)]
     pub key_id: KeyId,
-    /// Who changed it: `cli`, or `admin:<token id>`.
+    /// Who changed it: `cli`, `admin:<token id>`, or `key:<key id>` (a
+    /// client of the token exchange).
     #[schema(value_type = String, example = "admin:env")]
     pub actor: Actor,
-    /// `created`, `imported`, `updated`, `rotated`, `revoked`, …
+    /// `created`, `imported`, `updated`, `rotated`, `revoked`, …, and for
+    /// sessions `session_created`, `session_replaced`, `session_revoked`
+    /// (with `session_id` in `details`).
     pub action: String,
-    /// What changed (field names, never secrets).
+    /// What changed (field names, session ids, never secrets).
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
     /// When.
@@ -221,6 +236,124 @@ pub enum StoreError {
     /// Any other database error.
     #[error("key store error: {0}")]
     Database(String),
+    /// The call itself is wrong, a bug in the caller: e.g. a revoked
+    /// session passed to `save_session` (revocations go through
+    /// `revoke_session`, which audits them), or a session call on a store
+    /// that keeps no sessions (a test double that does not forward it).
+    #[error("refused store call: {0}")]
+    Refused(String),
+}
+
+/// Why a session was revoked, as stored (`sessions.revoked_reason`). The
+/// same two reasons as `token::RevokeReason`, which `auth` converts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionRevokeReason {
+    /// By an operator (admin API or CLI).
+    Admin,
+    /// A spent refresh token of the session was presented again.
+    RefreshReuse,
+}
+
+impl SessionRevokeReason {
+    /// The stored spelling: `admin`, `refresh_reuse`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::RefreshReuse => "refresh_reuse",
+        }
+    }
+}
+
+impl std::str::FromStr for SessionRevokeReason {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Self::Admin),
+            "refresh_reuse" => Ok(Self::RefreshReuse),
+            other => Err(StoreError::Corrupt(format!(
+                "'{other}' is not a session revocation reason"
+            ))),
+        }
+    }
+}
+
+/// One stored token-exchange session: every field of `token::Session`, as
+/// plain data. `Debug` redacts the two digests.
+///
+/// Which fields decide admission: `token::Session::admits` looks only at
+/// `id`, `key_id` and `revoked_at`. `id`, `key_id`, `client_session` and
+/// `created_at` never change once inserted; `revoked_at` changes only
+/// through [`KeyStore::revoke_session`], which is audited. The other fields
+/// move at every rotation, which is not audited, so a cached copy may hold
+/// stale ones: fine for admitting access tokens, never for deciding a login
+/// or a refresh (read those with [`KeyStore::session`] /
+/// [`KeyStore::session_for`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Primary key, `ses_<ulid>`; the `sid` claim.
+    pub id: String,
+    /// The key the session was opened with; the `sub` claim.
+    pub key_id: KeyId,
+    /// The client's `session_id` (`None`: the key's default session);
+    /// `None` and `Some("")` are distinct sessions.
+    pub client_session: Option<String>,
+    /// Scopes granted at login.
+    pub scopes: BTreeSet<String>,
+    /// When the session was opened.
+    pub created_at: DateTime<Utc>,
+    /// When its current refresh token expires.
+    pub expires_at: DateTime<Utc>,
+    /// When it was revoked (never cleared).
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Why it was revoked (set exactly when `revoked_at` is).
+    pub revoked_reason: Option<SessionRevokeReason>,
+    /// Digest of the refresh family secret.
+    pub family_digest: [u8; 32],
+    /// Digest of the current refresh token.
+    pub refresh_digest: [u8; 32],
+    /// Rotations so far; only ever increases.
+    pub refresh_generation: u64,
+    /// `jti` of the current access token.
+    pub access_jti: String,
+    /// `iat` of the current access token.
+    pub access_issued_at: DateTime<Utc>,
+    /// `exp` of the current access token.
+    pub access_expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("id", &self.id)
+            .field("key_id", &self.key_id)
+            .field("client_session", &self.client_session)
+            .field("scopes", &self.scopes)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .field("revoked_reason", &self.revoked_reason)
+            .field("family_digest", &"[redacted]")
+            .field("refresh_digest", &"[redacted]")
+            .field("refresh_generation", &self.refresh_generation)
+            .field("access_jti", &self.access_jti)
+            .field("access_issued_at", &self.access_issued_at)
+            .field("access_expires_at", &self.access_expires_at)
+            .finish()
+    }
+}
+
+/// What [`KeyStore::save_session`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a conflict means nothing was written: read the session again and redo"]
+pub enum SessionWrite {
+    /// The row was inserted or updated (and the replaced one deleted).
+    Written,
+    /// Nothing was written: another writer got there first (the row's
+    /// generation moved, it was revoked or deleted, or a concurrent login
+    /// inserted the same key and client session). Not an error: read the
+    /// row again and redo the decision.
+    Conflict,
 }
 
 /// The key store. Implementations must make each mutating call atomic (the
@@ -310,6 +443,69 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
 
     /// A key's usage.
     async fn usage(&self, id: &KeyId) -> Result<Usage, StoreError>;
+
+    /// One session by id (`None`: no such session).
+    async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// The session of a key and client session id (`None` matches only the
+    /// key's default session, never `Some("")`).
+    async fn session_for(
+        &self,
+        key_id: &KeyId,
+        client_session: Option<&str>,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Writes a session decided by `token` (a login or a rotation).
+    ///
+    /// - `expected_generation: None` inserts `record`. With `replaces`, it
+    ///   first deletes that row in the same transaction, but only if it is
+    ///   the same key and client session and is revoked or expired at
+    ///   `record.created_at` (an active row is never replaced: the insert
+    ///   then conflicts). Audited: `session_replaced` for a deleted row,
+    ///   then `session_created`. A concurrent insert of the same key and
+    ///   client session makes this a [`SessionWrite::Conflict`].
+    /// - `expected_generation: Some(g)` updates the row `record.id` only
+    ///   while its generation is still `g` and it is not revoked, else
+    ///   [`SessionWrite::Conflict`] and nothing is written. It writes the
+    ///   fields a login or rotation moves (scopes, expiry, digests,
+    ///   generation, access token); `key_id`, `client_session` and
+    ///   `created_at` are never changed. Not audited: no field that decides
+    ///   admission changes (see [`SessionRecord`]), and an audit row per
+    ///   refresh would grow the append-only trail without bound.
+    ///
+    /// Refused ([`StoreError::Refused`]): a revoked `record` (use
+    /// `revoke_session`), `replaces` with an update, or an update that does
+    /// not raise the generation.
+    async fn save_session(
+        &self,
+        record: &SessionRecord,
+        expected_generation: Option<u64>,
+        replaces: Option<&str>,
+        actor: &Actor,
+    ) -> Result<SessionWrite, StoreError>;
+
+    /// Revokes a session at `at` and records `session_revoked` (details:
+    /// `session_id`, `reason`). Unconditional (a reuse verdict must stick
+    /// whatever rotated meanwhile). A session already revoked keeps its
+    /// first instant and reason and nothing is written. Returns the stored
+    /// row, or `None` for an unknown id.
+    async fn revoke_session(
+        &self,
+        id: &str,
+        reason: SessionRevokeReason,
+        at: DateTime<Utc>,
+        actor: &Actor,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Deletes sessions whose refresh token and last access token both
+    /// expired before `before`; returns how many. Not audited: such a row
+    /// admits nothing (its access token's `exp` has passed, and JWT `exp`
+    /// has no leeway), so caches need not hear of it, and a row per deleted
+    /// session would flood the trail. Pass an instant safely in the past
+    /// (`now` minus a few minutes): a replica whose clock runs behind would
+    /// otherwise refuse, for its missing row, an access token it still
+    /// considers unexpired.
+    async fn delete_expired_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Push notification of changes, for stores shared by several gateways:
     /// a receiver that is marked changed soon after any change commits

@@ -16,9 +16,13 @@
 //!   one key queue instead of one overwriting the other's change. (`NO KEY`:
 //!   keygate never changes `keys.id`, and this lock, unlike `FOR UPDATE`,
 //!   does not block the foreign-key checks of usage flushes for that key.)
+//! - Session rotations (`save_session` with an expected generation) are one
+//!   conditional `UPDATE`: a concurrent writer of the row makes it wait,
+//!   then Postgres re-checks the `WHERE` against the committed row, so a
+//!   lost race updates nothing and reports a conflict.
 //! - Audit rows commit in `seq` order, so the change sequence is safe to
 //!   follow; see `AUDIT_LOCK_SQL` for how and what it costs.
-//! - Every mutating transaction announces its last audit `seq` with
+//! - Every transaction that writes audit rows announces its last `seq` with
 //!   `pg_notify` on the schema's change channel (see [`CHANNEL_EXPR`]),
 //!   under the audit lock; Postgres delivers it on commit. Gateways follow
 //!   the channel through [`KeyStore::change_notifications`]: one listener
@@ -56,12 +60,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::rows::{
-    self, AUDIT_COLUMNS, AuditRow, CandidateRow, KEY_COLUMNS, KeyRow, SECRET_COLUMNS, UsageRow,
-    at_stored_precision,
+    self, AUDIT_COLUMNS, AuditRow, CandidateRow, KEY_COLUMNS, KeyRow, SECRET_COLUMNS, SESSION_COLUMNS,
+    SessionRow, SessionSave, UsageRow, at_stored_precision,
 };
 use super::{
     Actor, AuditEntry, Candidate, KeyFilter, KeyStore, MigrationReport, NewKey, Page, PageRequest,
-    StoreError, StoreSettings, Usage, UsageDelta, redact_url,
+    SessionRecord, SessionRevokeReason, SessionWrite, StoreError, StoreSettings, Usage, UsageDelta,
+    redact_url,
 };
 use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeyStatus, ModelError};
 
@@ -89,7 +94,10 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// Cost: the audit inserts and the commit (one round trip and a WAL flush)
 /// of key changes are serialised per audit table, about a millisecond each
 /// on a local network. Key changes are administrative (a few per second at
-/// most); lookups, listings and usage flushes never take the lock. It cannot
+/// most); logins that open a new session and session revocations take it
+/// too (so at most about a thousand such logins a second per database);
+/// lookups, listings, usage flushes, session rotations and session cleanup
+/// never take the lock. It cannot
 /// deadlock: it is the last lock a writer takes (after its row locks and
 /// unique-index inserts), and its holder only inserts into `audit_log`,
 /// which has no foreign keys, and commits.
@@ -143,6 +151,7 @@ const MAX_STATEMENT_TIMEOUT_MS: u128 = 2_147_483_647;
 
 // SQLSTATE codes (https://www.postgresql.org/docs/current/errcodes-appendix.html).
 const UNIQUE_VIOLATION: &str = "23505";
+const FOREIGN_KEY_VIOLATION: &str = "23503";
 const READ_ONLY_SQL_TRANSACTION: &str = "25006";
 const INSUFFICIENT_RESOURCES_CLASS: &str = "53";
 const LOCK_NOT_AVAILABLE: &str = "55P03";
@@ -153,6 +162,8 @@ const CONNECTION_EXCEPTION_CLASS: &str = "08";
 
 /// The unique index that makes generated short prefixes unique.
 const GENERATED_SHORT_PREFIX_INDEX: &str = "key_secrets_generated_short_prefix";
+/// The unique index on a session's key and client session id.
+const SESSION_SLOT_INDEX: &str = "sessions_key_client";
 
 /// A key store in a Postgres database, shared by any number of gateways.
 pub struct PostgresStore {
@@ -465,6 +476,60 @@ async fn insert_secret(
     .await
     .map(drop)
     .map_err(insert_error)
+}
+
+/// Inserts a session row. `Ok(false)` when the key already has a session
+/// with this client session id (a concurrent login won: the insert waited
+/// for it to commit, then hit the unique index); [`StoreError::NotFound`]
+/// when the key does not exist. Either error aborts the transaction, which
+/// the caller then drops.
+async fn insert_session(
+    conn: &mut PgConnection,
+    record: &SessionRecord,
+    generation: i64,
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(&format!(
+        "INSERT INTO sessions ({SESSION_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, $7, $8, $9, $10, $11, $12)"
+    ))
+    .bind(&record.id)
+    .bind(record.key_id.as_str())
+    .bind(record.client_session.as_deref())
+    .bind(Json(&record.scopes))
+    .bind(at_stored_precision(record.created_at))
+    .bind(at_stored_precision(record.expires_at))
+    .bind(&record.family_digest[..])
+    .bind(&record.refresh_digest[..])
+    .bind(generation)
+    .bind(&record.access_jti)
+    .bind(at_stored_precision(record.access_issued_at))
+    .bind(at_stored_precision(record.access_expires_at))
+    .execute(conn)
+    .await;
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(db))
+            if db.code().as_deref() == Some(UNIQUE_VIOLATION)
+                && db.constraint() == Some(SESSION_SLOT_INDEX) =>
+        {
+            Ok(false)
+        }
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(FOREIGN_KEY_VIOLATION) => {
+            Err(StoreError::NotFound(record.key_id.clone()))
+        }
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+/// One session row.
+async fn fetch_session(conn: &mut PgConnection, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+    let row: Option<SessionRow> =
+        sqlx::query_as(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await
+            .map_err(store_error)?;
+    row.map(SessionRow::into_record).transpose()
 }
 
 /// Takes the audit ordering lock ([`AUDIT_LOCK_SQL`]) in the caller's
@@ -960,6 +1025,167 @@ impl KeyStore for PostgresStore {
         rows::usage_from_rows(fetched)?.ok_or_else(|| StoreError::NotFound(id.clone()))
     }
 
+    async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        fetch_session(&mut conn, id).await
+    }
+
+    async fn session_for(
+        &self,
+        key_id: &KeyId,
+        client_session: Option<&str>,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        // A key has few sessions: the unique index's leading key_id finds
+        // them, and IS NOT DISTINCT FROM matches a bound NULL too.
+        let row: Option<SessionRow> = sqlx::query_as(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE key_id = $1 AND client_session IS NOT DISTINCT FROM $2"
+        ))
+        .bind(key_id.as_str())
+        .bind(client_session)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.map(SessionRow::into_record).transpose()
+    }
+
+    async fn save_session(
+        &self,
+        record: &SessionRecord,
+        expected_generation: Option<u64>,
+        replaces: Option<&str>,
+        actor: &Actor,
+    ) -> Result<SessionWrite, StoreError> {
+        let (save, generation) = rows::check_session_save(record, expected_generation, replaces)?;
+        match save {
+            SessionSave::Insert { replaces } => {
+                let mut tx = self.begin().await?;
+                // Only an unusable row of the same key and client session:
+                // an active one stays, and the insert below then conflicts.
+                // Two logins replacing one row queue on its row lock; the
+                // second deletes nothing and its insert conflicts.
+                let mut replaced = None;
+                if let Some(old) = replaces {
+                    let deleted = sqlx::query(
+                        "DELETE FROM sessions WHERE id = $1 AND key_id = $2 \
+                         AND client_session IS NOT DISTINCT FROM $3 \
+                         AND (revoked_at IS NOT NULL OR expires_at <= $4)",
+                    )
+                    .bind(old)
+                    .bind(record.key_id.as_str())
+                    .bind(record.client_session.as_deref())
+                    .bind(at_stored_precision(record.created_at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                    replaced = (deleted.rows_affected() > 0).then_some(old);
+                }
+                // On a conflict the transaction is dropped, which rolls back
+                // the delete as well.
+                if !insert_session(&mut tx, record, generation).await? {
+                    return Ok(SessionWrite::Conflict);
+                }
+                lock_audit(&mut tx).await?;
+                if let Some(old) = replaced {
+                    let details = rows::session_replaced_details(old, &record.id);
+                    let action = rows::ACTION_SESSION_REPLACED;
+                    append_audit(
+                        &mut tx,
+                        &record.key_id,
+                        actor,
+                        action,
+                        &details,
+                        record.created_at,
+                    )
+                    .await?;
+                }
+                let details = rows::session_created_details(&record.id);
+                let action = rows::ACTION_SESSION_CREATED;
+                let seq = append_audit(
+                    &mut tx,
+                    &record.key_id,
+                    actor,
+                    action,
+                    &details,
+                    record.created_at,
+                )
+                .await?;
+                announce(&mut tx, seq).await?;
+                tx.commit().await.map_err(store_error)?;
+            }
+            SessionSave::Update { expected } => {
+                // One statement, no audit row: no lock beyond the row's. A
+                // concurrent writer of the row makes this wait, then
+                // re-check the WHERE against the committed row.
+                let updated = sqlx::query(
+                    "UPDATE sessions SET scopes = $1, expires_at = $2, family_digest = $3, refresh_digest = $4, \
+                     refresh_generation = $5, access_jti = $6, access_issued_at = $7, access_expires_at = $8 \
+                     WHERE id = $9 AND refresh_generation = $10 AND revoked_at IS NULL",
+                )
+                .bind(Json(&record.scopes))
+                .bind(at_stored_precision(record.expires_at))
+                .bind(&record.family_digest[..])
+                .bind(&record.refresh_digest[..])
+                .bind(generation)
+                .bind(&record.access_jti)
+                .bind(at_stored_precision(record.access_issued_at))
+                .bind(at_stored_precision(record.access_expires_at))
+                .bind(&record.id)
+                .bind(expected)
+                .execute(&self.pool)
+                .await
+                .map_err(store_error)?;
+                if updated.rows_affected() == 0 {
+                    return Ok(SessionWrite::Conflict);
+                }
+            }
+        }
+        Ok(SessionWrite::Written)
+    }
+
+    async fn revoke_session(
+        &self,
+        id: &str,
+        reason: SessionRevokeReason,
+        at: DateTime<Utc>,
+        actor: &Actor,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let mut tx = self.begin().await?;
+        let revoked: Option<SessionRow> = sqlx::query_as(&format!(
+            "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL \
+             RETURNING {SESSION_COLUMNS}"
+        ))
+        .bind(at_stored_precision(at))
+        .bind(reason.as_str())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let Some(revoked) = revoked else {
+            // Unknown, or revoked before (perhaps by a concurrent call this
+            // one waited for): the first revocation stands.
+            let existing = fetch_session(&mut tx, id).await?;
+            tx.rollback().await.map_err(store_error)?;
+            return Ok(existing);
+        };
+        let revoked = revoked.into_record()?;
+        lock_audit(&mut tx).await?;
+        let details = rows::session_revoked_details(id, reason);
+        let action = rows::ACTION_SESSION_REVOKED;
+        let seq = append_audit(&mut tx, &revoked.key_id, actor, action, &details, at).await?;
+        announce(&mut tx, seq).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(Some(revoked))
+    }
+
+    async fn delete_expired_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let deleted = sqlx::query("DELETE FROM sessions WHERE expires_at < $1 AND access_expires_at < $1")
+            .bind(at_stored_precision(before))
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(deleted.rows_affected())
+    }
+
     /// Starts this handle's change listener on first use (so CLI commands,
     /// which never ask, open no listener) and subscribes to it. `None`
     /// outside a Tokio runtime.
@@ -988,8 +1214,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::conformance::{PgSchema, hash, key, new_key, t};
+    use crate::store::conformance::{PgSchema, hash, key, new_key, session, t};
     use crate::store::sqlite::SqliteStore;
+    use crate::store::{SessionRevokeReason, SessionWrite};
 
     mod conformance_suite {
         use crate::store::conformance::{self, postgres_fixture};
@@ -1126,7 +1353,10 @@ mod tests {
         };
         let store = schema.open().await;
         let first = store.migrate().await.unwrap();
-        assert_eq!(first.applied, vec![20261123000001, 20261123000002]);
+        assert_eq!(
+            first.applied,
+            vec![20261123000001, 20261123000002, 20261123000003]
+        );
         assert_eq!(first.current, latest_known());
         let second = store.migrate().await.unwrap();
         assert_eq!((second.applied.len(), second.current), (0, first.current));
@@ -1145,7 +1375,8 @@ mod tests {
                 "audit_log",
                 "key_secrets",
                 "key_usage",
-                "keys"
+                "keys",
+                "sessions"
             ]
         );
     }
@@ -1162,7 +1393,10 @@ mod tests {
         let (ra, rb) = (ra.unwrap(), rb.unwrap());
         let mut applied = vec![ra.applied.clone(), rb.applied.clone()];
         applied.sort();
-        assert_eq!(applied, vec![vec![], vec![20261123000001, 20261123000002]]);
+        assert_eq!(
+            applied,
+            vec![vec![], vec![20261123000001, 20261123000002, 20261123000003]]
+        );
         assert_eq!((ra.current, rb.current), (latest_known(), latest_known()));
         let k = a
             .create_key(new_key(key("mig00001", t(0))), &Actor::cli())
@@ -1634,5 +1868,118 @@ mod tests {
             store_error(sqlx::Error::Io(reset)),
             StoreError::Unavailable(_)
         ));
+    }
+
+    /// Session inserts and revocations are announced like key changes.
+    #[tokio::test]
+    async fn session_changes_wake_the_listener() {
+        let Some(schema) = PgSchema::create().await else {
+            return;
+        };
+        let writer = schema.open().await;
+        writer.migrate().await.unwrap();
+        let k = writer
+            .create_key(new_key(key("sesnot01", t(0))), &Actor::cli())
+            .await
+            .unwrap();
+        let follower = schema.open().await;
+        let mut rx = follower.change_notifications().unwrap();
+        next_wake(&mut rx).await;
+        let s = session(&k.id, None, t(1));
+        let written = writer
+            .save_session(&s, None, None, &Actor::key(&k.id))
+            .await
+            .unwrap();
+        assert_eq!(written, SessionWrite::Written);
+        assert_eq!(next_wake(&mut rx).await, writer.change_seq().await.unwrap());
+        writer
+            .revoke_session(&s.id, SessionRevokeReason::Admin, t(2), &Actor::cli())
+            .await
+            .unwrap();
+        assert_eq!(next_wake(&mut rx).await, writer.change_seq().await.unwrap());
+    }
+
+    /// A login inserting while another login's insert of the same key and
+    /// client session is uncommitted waits for it, then conflicts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_login_racing_an_uncommitted_login_conflicts() {
+        let Some(schema) = PgSchema::create().await else {
+            return;
+        };
+        let first = schema.open().await;
+        first.migrate().await.unwrap();
+        let second = Arc::new(schema.open().await);
+        let k = first
+            .create_key(new_key(key("sesrac01", t(0))), &Actor::cli())
+            .await
+            .unwrap();
+        let held_session = session(&k.id, Some("dev"), t(1));
+        let mut held = first.begin().await.unwrap();
+        assert!(insert_session(&mut held, &held_session, 0).await.unwrap());
+        let seen = first.change_seq().await.unwrap();
+        let racer = session(&k.id, Some("dev"), t(1));
+        let login = {
+            let second = Arc::clone(&second);
+            let racer = racer.clone();
+            tokio::spawn(async move { second.save_session(&racer, None, None, &Actor::cli()).await })
+        };
+        until_a_session_waits_for_a_lock(&first, &schema).await;
+        held.commit().await.unwrap();
+        assert_eq!(login.await.unwrap().unwrap(), SessionWrite::Conflict);
+        assert_eq!(first.session(&racer.id).await.unwrap(), None);
+        assert_eq!(first.session(&held_session.id).await.unwrap(), Some(held_session));
+        assert_eq!(first.change_seq().await.unwrap(), seen);
+    }
+
+    #[tokio::test]
+    async fn deleting_a_key_deletes_its_sessions_and_the_table_refuses_bad_rows() {
+        let Some(schema) = PgSchema::create().await else {
+            return;
+        };
+        let store = schema.open().await;
+        store.migrate().await.unwrap();
+        let k = store
+            .create_key(new_key(key("sesdel02", t(0))), &Actor::cli())
+            .await
+            .unwrap();
+        let s = session(&k.id, None, t(1));
+        let _ = store.save_session(&s, None, None, &Actor::cli()).await.unwrap();
+        store
+            .revoke_session(&s.id, SessionRevokeReason::Admin, t(2), &Actor::cli())
+            .await
+            .unwrap();
+        for (what, sql) in [
+            (
+                "a short digest",
+                "UPDATE sessions SET refresh_digest = '\\x00'::bytea",
+            ),
+            (
+                "an unknown reason",
+                "UPDATE sessions SET revoked_reason = 'bored'",
+            ),
+            (
+                "a reason without an instant",
+                "UPDATE sessions SET revoked_at = NULL",
+            ),
+            (
+                "a negative generation",
+                "UPDATE sessions SET refresh_generation = -1",
+            ),
+            (
+                "scopes that are not an array",
+                "UPDATE sessions SET scopes = '{}'::jsonb",
+            ),
+        ] {
+            assert!(
+                sqlx::query(sql).execute(&store.pool).await.is_err(),
+                "{what} was accepted"
+            );
+        }
+        sqlx::query("DELETE FROM keys WHERE id = $1")
+            .bind(k.id.as_str())
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(store.session(&s.id).await.unwrap(), None);
     }
 }

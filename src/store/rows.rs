@@ -19,7 +19,9 @@ use sqlx::error::DatabaseError;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::types::Json;
 
-use super::{Actor, AuditEntry, Candidate, Page, StoreError, Usage, source_from_db};
+use super::{
+    Actor, AuditEntry, Candidate, Page, SessionRecord, SessionRevokeReason, StoreError, Usage, source_from_db,
+};
 use crate::keys::{Key, KeyHash, KeyId, KeySource, KeyStatus, SecretRecord};
 
 /// The `keys` columns in [`KeyRow`] order, for a `keys` table aliased `k`.
@@ -41,6 +43,20 @@ pub(crate) const ACTION_CREATED: &str = "created";
 pub(crate) const ACTION_IMPORTED: &str = "imported";
 /// Audit action: a key's secret was replaced.
 pub(crate) const ACTION_ROTATED: &str = "rotated";
+
+/// Audit action: a token-exchange session was inserted (a login that
+/// opened a new session). Details: `session_id`.
+pub(crate) const ACTION_SESSION_CREATED: &str = "session_created";
+/// Audit action: a revoked or expired session was deleted because a login
+/// replaced it. Details: `session_id`, `replaced_by`.
+pub(crate) const ACTION_SESSION_REPLACED: &str = "session_replaced";
+/// Audit action: a session was revoked. Details: `session_id`, `reason`.
+pub(crate) const ACTION_SESSION_REVOKED: &str = "session_revoked";
+
+/// The `sessions` columns of a [`SessionRow`].
+pub(crate) const SESSION_COLUMNS: &str = "id, key_id, client_session, scopes, created_at, expires_at, \
+     revoked_at, revoked_reason, family_digest, refresh_digest, refresh_generation, access_jti, \
+     access_issued_at, access_expires_at";
 
 /// The source a rotated key ends up with: rotation always issues a
 /// keygate-generated secret.
@@ -199,6 +215,132 @@ impl AuditRow {
             at: self.at,
         })
     }
+}
+
+/// One `sessions` row ([`SESSION_COLUMNS`]). No `Debug`: it holds the
+/// refresh digests.
+#[derive(FromRow)]
+pub(crate) struct SessionRow {
+    id: String,
+    key_id: String,
+    client_session: Option<String>,
+    scopes: Json<BTreeSet<String>>,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+    revoked_reason: Option<String>,
+    family_digest: Vec<u8>,
+    refresh_digest: Vec<u8>,
+    refresh_generation: i64,
+    access_jti: String,
+    access_issued_at: DateTime<Utc>,
+    access_expires_at: DateTime<Utc>,
+}
+
+impl SessionRow {
+    /// The record, or [`StoreError::Corrupt`] naming the session and the
+    /// column.
+    pub(crate) fn into_record(self) -> Result<SessionRecord, StoreError> {
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("session {}: {what}: {e}", self.id))
+        };
+        let digest = |what: &str, bytes: Vec<u8>| -> Result<[u8; 32], StoreError> {
+            let len = bytes.len();
+            <[u8; 32]>::try_from(bytes).map_err(|_| corrupt(what, &format!("{len} bytes, not 32")))
+        };
+        let family_digest = digest("family_digest", self.family_digest)?;
+        let refresh_digest = digest("refresh_digest", self.refresh_digest)?;
+        let revoked_reason = self
+            .revoked_reason
+            .as_deref()
+            .map(str::parse::<SessionRevokeReason>)
+            .transpose()
+            .map_err(|e| corrupt("revoked_reason", &e))?;
+        let refresh_generation = count_from_db("refresh_generation", self.refresh_generation)
+            .map_err(|e| corrupt("refresh_generation", &e))?;
+        let key_id = key_id_from_db(self.key_id).map_err(|e| corrupt("key_id", &e))?;
+        Ok(SessionRecord {
+            id: self.id,
+            key_id,
+            client_session: self.client_session,
+            scopes: self.scopes.0,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+            revoked_reason,
+            family_digest,
+            refresh_digest,
+            refresh_generation,
+            access_jti: self.access_jti,
+            access_issued_at: self.access_issued_at,
+            access_expires_at: self.access_expires_at,
+        })
+    }
+}
+
+/// A checked `save_session` call: what both backends do, decided the same
+/// way before any SQL.
+#[derive(Debug)]
+pub(crate) enum SessionSave<'a> {
+    /// Insert, first deleting `replaces` if it is unusable.
+    Insert {
+        /// The row to delete first.
+        replaces: Option<&'a str>,
+    },
+    /// Update the row while its stored generation is `expected`.
+    Update {
+        /// The generation the caller read.
+        expected: i64,
+    },
+}
+
+/// Checks a `save_session` call (see `KeyStore::save_session` for the
+/// refusals) and returns what to do and the record's generation as stored.
+pub(crate) fn check_session_save<'a>(
+    record: &SessionRecord,
+    expected_generation: Option<u64>,
+    replaces: Option<&'a str>,
+) -> Result<(SessionSave<'a>, i64), StoreError> {
+    let refused = |why: String| Err(StoreError::Refused(format!("save_session {}: {why}", record.id)));
+    if record.revoked_at.is_some() || record.revoked_reason.is_some() {
+        return refused("the record is revoked; revocations go through revoke_session".into());
+    }
+    let Ok(generation) = i64::try_from(record.refresh_generation) else {
+        return refused(format!(
+            "generation {} does not fit the store",
+            record.refresh_generation
+        ));
+    };
+    match expected_generation {
+        None => Ok((SessionSave::Insert { replaces }, generation)),
+        Some(_) if replaces.is_some() => refused("replaces is only for inserts".into()),
+        Some(expected) if expected >= record.refresh_generation => refused(format!(
+            "an update must raise the generation (from {expected}, got {})",
+            record.refresh_generation
+        )),
+        // `expected` is below `generation`, which fits.
+        Some(expected) => Ok((
+            SessionSave::Update {
+                expected: i64::try_from(expected).unwrap_or(i64::MAX),
+            },
+            generation,
+        )),
+    }
+}
+
+/// Details of a `session_created` audit row.
+pub(crate) fn session_created_details(id: &str) -> Value {
+    json!({ "session_id": id })
+}
+
+/// Details of a `session_replaced` audit row.
+pub(crate) fn session_replaced_details(id: &str, replaced_by: &str) -> Value {
+    json!({ "session_id": id, "replaced_by": replaced_by })
+}
+
+/// Details of a `session_revoked` audit row.
+pub(crate) fn session_revoked_details(id: &str, reason: SessionRevokeReason) -> Value {
+    json!({ "session_id": id, "reason": reason.as_str() })
 }
 
 /// One row of `keys LEFT JOIN key_usage` for one key: the key's last use and
@@ -412,6 +554,44 @@ mod tests {
         assert_eq!(fetch_limit(10), 11);
     }
 
+    #[test]
+    fn a_session_row_with_a_bad_column_is_corrupt_naming_it() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        let row = |digest_len: usize, reason: Option<&str>, generation: i64| SessionRow {
+            id: "ses_01jd3m5k7r9t2v4w6x8y0z1a2b".into(),
+            key_id: KeyId::generate(at).to_string(),
+            client_session: None,
+            scopes: Json(BTreeSet::new()),
+            created_at: at,
+            expires_at: at,
+            revoked_at: reason.map(|_| at),
+            revoked_reason: reason.map(String::from),
+            family_digest: vec![7; 32],
+            refresh_digest: vec![9; digest_len],
+            refresh_generation: generation,
+            access_jti: "j".into(),
+            access_issued_at: at,
+            access_expires_at: at,
+        };
+        let record = row(32, Some("refresh_reuse"), 3).into_record().unwrap();
+        assert_eq!(record.revoked_reason, Some(SessionRevokeReason::RefreshReuse));
+        assert_eq!((record.refresh_digest, record.refresh_generation), ([9; 32], 3));
+        for (bad, column) in [
+            (row(31, None, 0), "refresh_digest"),
+            (row(32, Some("bored"), 0), "revoked_reason"),
+            (row(32, None, -1), "refresh_generation"),
+        ] {
+            let err = bad.into_record().expect_err("corrupt");
+            let message = err.to_string();
+            assert!(matches!(err, StoreError::Corrupt(_)), "{message}");
+            assert!(
+                message.contains("ses_01jd3m5k7r9t2v4w6x8y0z1a2b") && message.contains(column),
+                "{message}"
+            );
+            assert!(!message.contains("[9, 9"), "{message}");
+        }
+    }
+
     /// The row structs decode Postgres rows too (checked at compile time), so
     /// the Postgres store can reuse them.
     #[test]
@@ -425,5 +605,6 @@ mod tests {
         decodes::<CandidateRow>();
         decodes::<AuditRow>();
         decodes::<UsageRow>();
+        decodes::<SessionRow>();
     }
 }

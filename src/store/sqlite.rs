@@ -35,12 +35,13 @@ use sqlx::types::Json;
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::rows::{
-    self, AUDIT_COLUMNS, AuditRow, CandidateRow, KEY_COLUMNS, KeyRow, SECRET_COLUMNS, UsageRow,
-    timestamp_text,
+    self, AUDIT_COLUMNS, AuditRow, CandidateRow, KEY_COLUMNS, KeyRow, SECRET_COLUMNS, SESSION_COLUMNS,
+    SessionRow, SessionSave, UsageRow, timestamp_text,
 };
 use super::{
     Actor, AuditEntry, Candidate, KeyFilter, KeyStore, MigrationReport, NewKey, Page, PageRequest,
-    StoreError, StoreSettings, Usage, UsageDelta, redact_url,
+    SessionRecord, SessionRevokeReason, SessionWrite, StoreError, StoreSettings, Usage, UsageDelta,
+    redact_url,
 };
 use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeyStatus, ModelError};
 
@@ -199,6 +200,59 @@ fn insert_error(e: sqlx::Error) -> StoreError {
         }
     }
     store_error(e)
+}
+
+/// The unique index on a session's key and client session id.
+const SESSION_SLOT_INDEX: &str = "sessions_key_client";
+
+/// Inserts a session row. `Ok(false)` when the key already has a session
+/// with this client session id (a concurrent login won);
+/// [`StoreError::NotFound`] when the key does not exist.
+async fn insert_session(
+    conn: &mut SqliteConnection,
+    record: &SessionRecord,
+    generation: i64,
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(&format!(
+        "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(&record.id)
+    .bind(record.key_id.as_str())
+    .bind(record.client_session.as_deref())
+    .bind(Json(&record.scopes))
+    .bind(timestamp_text(record.created_at))
+    .bind(timestamp_text(record.expires_at))
+    .bind(&record.family_digest[..])
+    .bind(&record.refresh_digest[..])
+    .bind(generation)
+    .bind(&record.access_jti)
+    .bind(timestamp_text(record.access_issued_at))
+    .bind(timestamp_text(record.access_expires_at))
+    .execute(conn)
+    .await;
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(db))
+            if db.is_unique_violation() && db.message().contains(SESSION_SLOT_INDEX) =>
+        {
+            Ok(false)
+        }
+        Err(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
+            Err(StoreError::NotFound(record.key_id.clone()))
+        }
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+/// One session row, read with the caller's connection.
+async fn fetch_session(conn: &mut SqliteConnection, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+    let row: Option<SessionRow> =
+        sqlx::query_as(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await
+            .map_err(store_error)?;
+    row.map(SessionRow::into_record).transpose()
 }
 
 /// The migration versions recorded as applied (none before the first run).
@@ -635,6 +689,159 @@ impl KeyStore for SqliteStore {
         .map_err(store_error)?;
         rows::usage_from_rows(fetched)?.ok_or_else(|| StoreError::NotFound(id.clone()))
     }
+
+    async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        fetch_session(&mut conn, id).await
+    }
+
+    async fn session_for(
+        &self,
+        key_id: &KeyId,
+        client_session: Option<&str>,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        // `IS` matches a bound NULL too (and '' only to '').
+        let row: Option<SessionRow> = sqlx::query_as(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE key_id = ? AND client_session IS ?"
+        ))
+        .bind(key_id.as_str())
+        .bind(client_session)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.map(SessionRow::into_record).transpose()
+    }
+
+    async fn save_session(
+        &self,
+        record: &SessionRecord,
+        expected_generation: Option<u64>,
+        replaces: Option<&str>,
+        actor: &Actor,
+    ) -> Result<SessionWrite, StoreError> {
+        let (save, generation) = rows::check_session_save(record, expected_generation, replaces)?;
+        let mut tx = self.begin_write().await?;
+        match save {
+            SessionSave::Insert { replaces } => {
+                // Only an unusable row of the same key and client session:
+                // an active one stays, and the insert below then conflicts.
+                let mut replaced = None;
+                if let Some(old) = replaces {
+                    let deleted = sqlx::query(
+                        "DELETE FROM sessions WHERE id = ? AND key_id = ? AND client_session IS ? \
+                         AND (revoked_at IS NOT NULL OR expires_at <= ?)",
+                    )
+                    .bind(old)
+                    .bind(record.key_id.as_str())
+                    .bind(record.client_session.as_deref())
+                    .bind(timestamp_text(record.created_at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                    replaced = (deleted.rows_affected() > 0).then_some(old);
+                }
+                // On a conflict the transaction is dropped, which rolls back
+                // the delete as well.
+                if !insert_session(&mut tx, record, generation).await? {
+                    return Ok(SessionWrite::Conflict);
+                }
+                if let Some(old) = replaced {
+                    let details = rows::session_replaced_details(old, &record.id);
+                    let action = rows::ACTION_SESSION_REPLACED;
+                    append_audit(
+                        &mut tx,
+                        &record.key_id,
+                        actor,
+                        action,
+                        &details,
+                        record.created_at,
+                    )
+                    .await?;
+                }
+                let details = rows::session_created_details(&record.id);
+                let action = rows::ACTION_SESSION_CREATED;
+                append_audit(
+                    &mut tx,
+                    &record.key_id,
+                    actor,
+                    action,
+                    &details,
+                    record.created_at,
+                )
+                .await?;
+            }
+            SessionSave::Update { expected } => {
+                let updated = sqlx::query(
+                    "UPDATE sessions SET scopes = ?, expires_at = ?, family_digest = ?, refresh_digest = ?, \
+                     refresh_generation = ?, access_jti = ?, access_issued_at = ?, access_expires_at = ? \
+                     WHERE id = ? AND refresh_generation = ? AND revoked_at IS NULL",
+                )
+                .bind(Json(&record.scopes))
+                .bind(timestamp_text(record.expires_at))
+                .bind(&record.family_digest[..])
+                .bind(&record.refresh_digest[..])
+                .bind(generation)
+                .bind(&record.access_jti)
+                .bind(timestamp_text(record.access_issued_at))
+                .bind(timestamp_text(record.access_expires_at))
+                .bind(&record.id)
+                .bind(expected)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+                if updated.rows_affected() == 0 {
+                    return Ok(SessionWrite::Conflict);
+                }
+            }
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(SessionWrite::Written)
+    }
+
+    async fn revoke_session(
+        &self,
+        id: &str,
+        reason: SessionRevokeReason,
+        at: DateTime<Utc>,
+        actor: &Actor,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let revoked: Option<SessionRow> = sqlx::query_as(&format!(
+            "UPDATE sessions SET revoked_at = ?, revoked_reason = ? WHERE id = ? AND revoked_at IS NULL \
+             RETURNING {SESSION_COLUMNS}"
+        ))
+        .bind(timestamp_text(at))
+        .bind(reason.as_str())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let Some(revoked) = revoked else {
+            // Unknown, or revoked before: the first revocation stands.
+            let existing = fetch_session(&mut tx, id).await?;
+            tx.rollback().await.map_err(store_error)?;
+            return Ok(existing);
+        };
+        let revoked = revoked.into_record()?;
+        let details = rows::session_revoked_details(id, reason);
+        let action = rows::ACTION_SESSION_REVOKED;
+        append_audit(&mut tx, &revoked.key_id, actor, action, &details, at).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(Some(revoked))
+    }
+
+    async fn delete_expired_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let before = timestamp_text(before);
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM sessions WHERE expires_at < ? AND access_expires_at < ?")
+            .bind(&before)
+            .bind(&before)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(deleted.rows_affected())
+    }
 }
 
 #[cfg(test)]
@@ -643,7 +850,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::conformance::{self, Fixture, key, new_key, t};
+    use crate::store::conformance::{self, Fixture, key, new_key, session, t};
+    use crate::store::{SessionRevokeReason, SessionWrite};
 
     fn settings(url: String) -> StoreSettings {
         StoreSettings {
@@ -694,7 +902,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open_file(&dir.path().join("keys.db")).await;
         let first = store.migrate().await.unwrap();
-        assert_eq!(first.applied, vec![20261123000001, 20261123000002]);
+        assert_eq!(
+            first.applied,
+            vec![20261123000001, 20261123000002, 20261123000003]
+        );
         assert_eq!(first.current, latest_known());
         let second = store.migrate().await.unwrap();
         assert_eq!((second.applied.len(), second.current), (0, first.current));
@@ -921,5 +1132,91 @@ mod tests {
             .create_key(new_key(key("busy0001", t(0))), &Actor::cli())
             .await
             .unwrap();
+    }
+
+    /// Keys are not deleted through the store, but if one is (by hand),
+    /// its sessions go with it, like its secrets and usage.
+    #[tokio::test]
+    async fn deleting_a_key_deletes_its_sessions() {
+        let (store, _dir) = migrated().await;
+        let k = key("sesdel01", t(0));
+        store.create_key(new_key(k.clone()), &Actor::cli()).await.unwrap();
+        let s = session(&k.id, None, t(1));
+        let written = store.save_session(&s, None, None, &Actor::cli()).await.unwrap();
+        assert_eq!(written, SessionWrite::Written);
+        sqlx::query("DELETE FROM keys WHERE id = ?")
+            .bind(k.id.as_str())
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(store.session(&s.id).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn sessions_store_digests_as_blobs_and_times_as_sortable_text() {
+        let (store, _dir) = migrated().await;
+        let k = key("sescol01", t(0));
+        store.create_key(new_key(k.clone()), &Actor::cli()).await.unwrap();
+        let s = session(&k.id, Some("dev"), t(1));
+        let _ = store.save_session(&s, None, None, &Actor::cli()).await.unwrap();
+        store
+            .revoke_session(&s.id, SessionRevokeReason::RefreshReuse, t(2), &Actor::cli())
+            .await
+            .unwrap();
+        let (digest_type, digest_len, created, revoked, reason, scopes): (
+            String,
+            i64,
+            String,
+            String,
+            String,
+            String,
+        ) = sqlx::query_as(
+            "SELECT typeof(refresh_digest), length(refresh_digest), created_at, revoked_at, revoked_reason, \
+                 scopes FROM sessions WHERE id = ?",
+        )
+        .bind(&s.id)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!((digest_type.as_str(), digest_len), ("blob", 32));
+        assert_eq!(created, "2026-11-23T12:00:01.123456Z");
+        assert_eq!(revoked, "2026-11-23T12:00:02.123456Z");
+        assert_eq!(
+            (reason.as_str(), scopes.as_str()),
+            ("refresh_reuse", r#"["orders:read"]"#)
+        );
+
+        // The table refuses what the store never writes.
+        for (what, sql) in [
+            (
+                "a short digest",
+                "UPDATE sessions SET refresh_digest = zeroblob(31)",
+            ),
+            (
+                "a digest as text",
+                "UPDATE sessions SET family_digest = hex(family_digest)",
+            ),
+            (
+                "an unknown reason",
+                "UPDATE sessions SET revoked_reason = 'bored'",
+            ),
+            (
+                "a reason without an instant",
+                "UPDATE sessions SET revoked_at = NULL",
+            ),
+            (
+                "a negative generation",
+                "UPDATE sessions SET refresh_generation = -1",
+            ),
+            (
+                "scopes that are not an array",
+                "UPDATE sessions SET scopes = '{}'",
+            ),
+        ] {
+            assert!(
+                sqlx::query(sql).execute(&store.pool).await.is_err(),
+                "{what} was accepted"
+            );
+        }
     }
 }

@@ -83,9 +83,12 @@ impl FromStr for RevokeReason {
 ///
 /// Store notes: `id` is the primary key; `(key_id, client_session)` is
 /// unique (a login finds the row by it, treating `None` as one more value);
-/// every change (insert, rotation, revocation, replacement) goes on the
-/// change feed so each replica's session cache sees it within a second;
-/// rotations are conditional updates on the generation read (see
+/// every change that alters what [`Session::admits`] answers (insert,
+/// revocation, replacement) goes on the change feed so each replica's
+/// session cache sees it within a second, while rotations, which do not,
+/// stay off it; logins and refreshes therefore read the row from the store,
+/// never from a cache. Rotations are conditional updates on the generation
+/// read (see
 /// [`Rotation::previous_generation`]). Rows whose `expires_at` and
 /// `access_expires_at` have both passed may be deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
