@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use super::auth::Refusal;
 use crate::manage::ManageError;
 use crate::problem::{Code, FieldError, Problem, ProblemRenderer};
+use crate::store::StoreError;
 
 /// Why an admin request failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +27,12 @@ pub enum AdminError {
     /// The key's state forbids the change (409 `conflict`).
     #[error("{0}")]
     Conflict(String),
-    /// The store or hashing failed (500 `internal_error`); the cause goes to
-    /// the log, never to the client.
+    /// The key store is unreachable (503 `auth_unavailable`): retrying
+    /// later may work. The cause goes to the log, never to the client.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store or hashing failed otherwise (500 `internal_error`); the
+    /// cause goes to the log, never to the client.
     #[error("{0}")]
     Internal(String),
 }
@@ -69,6 +74,8 @@ impl AdminError {
             }
             Self::NotFound(message) => Problem::new(Code::NotFound).with_message(sentence(message)),
             Self::Conflict(message) => Problem::new(Code::Conflict).with_message(sentence(message)),
+            Self::Unavailable(_) => Problem::new(Code::AuthUnavailable)
+                .with_message("The key store is unreachable. Retry once it is back; /readyz says when."),
             Self::Internal(_) => Problem::new(Code::InternalError),
         }
     }
@@ -76,8 +83,13 @@ impl AdminError {
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        if let Self::Internal(cause) = &self {
-            tracing::error!(error = %cause, "admin request failed");
+        match &self {
+            Self::Internal(cause) => tracing::error!(error = %cause, "admin request failed"),
+            // An outage is logged where it is noticed (the change-feed poller).
+            Self::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "admin request failed: key store unreachable")
+            }
+            _ => {}
         }
         // The admin API always answers in the default problem shape.
         ProblemRenderer::default().render(&self.problem())
@@ -96,6 +108,7 @@ impl From<ManageError> for AdminError {
             }
             ManageError::NotFound(id) => Self::NotFound(format!("No key has the id {id}.")),
             ManageError::Conflict(message) => Self::Conflict(message),
+            ManageError::Store(e @ StoreError::Unavailable(_)) => Self::Unavailable(e.to_string()),
             other @ (ManageError::Import(_) | ManageError::Store(_) | ManageError::Hash(_)) => {
                 Self::Internal(other.to_string())
             }
@@ -138,4 +151,25 @@ fn sentence(message: &str) -> String {
 
 fn quoted(field: &str) -> String {
     format!("'{field}'")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_store_is_a_503_and_other_store_failures_a_500() {
+        let down = AdminError::from(ManageError::Store(StoreError::Unavailable(
+            "connection refused".into(),
+        )));
+        let problem = down.problem();
+        assert_eq!(problem.code, Code::AuthUnavailable);
+        assert_eq!(problem.code.status().as_u16(), 503);
+        assert!(
+            !format!("{:?}", problem.message).contains("connection refused"),
+            "cause not shown"
+        );
+        let broken = AdminError::from(ManageError::Store(StoreError::Corrupt("bad row".into())));
+        assert_eq!(broken.problem().code, Code::InternalError);
+    }
 }
