@@ -36,7 +36,7 @@ use crate::proxy::gate::Gate;
 use crate::proxy::sniff::{AmbiguousFraming, Observed, Verdicts};
 use crate::proxy::{ProxyState, RateLimitHeaderNames};
 use crate::ratelimit::{RateLimitError, RateLimiter};
-use crate::store::{self, SharedStore, StoreError};
+use crate::store::{self, SharedStore, StoreError, redact_url};
 use crate::telemetry::metrics::{Metrics, MetricsError};
 
 /// Longest a client may take to send a request head (slowloris guard).
@@ -193,7 +193,7 @@ impl Gateway {
                 grace,
             )),
         ];
-        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %config.upstream.url, "keygate is serving");
+        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %redact_url(&config.upstream.url), "keygate is serving");
         Ok(Self {
             proxy_addr,
             admin_addr,
