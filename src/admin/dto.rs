@@ -1,7 +1,8 @@
 //! What the admin API reads and writes: request bodies and query strings
 //! (parsed here, every bad field named), the JSON extractor that turns
 //! body errors into problems, and the response views. The key view itself
-//! is [`KeyView`], shared with the CLI's `--json` output.
+//! is [`KeyView`], shared with the CLI's `--json` output; a session's is
+//! [`SessionView`].
 //!
 //! Parsing collects every problem it can see before answering, using the
 //! same validation functions as [`crate::manage`] (which checks again), so a
@@ -20,10 +21,10 @@ use utoipa::ToSchema;
 
 use super::error::AdminError;
 use crate::keys::model::{parse_duration, parse_expiry, validate_scope, validate_text};
-use crate::keys::{KeyPatch, KeyPrefix, KeyStatus, SecretString};
+use crate::keys::{KeyId, KeyPatch, KeyPrefix, KeyStatus, SecretString};
 use crate::manage::{CreateKey, Issued, KeyManager, KeyView};
 use crate::problem::FieldError;
-use crate::store::{AuditEntry, Usage};
+use crate::store::{AuditEntry, SessionRecord, SessionRevokeReason, Usage};
 
 /// Items per page when `limit` is not given.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -511,6 +512,70 @@ pub struct UsageView {
     pub usage: Usage,
 }
 
+/// A token-exchange session as the admin API shows it: who opened it, what
+/// it grants, until when, and whether it was revoked. Never the refresh
+/// digests or the access token's `jti`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Session)]
+pub struct SessionView {
+    /// The session id, the `sid` claim of its access tokens.
+    #[schema(example = "ses_01kaqz3m5v8x2c4n6b7d9f0g1h")]
+    pub id: String,
+    /// The key the session was opened with.
+    #[schema(value_type = String, example = "key_01kaqz3m5v8x2c4n6b7d9f0g1h")]
+    pub key_id: KeyId,
+    /// The client's `session_id` at login; `null` for the key's default
+    /// session.
+    pub client_session: Option<String>,
+    /// Scopes granted at login, sorted.
+    pub scopes: BTreeSet<String>,
+    /// When the session was opened.
+    pub created_at: DateTime<Utc>,
+    /// When its current refresh token expires.
+    pub expires_at: DateTime<Utc>,
+    /// When it was revoked; `null` while it is not.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Why it was revoked; `null` while it is not.
+    #[schema(schema_with = revoke_reason_schema)]
+    pub revoked_reason: Option<SessionRevokeReason>,
+}
+
+impl SessionView {
+    /// The view of a stored session.
+    pub fn new(record: &SessionRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            key_id: record.key_id.clone(),
+            client_session: record.client_session.clone(),
+            scopes: record.scopes.clone(),
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            revoked_at: record.revoked_at,
+            revoked_reason: record.revoked_reason,
+        }
+    }
+}
+
+/// The schema of an optional [`SessionRevokeReason`]: its stored spellings,
+/// or `null`.
+fn revoke_reason_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::{ObjectBuilder, Type, schema::SchemaType};
+    let reasons = [SessionRevokeReason::Admin, SessionRevokeReason::RefreshReuse];
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(
+            reasons
+                .iter()
+                .map(|r| serde_json::Value::from(r.as_str()))
+                .chain([serde_json::Value::Null]),
+        ))
+        .description(Some(
+            "`admin` (revoked through the admin API or the CLI) or `refresh_reuse` (a spent refresh token \
+             was presented again); `null` while the session is not revoked.",
+        ))
+        .build()
+}
+
 /// The problem+json body of every admin API error (RFC 9457); documents
 /// what `crate::problem` renders.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -611,5 +676,49 @@ mod tests {
             assert!(AuditQuery::parse(Some(bad)).is_err(), "{bad}");
         }
         assert_eq!(AuditQuery::parse(Some("limit=500")).unwrap().limit, 500);
+    }
+
+    #[test]
+    fn the_session_view_shows_no_digest_or_token_id() {
+        let at = DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let record = SessionRecord {
+            id: "ses_01jd3m5k7r9t2v4w6x8y0z1a2b".into(),
+            key_id: "key_01jd3m5k7r9t2v4w6x8y0z1a2b".parse().unwrap(),
+            client_session: Some("tab-1".into()),
+            scopes: ["orders:read".to_owned()].into(),
+            created_at: at,
+            expires_at: at + chrono::Duration::days(30),
+            revoked_at: Some(at),
+            revoked_reason: Some(SessionRevokeReason::RefreshReuse),
+            family_digest: [0xf0; 32],
+            refresh_digest: [0x0f; 32],
+            refresh_generation: 3,
+            access_jti: "jti-must-not-show".into(),
+            access_issued_at: at,
+            access_expires_at: at + chrono::Duration::hours(2),
+        };
+        let json = serde_json::to_value(SessionView::new(&record)).unwrap();
+        let fields: BTreeSet<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            fields,
+            BTreeSet::from([
+                "client_session",
+                "created_at",
+                "expires_at",
+                "id",
+                "key_id",
+                "revoked_at",
+                "revoked_reason",
+                "scopes"
+            ])
+        );
+        assert_eq!(json["revoked_reason"], "refresh_reuse");
+        assert!(!json.to_string().contains("jti-must-not-show"));
+        // The schema's enum lists the spellings serde writes.
+        for reason in [SessionRevokeReason::Admin, SessionRevokeReason::RefreshReuse] {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+        }
     }
 }

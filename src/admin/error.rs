@@ -21,7 +21,7 @@ pub enum AdminError {
     /// Bad fields, each named (422 `validation_failed`).
     #[error("invalid fields: {0:?}")]
     Validation(Vec<FieldError>),
-    /// No such key or endpoint (404 `not_found`).
+    /// No such key, session or endpoint (404 `not_found`).
     #[error("{0}")]
     NotFound(String),
     /// The key's state forbids the change (409 `conflict`).
@@ -103,10 +103,14 @@ impl From<ManageError> for AdminError {
             ManageError::Invalid { field, message } if field == "id" => {
                 Self::NotFound(format!("No key has this id: {message}"))
             }
+            ManageError::Invalid { field, message } if field == "session_id" => {
+                Self::NotFound(format!("No session has this id: {message}"))
+            }
             ManageError::Invalid { field, message } => {
                 Self::Validation(vec![FieldError::new(field, message)])
             }
             ManageError::NotFound(id) => Self::NotFound(format!("No key has the id {id}.")),
+            ManageError::SessionNotFound(id) => Self::NotFound(format!("No session has the id {id}.")),
             ManageError::Conflict(message) => Self::Conflict(message),
             ManageError::Store(e @ StoreError::Unavailable(_)) => Self::Unavailable(e.to_string()),
             other @ (ManageError::Import(_) | ManageError::Store(_) | ManageError::Hash(_)) => {
@@ -171,5 +175,19 @@ mod tests {
         );
         let broken = AdminError::from(ManageError::Store(StoreError::Corrupt("bad row".into())));
         assert_eq!(broken.problem().code, Code::InternalError);
+    }
+
+    #[test]
+    fn unknown_and_malformed_session_ids_are_not_found() {
+        let unknown = AdminError::from(ManageError::SessionNotFound(
+            "ses_01jd3m5k7r9t2v4w6x8y0z1a2b".into(),
+        ));
+        assert_eq!(unknown.problem().code, Code::NotFound);
+        let presented = "x".repeat(10_000);
+        let malformed = AdminError::from(crate::manage::parse_session_id(&presented).unwrap_err());
+        let problem = malformed.problem();
+        assert_eq!(problem.code, Code::NotFound);
+        let message = format!("{:?}", problem.message);
+        assert!(!message.contains("xxx"), "the id is not echoed: {message}");
     }
 }

@@ -1,6 +1,6 @@
 //! The admin listener (SPEC §7): `/healthz`, `/readyz` and `/metrics`
-//! (always open), the key management API and `/openapi.json` (behind an
-//! admin token). Thin
+//! (always open), the key management API, token-exchange session
+//! revocation and `/openapi.json` (behind an admin token). Thin
 //! handlers over [`crate::manage`]; errors in the problem+json shape via
 //! [`AdminError`].
 //!
@@ -38,6 +38,7 @@ mod error;
 pub mod keys;
 pub mod metrics;
 pub mod openapi;
+pub mod sessions;
 
 pub use auth::{AdminAuth, AdminPrincipal, AdminSettings};
 pub use error::AdminError;
@@ -124,6 +125,7 @@ pub fn routes() -> Vec<Route> {
         route!(POST "/v1/keys/{id}/rotate", AdminToken, keys::rotate_key),
         route!(GET "/v1/keys/{id}/usage", AdminToken, keys::key_usage),
         route!(GET "/v1/audit", AdminToken, keys::audit),
+        route!(DELETE "/v1/sessions/{id}", AdminToken, sessions::revoke_session),
     ]
 }
 

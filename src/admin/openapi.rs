@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::dto::{
     AuditPage, CreateKeyRequest, FieldErrorBody, IssuedKey, KeyPage, ProblemBody, RotateKeyRequest,
-    UpdateKeyRequest, UsageView,
+    SessionView, UpdateKeyRequest, UsageView,
 };
 use crate::manage::KeyView;
 use crate::store::{AuditEntry, Usage};
@@ -24,9 +24,9 @@ const SECURITY_SCHEME: &str = "admin_token";
 #[openapi(
     info(
         title = "keygate admin API",
-        description = "Manage API keys and read their usage and audit trail. Every endpoint but the health \
-                       probes needs `Authorization: Bearer <admin token>`. Errors are RFC 9457 problem+json \
-                       bodies with a keygate `code`.",
+        description = "Manage API keys, read their usage and audit trail, and revoke token-exchange \
+                       sessions. Every endpoint but the health probes needs `Authorization: Bearer <admin \
+                       token>`. Errors are RFC 9457 problem+json bodies with a keygate `code`.",
     ),
     paths(
         super::healthz,
@@ -41,6 +41,7 @@ const SECURITY_SCHEME: &str = "admin_token";
         super::keys::rotate_key,
         super::keys::key_usage,
         super::keys::audit,
+        super::sessions::revoke_session,
     ),
     components(schemas(
         KeyView,
@@ -50,6 +51,7 @@ const SECURITY_SCHEME: &str = "admin_token";
         AuditEntry,
         Usage,
         UsageView,
+        SessionView,
         CreateKeyRequest,
         UpdateKeyRequest,
         RotateKeyRequest,
@@ -60,6 +62,7 @@ const SECURITY_SCHEME: &str = "admin_token";
     tags(
         (name = "keys", description = "Issue, inspect, change, rotate and revoke API keys."),
         (name = "audit", description = "Who changed which key, when."),
+        (name = "sessions", description = "Revoke token-exchange sessions (the `sid` of access tokens)."),
         (name = "operations", description = "Health probes and this document."),
     )
 )]
@@ -177,6 +180,8 @@ mod tests {
                 "GET" => item.get.as_ref(),
                 "POST" => item.post.as_ref(),
                 "PATCH" => item.patch.as_ref(),
+                "PUT" => item.put.as_ref(),
+                "DELETE" => item.delete.as_ref(),
                 other => panic!("unexpected method {other}"),
             }
             .unwrap();
@@ -197,6 +202,8 @@ mod tests {
         let json = ApiDoc::openapi().to_json().unwrap();
         let spec = oas3::from_json(&json).unwrap();
         assert!(spec.openapi.starts_with("3.1."), "{}", spec.openapi);
-        assert!(spec.components.unwrap().schemas.contains_key("Key"));
+        let schemas = spec.components.unwrap().schemas;
+        assert!(schemas.contains_key("Key"));
+        assert!(schemas.contains_key("Session"));
     }
 }

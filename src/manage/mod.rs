@@ -1,6 +1,7 @@
 //! Key lifecycle operations — create, read, list, update, enable/disable,
-//! revoke, rotate, import — shared by the CLI and the admin API, so both edges
-//! stay thin and write the same audit rows.
+//! revoke, rotate, import — and the revocation of token-exchange sessions,
+//! shared by the CLI and the admin API, so both edges stay thin and write
+//! the same audit rows.
 //!
 //! This module validates input against the configured plans and key
 //! settings, generates and hashes secrets (off the async runtime), and calls
@@ -21,7 +22,11 @@ use crate::keys::{
     Key, KeyFormat, KeyId, KeyPatch, KeyPrefix, KeySettings, KeySource, KeyState, KeyStatus, ModelError,
     SecretString, hash,
 };
-use crate::store::{Actor, AuditEntry, KeyFilter, NewKey, Page, PageRequest, SharedStore, StoreError, Usage};
+use crate::store::{
+    Actor, AuditEntry, KeyFilter, NewKey, Page, PageRequest, SessionRecord, SessionRevokeReason, SharedStore,
+    StoreError, Usage,
+};
+use crate::token::SessionId;
 
 pub mod import;
 
@@ -171,6 +176,10 @@ pub enum ManageError {
     /// No such key (exit 1, HTTP 404).
     #[error("no key with id {0}")]
     NotFound(String),
+    /// No token-exchange session with this (well-formed) id (exit 1, HTTP
+    /// 404).
+    #[error("no session with id {0}")]
+    SessionNotFound(String),
     /// The key's state forbids the change (exit 1, HTTP 409).
     #[error("{0}")]
     Conflict(String),
@@ -449,6 +458,20 @@ impl KeyManager {
         ))))
     }
 
+    /// Revokes a token-exchange session at once (reason `admin`): the
+    /// tokens it issued stop working on every gateway sharing the store, and
+    /// `session_revoked` is audited. Revoking a revoked session changes
+    /// nothing and returns it with its first revocation instant and reason.
+    /// An id that is not `ses_` + a ULID is refused before any store call.
+    pub async fn revoke_session(&self, id: &str, actor: &Actor) -> Result<SessionRecord, ManageError> {
+        let id = parse_session_id(id)?;
+        let now = self.clock.now();
+        self.store
+            .revoke_session(id.as_str(), SessionRevokeReason::Admin, now, actor)
+            .await?
+            .ok_or_else(|| ManageError::SessionNotFound(id.to_string()))
+    }
+
     /// Draws a key and hashes it with the generated parameter set, off the
     /// async runtime.
     async fn draw(&self, prefix: &KeyPrefix) -> Result<(GeneratedKey, crate::keys::KeyHash), ManageError> {
@@ -488,6 +511,21 @@ impl KeyManager {
 pub fn parse_id(id: &str) -> Result<KeyId, ManageError> {
     id.parse()
         .map_err(|e: ModelError| ManageError::invalid("id", e.to_string()))
+}
+
+/// Parses a session id, as a validation error on `session_id`. The
+/// message does not repeat the id: it comes from a path of any length.
+pub fn parse_session_id(id: &str) -> Result<SessionId, ManageError> {
+    id.parse().map_err(|_| {
+        ManageError::invalid(
+            "session_id",
+            format!(
+                "session ids are '{}' followed by {} letters and digits",
+                SessionId::PREFIX,
+                SessionId::ULID_LEN
+            ),
+        )
+    })
 }
 
 fn check_metadata(metadata: Option<serde_json::Value>) -> Result<serde_json::Value, ManageError> {

@@ -354,3 +354,74 @@ fn status_names_are_the_statuses() {
         assert!(STATUS_NAMES.contains(&status.as_str()));
     }
 }
+
+#[tokio::test]
+async fn revoking_a_session_is_audited_once_and_unknown_ids_are_not_found() {
+    let f = fixture().await;
+    let issued = f.manager.create(named("k"), &Actor::cli()).await.unwrap();
+    let opened = crate::store::conformance::session(&issued.key.id, Some("tab-1"), f.manager.now());
+    let write = f
+        .manager
+        .store()
+        .save_session(&opened, None, None, &Actor::key(&issued.key.id))
+        .await
+        .unwrap();
+    assert_eq!(write, crate::store::SessionWrite::Written);
+    let admin = Actor::admin_token("env");
+
+    f.clock.advance(Duration::minutes(5));
+    let revoked_at = f.manager.now();
+    let revoked = f.manager.revoke_session(&opened.id, &admin).await.unwrap();
+    assert_eq!(revoked.id, opened.id);
+    assert_eq!(revoked.revoked_at, Some(revoked_at));
+    assert_eq!(revoked.revoked_reason, Some(SessionRevokeReason::Admin));
+
+    // Again, later and spelled in upper case: the first revocation stands.
+    f.clock.advance(Duration::minutes(5));
+    let shouted = format!("ses_{}", opened.id["ses_".len()..].to_ascii_uppercase());
+    let again = f.manager.revoke_session(&shouted, &admin).await.unwrap();
+    assert_eq!(again.revoked_at, Some(revoked_at));
+    assert_eq!(again.revoked_reason, Some(SessionRevokeReason::Admin));
+
+    let audit = f
+        .manager
+        .audit(PageRequest {
+            limit: 500,
+            after: None,
+        })
+        .await
+        .unwrap();
+    let rows: Vec<_> = audit
+        .items
+        .iter()
+        .filter(|e| e.action == "session_revoked")
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].key_id, issued.key.id);
+    assert_eq!(rows[0].actor, admin);
+    assert_eq!(rows[0].at, revoked_at);
+    assert_eq!(rows[0].details["session_id"], opened.id.as_str());
+    assert_eq!(rows[0].details["reason"], "admin");
+
+    let unknown = crate::token::SessionId::generate(f.manager.now()).to_string();
+    assert!(matches!(
+        f.manager.revoke_session(&unknown, &admin).await,
+        Err(ManageError::SessionNotFound(id)) if id == unknown
+    ));
+    let huge = format!("ses_{}", "a".repeat(100_000));
+    for malformed in [
+        "nope",
+        "",
+        "ses_",
+        "key_01jd3m5k7r9t2v4w6x8y0z1a2b",
+        huge.as_str(),
+    ] {
+        match f.manager.revoke_session(malformed, &admin).await {
+            Err(ManageError::Invalid { field, message }) => {
+                assert_eq!(field, "session_id");
+                assert!(message.len() < 100, "the id is not repeated: {message}");
+            }
+            other => panic!("{malformed:.20}: {other:?}"),
+        }
+    }
+}

@@ -10,6 +10,7 @@
 mod admin_errors;
 mod admin_keys;
 mod admin_openapi;
+mod admin_sessions;
 mod cli_check_config;
 mod cli_keys;
 mod error_shapes;
