@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::manage::KeyManager;
 use crate::policy::routes::RouteTable;
 use crate::problem::ProblemRenderer;
+use crate::proxy::exchange::Exchange;
 use crate::proxy::forward::{ForwardSettings, Forwarder};
 use crate::proxy::gate::Gate;
 use crate::proxy::sniff::{AmbiguousFraming, Observed, Verdicts};
@@ -38,6 +39,7 @@ use crate::proxy::{ProxyState, RateLimitHeaderNames};
 use crate::ratelimit::{RateLimitError, RateLimiter};
 use crate::store::{self, SharedStore, StoreError, redact_url};
 use crate::telemetry::metrics::{Metrics, MetricsError};
+use crate::token::{TokenConfigError, Tokens};
 
 /// Longest a client may take to send a request head (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -65,6 +67,9 @@ pub enum AppError {
     /// The rate limiter's settings are unusable.
     #[error(transparent)]
     RateLimit(#[from] RateLimitError),
+    /// The token settings are unusable (config checks them first).
+    #[error("invalid token settings: {0}")]
+    Tokens(#[from] TokenConfigError),
 }
 
 /// A running gateway: both listeners bound and serving.
@@ -90,8 +95,17 @@ impl Gateway {
                 tracing::info!(applied = ?report.applied, version = report.current, "migrated the key store");
             }
         }
-        let authenticator =
-            Authenticator::start(store.clone(), config.auth_settings(), clock.clone()).await?;
+        let tokens = match config.token_settings() {
+            Some(settings) => Some(Arc::new(Tokens::new(&settings)?)),
+            None => None,
+        };
+        let authenticator = Authenticator::start_with_tokens(
+            store.clone(),
+            config.auth_settings(),
+            clock.clone(),
+            tokens.clone(),
+        )
+        .await?;
         let header_names: Vec<HeaderName> = config
             .auth
             .headers
@@ -104,15 +118,6 @@ impl Gateway {
             config.auth.default_scopes.clone(),
             config.auth.method_scopes,
         );
-        if config.tokens.is_some() {
-            // The token module, its config and the session store have landed;
-            // the exchange endpoints and JWT acceptance have not (issue 8).
-            tracing::warn!(
-                "tokens.enabled is set, but this build does not serve the token exchange yet: \
-                 /auth/login, /auth/refresh and /oauth/token go through the gate like any other \
-                 path, and JWTs are not accepted as credentials"
-            );
-        }
         let metrics = Arc::new(Metrics::new()?);
         let limiter = RateLimiter::start(&config.rate_limiter_settings(), clock.clone()).await?;
         let gate = Gate::new(
@@ -148,6 +153,9 @@ impl Gateway {
             usage: usage.clone(),
             rate_limit_headers: RateLimitHeaderNames::new(config.rate_limit.headers),
             metrics: metrics.clone(),
+            exchange: tokens
+                .as_ref()
+                .map(|tokens| Exchange::new(Arc::clone(tokens), store.clone(), clock.clone())),
         });
 
         let proxy_listener = bind(config.server.listen).await?;
@@ -161,7 +169,7 @@ impl Gateway {
         // that buffer above our limit so the gateway answers first, in the
         // problem shape.
         let max_buf = (config.server.max_header_bytes * 2 + 8192).max(8192);
-        let tasks = vec![
+        let mut tasks = vec![
             authenticator.spawn_change_poller(shutdown_rx.clone()),
             usage.spawn_flusher(shutdown_rx.clone()),
             tokio::spawn(serve_proxy(
@@ -193,6 +201,13 @@ impl Gateway {
                 grace,
             )),
         ];
+        if tokens.is_some() {
+            tasks.push(tokio::spawn(sweep_sessions(
+                store.clone(),
+                clock.clone(),
+                shutdown.subscribe(),
+            )));
+        }
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %redact_url(&config.upstream.url), "keygate is serving");
         Ok(Self {
             proxy_addr,
@@ -240,6 +255,38 @@ impl Gateway {
             tracing::error!(error = %e, "cannot write the final usage counts; they are lost");
         }
         tracing::info!("keygate stopped");
+    }
+}
+
+/// How often expired token-exchange sessions are deleted.
+const SESSION_SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// Sessions are deleted this long after their last token expired, so a
+/// replica whose clock runs behind never misses a row it still needs.
+const SESSION_SWEEP_MARGIN: chrono::Duration = chrono::Duration::minutes(10);
+
+/// Deletes sessions whose tokens have all expired, now and then, until
+/// shutdown. Every replica may run it: the delete is idempotent.
+async fn sweep_sessions(store: SharedStore, clock: SharedClock, mut shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(SESSION_SWEEP_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        match store
+            .delete_expired_sessions(clock.now() - SESSION_SWEEP_MARGIN)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "deleted expired token-exchange sessions"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot delete expired token-exchange sessions; retrying later")
+            }
+        }
     }
 }
 

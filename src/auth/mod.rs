@@ -16,6 +16,7 @@
 //! `keys`, the `KeyStore` trait and the clock, never a web framework or a
 //! database driver.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +24,11 @@ use chrono::{DateTime, Utc};
 use thiserror::Error;
 
 use crate::keys::{Key, KeyId};
+use crate::token::AccessClaims;
 
 mod cache;
 pub mod extract;
+pub mod token;
 pub mod usage;
 mod verify;
 
@@ -92,11 +95,33 @@ pub struct Principal {
     /// The key's metadata as of the last store read.
     pub key: Arc<Key>,
     /// When the presented secret stops working: set while it is the previous
-    /// secret of a rotation in its grace period, `None` for the current one.
+    /// secret of a rotation in its grace period, `None` for the current one
+    /// (and for access tokens).
     pub secret_valid_until: Option<DateTime<Utc>>,
+    /// Set when the caller presented an access token instead of the key.
+    pub grant: Option<Grant>,
+}
+
+/// What an access token grants: its verified claims and the scopes it
+/// carries now (those granted at login that the key still holds).
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The token's verified claims (`sid` names its session).
+    pub claims: Arc<AccessClaims>,
+    /// The scopes the request may use.
+    pub scopes: Arc<BTreeSet<String>>,
 }
 
 impl Principal {
+    /// The scopes this request may use: the key's, or an access token's
+    /// (possibly narrower).
+    pub fn scopes(&self) -> &BTreeSet<String> {
+        match &self.grant {
+            Some(grant) => &grant.scopes,
+            None => &self.key.scopes,
+        }
+    }
+
     /// The key id (for identity headers, logs and usage counting).
     pub fn key_id(&self) -> &KeyId {
         &self.key.id
@@ -126,6 +151,9 @@ pub enum InvalidReason {
     Throttled,
     /// The previous secret of a rotation, past its grace period.
     GraceOver,
+    /// An access token that does not verify, or whose session or key
+    /// refuses it; the reason names which (`token_expired`, …).
+    Token(&'static str),
 }
 
 impl InvalidReason {
@@ -139,6 +167,7 @@ impl InvalidReason {
             Self::Revoked => "revoked",
             Self::Throttled => "throttled",
             Self::GraceOver => "grace_over",
+            Self::Token(reason) => reason,
         }
     }
 }

@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use super::cache::{AuthCache, Digest, DigestKey, DigestMap, FailureThrottle, Verified};
+use super::token::{TokenAuth, looks_like_jwt};
 use super::{AuthError, AuthFailure, AuthSettings, AuthStats, InvalidReason, Principal};
 use crate::clock::SharedClock;
 use crate::keys::format::{self, KeyFormatError, MAX_KEY_LEN};
@@ -38,6 +39,7 @@ use crate::keys::hash::ScratchPool;
 use crate::keys::{KeyState, SecretString};
 use crate::store::rows::{ACTION_CREATED, ACTION_IMPORTED, ACTION_ROTATED};
 use crate::store::{Candidate, PageRequest, SharedStore, StoreError};
+use crate::token::{SessionId, Tokens};
 
 /// Audit rows read per page while applying the change feed.
 const AUDIT_PAGE: u32 = 500;
@@ -102,6 +104,8 @@ pub struct Authenticator {
     // polls never interleave their cursor updates. Never on the request path.
     last_seq: tokio::sync::Mutex<i64>,
     counters: Counters,
+    /// Access tokens as credentials, when `[tokens]` is on.
+    tokens: Option<TokenAuth>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -123,12 +127,32 @@ impl Authenticator {
         settings: AuthSettings,
         clock: SharedClock,
     ) -> Result<Arc<Self>, StoreError> {
+        Self::start_with_tokens(store, settings, clock, None).await
+    }
+
+    /// [`Authenticator::start`], also accepting the access tokens of
+    /// `tokens` (SPEC §8) as credentials.
+    pub async fn start_with_tokens(
+        store: SharedStore,
+        settings: AuthSettings,
+        clock: SharedClock,
+        tokens: Option<Arc<Tokens>>,
+    ) -> Result<Arc<Self>, StoreError> {
         // The sequence first: an import landing between the two reads is
         // then replayed by the first poll.
         let seq = store.change_seq().await?;
         let prefixes = store.imported_prefixes().await?;
         let to_chrono = |d: StdDuration| Duration::from_std(d).unwrap_or(Duration::MAX);
+        let tokens = tokens.map(|tokens| {
+            TokenAuth::new(
+                tokens,
+                settings.max_entries,
+                to_chrono(settings.cache_ttl),
+                to_chrono(settings.stale_if_error),
+            )
+        });
         Ok(Arc::new(Self {
+            tokens,
             cache_ttl: to_chrono(settings.cache_ttl),
             negative_ttl: to_chrono(settings.negative_ttl),
             stale_if_error: to_chrono(settings.stale_if_error),
@@ -150,8 +174,28 @@ impl Authenticator {
         }))
     }
 
-    /// Authenticates a presented key.
+    /// Authenticates a presented credential: an access token when token
+    /// exchange is on and it has a JWT's shape, else an API key.
     pub async fn authenticate(&self, presented: &SecretString) -> Result<Principal, AuthError> {
+        if let Some(tokens) = &self.tokens {
+            if looks_like_jwt(presented.expose()) {
+                let now = self.clock.now();
+                return tokens
+                    .authenticate(&self.store, presented.expose(), now, &self.counters.store_errors)
+                    .await;
+            }
+        }
+        self.authenticate_key(presented).await
+    }
+
+    /// The token exchange, when `[tokens]` is on.
+    pub fn tokens(&self) -> Option<&Arc<Tokens>> {
+        self.tokens.as_ref().map(TokenAuth::tokens)
+    }
+
+    /// Authenticates a presented API key (never an access token: the token
+    /// exchange takes keys only).
+    pub async fn authenticate_key(&self, presented: &SecretString) -> Result<Principal, AuthError> {
         let presented_key = presented.expose();
         if presented_key.is_empty() || presented_key.len() > MAX_KEY_LEN {
             return Err(AuthError::invalid(InvalidReason::Malformed, None));
@@ -235,6 +279,9 @@ impl Authenticator {
             );
             self.reload_imported_prefixes().await?;
             self.cache.clear();
+            if let Some(tokens) = &self.tokens {
+                tokens.clear();
+            }
             *last = seq;
             return Ok(0);
         }
@@ -251,6 +298,7 @@ impl Authenticator {
                 break;
             };
             let mut key_ids = Vec::with_capacity(page.items.len());
+            let mut session_ids: Vec<SessionId> = Vec::new();
             let mut short_prefixes = Vec::new();
             let mut imported = false;
             for entry in &page.items {
@@ -259,6 +307,11 @@ impl Authenticator {
                 // key's own record: dropping the key's cached entries for it
                 // would cost an argon2 re-check per login on every replica.
                 if action.starts_with(SESSION_ACTION_PREFIX) {
+                    if let Some(id) = entry.details.get("session_id").and_then(|v| v.as_str()) {
+                        if let Ok(id) = id.parse() {
+                            session_ids.push(id);
+                        }
+                    }
                     continue;
                 }
                 key_ids.push(entry.key_id.clone());
@@ -275,6 +328,9 @@ impl Authenticator {
                 self.reload_imported_prefixes().await?;
             }
             self.cache.invalidate(&key_ids, &short_prefixes);
+            if let Some(tokens) = &self.tokens {
+                tokens.invalidate(&key_ids, &session_ids);
+            }
             applied += page.items.len() as u64;
             if let Some(newest_at) = page.items.iter().map(|e| e.at).max() {
                 let lag = (self.clock.now() - newest_at).num_milliseconds().max(0);
@@ -355,6 +411,9 @@ impl Authenticator {
                 let now = self.clock.now();
                 self.cache.sweep(now);
                 self.throttle.sweep(now);
+                if let Some(tokens) = &self.tokens {
+                    tokens.sweep(now);
+                }
                 last_sweep = tokio::time::Instant::now();
             }
         }
@@ -695,6 +754,7 @@ fn admit(verified: &Verified, now: DateTime<Utc>) -> Result<Principal, AuthError
         KeyState::Active => Ok(Principal {
             key: Arc::clone(&verified.key),
             secret_valid_until: verified.secret.valid_until,
+            grant: None,
         }),
         KeyState::Revoked => Err(AuthError::invalid(InvalidReason::Revoked, short)),
         KeyState::Inactive => Err(AuthError::new(AuthFailure::Inactive, short)),

@@ -166,8 +166,8 @@ impl Forwarder {
             if let Some(owner) = &key.owner {
                 insert_lossy(headers, &OWNER, owner);
             }
-            let scopes = key
-                .scopes
+            let scopes = principal
+                .scopes()
                 .iter()
                 .map(String::as_str)
                 .collect::<Vec<_>>()

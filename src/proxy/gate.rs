@@ -16,7 +16,8 @@ use std::sync::Arc;
 use http::request::Parts;
 
 use crate::auth::extract::{CredentialHeaders, Presented};
-use crate::auth::{AuthFailure, Authenticator, Principal};
+use crate::auth::{AuthError, AuthFailure, Authenticator, Principal};
+use crate::keys::Key;
 use crate::policy::path::{NormalizedPath, normalize};
 use crate::policy::routes::{Access, RouteTable};
 use crate::policy::scopes;
@@ -52,6 +53,8 @@ pub struct Decision<'a> {
     pub key_id: Option<Arc<str>>,
     /// The presented key's short prefix, once parsed.
     pub short_prefix: Option<String>,
+    /// The access token's session, when the caller presented one.
+    pub session_id: Option<Arc<str>>,
     /// Why the request was refused (for the log only).
     pub reason: Option<&'static str>,
     /// The plan's tightest window after the rate limiter ran, for the
@@ -140,46 +143,78 @@ impl Gate {
                 return Err(Problem::new(Code::InvalidKey));
             }
         };
-        let principal = match self.authenticator.authenticate(&presented).await {
-            Ok(principal) => principal,
-            Err(error) => {
-                decision.short_prefix = error.short_prefix;
-                let (code, reason) = match error.failure {
-                    AuthFailure::Invalid(why) => (Code::InvalidKey, why.as_str()),
-                    AuthFailure::Inactive => (Code::KeyInactive, "key inactive"),
-                    AuthFailure::Expired => (Code::KeyExpired, "key expired"),
-                    AuthFailure::Unavailable => (Code::AuthUnavailable, "key store unavailable"),
-                };
-                decision.reason = Some(reason);
-                return Err(Problem::new(code));
-            }
-        };
+        let principal = self
+            .authenticator
+            .authenticate(&presented)
+            .await
+            .map_err(|error| refusal(error, decision))?;
         let key = &principal.key;
-        decision.key_id = Some(Arc::from(key.id.as_str()));
-        decision.short_prefix = Some(key.short_prefix.clone());
-        let plan = self.plans.get(&key.plan);
-        if !scopes::plan_allows(plan) {
-            decision.reason = Some("plan without API access");
-            return Err(Problem::new(Code::PlanForbidden));
-        }
-        if let Some(missing) = scopes::first_missing(required, &key.scopes) {
+        identify(decision, &principal);
+        self.check_plan(key, decision)?;
+        if let Some(missing) = scopes::first_missing(required, principal.scopes()) {
             decision.reason = Some("scope missing");
             return Err(Problem::insufficient_scope(missing));
         }
-        if let Some(plan) = plan.filter(|p| !p.unlimited && !p.limits.is_empty()) {
-            let subject = subject(plan, &key.plan, key.id.as_str(), key.owner.as_deref());
-            let verdict = self.limiter.check(&subject, &plan.limits).await;
-            decision.rate = verdict.window().copied();
-            if let Some(retry_after) = verdict.retry_after_secs() {
-                decision.reason = Some("rate limited");
-                return Err(Problem::rate_limited(retry_after));
-            }
-        }
+        self.check_limits(key, decision).await?;
         Ok(Authorized {
             principal: Some(principal),
             path,
         })
     }
+
+    /// `plan_forbidden` unless the key's plan has API access.
+    pub fn check_plan(&self, key: &Key, decision: &mut Decision<'_>) -> Result<(), Problem> {
+        if scopes::plan_allows(self.plans.get(&key.plan)) {
+            Ok(())
+        } else {
+            decision.reason = Some("plan without API access");
+            Err(Problem::new(Code::PlanForbidden))
+        }
+    }
+
+    /// Charges one request to the key's plan limits (the last check: call
+    /// it only once everything else passed). Records the tightest window in
+    /// `decision` for the `RateLimit-*` headers.
+    pub async fn check_limits(&self, key: &Key, decision: &mut Decision<'_>) -> Result<(), Problem> {
+        let Some(plan) = self
+            .plans
+            .get(&key.plan)
+            .filter(|p| !p.unlimited && !p.limits.is_empty())
+        else {
+            return Ok(());
+        };
+        let subject = subject(plan, &key.plan, key.id.as_str(), key.owner.as_deref());
+        let verdict = self.limiter.check(&subject, &plan.limits).await;
+        decision.rate = verdict.window().copied();
+        match verdict.retry_after_secs() {
+            Some(retry_after) => {
+                decision.reason = Some("rate limited");
+                Err(Problem::rate_limited(retry_after))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// The problem answering a refused credential; the reason and short prefix
+/// go to `decision` for the log.
+pub fn refusal(error: AuthError, decision: &mut Decision<'_>) -> Problem {
+    decision.short_prefix = error.short_prefix;
+    let (code, reason) = match error.failure {
+        AuthFailure::Invalid(why) => (Code::InvalidKey, why.as_str()),
+        AuthFailure::Inactive => (Code::KeyInactive, "key inactive"),
+        AuthFailure::Expired => (Code::KeyExpired, "key expired"),
+        AuthFailure::Unavailable => (Code::AuthUnavailable, "key store unavailable"),
+    };
+    decision.reason = Some(reason);
+    Problem::new(code)
+}
+
+/// Records who the caller is for the request log and usage counts.
+pub fn identify(decision: &mut Decision<'_>, principal: &Principal) {
+    decision.key_id = Some(Arc::from(principal.key.id.as_str()));
+    decision.short_prefix = Some(principal.key.short_prefix.clone());
+    decision.session_id = principal.grant.as_ref().map(|g| Arc::from(g.claims.sid.as_str()));
 }
 
 /// Whose counters a request of key `key_id` (owned by `owner`) on `plan`

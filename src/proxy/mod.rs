@@ -12,6 +12,7 @@ use crate::problem::{Problem, ProblemRenderer};
 use crate::ratelimit::{RateLimitHeaders, WindowStatus};
 use crate::telemetry::metrics::Metrics;
 
+pub mod exchange;
 pub mod forward;
 pub mod gate;
 pub mod sniff;
@@ -36,6 +37,8 @@ pub struct ProxyState {
     pub rate_limit_headers: Option<RateLimitHeaderNames>,
     /// Request counts and latencies.
     pub metrics: Arc<Metrics>,
+    /// The token exchange endpoints, when `[tokens]` is on.
+    pub exchange: Option<exchange::Exchange>,
 }
 
 /// The three rate-limit header names in the configured spelling, built once.

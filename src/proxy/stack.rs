@@ -5,17 +5,21 @@
 //!    and a declared body over `server.max_body_bytes` 413, before any work.
 //! 2. **Framing** — `Content-Length` together with `Transfer-Encoding` is a
 //!    smuggling attempt: 400, nothing forwarded (seen by [`super::sniff`]).
-//! 3. **Gate** ([`super::gate`]) — path normalisation (which runs before
+//! 3. **Token exchange** ([`super::exchange`]) — with `[tokens]` on, the
+//!    exchange paths (`/auth/login`, `/auth/refresh`, `/oauth/token`, the
+//!    JWKS) are answered here: they authenticate the key in their body, check
+//!    its plan and charge its rate limits themselves.
+//! 4. **Gate** ([`super::gate`]) — path normalisation (which runs before
 //!    routing, so routing and the upstream see the same path), route
 //!    decision, authentication, plan access, scopes, rate limits (last, so
 //!    a request refused for any other reason costs no allowance). Every
 //!    response to a request that passed the limiter, a 429 included, gets
 //!    the `RateLimit-*` headers of the plan's tightest window.
-//! 4. **Forward** ([`super::forward`]) — only an `Authorized` request; header
+//! 5. **Forward** ([`super::forward`]) — only an `Authorized` request; header
 //!    hygiene, streaming, upstream errors mapped to 502/504.
-//! 5. **Log** — one line per request with method, route, key id, short
+//! 6. **Log** — one line per request with method, route, key id, short
 //!    prefix, decision, status and duration; never a secret.
-//! 6. **Usage and metrics** — a request whose key was identified is counted
+//! 7. **Usage and metrics** — a request whose key was identified is counted
 //!    by outcome in memory ([`crate::auth::usage`]; the store is written off
 //!    this path), and every request by outcome and route, with its latency,
 //!    in [`crate::telemetry::metrics`].
@@ -32,6 +36,7 @@ use super::ProxyState;
 use super::forward::ForwardError;
 use super::gate::Decision;
 use super::sniff::AmbiguousFraming;
+use crate::policy::path::normalize;
 use crate::problem::{Code, Problem};
 
 /// Handles one proxied request end to end; never fails (every failure is a
@@ -67,6 +72,7 @@ pub async fn handle(state: &ProxyState, req: Request<Incoming>, client: SocketAd
             route = decision.route,
             key_id = decision.key_id.as_deref().unwrap_or("-"),
             short_prefix = decision.short_prefix.as_deref().unwrap_or("-"),
+            session_id = decision.session_id.as_deref().unwrap_or("-"),
             decision = outcome,
             reason = decision.reason.unwrap_or("-"),
             status,
@@ -119,13 +125,23 @@ async fn pipeline<'a>(
         );
     }
 
-    // 3. Gate.
+    // 3. Token exchange.
+    if let Some(exchange) = &state.exchange {
+        let endpoint = normalize(parts.uri.path())
+            .ok()
+            .and_then(|path| exchange.endpoint(path.as_str()));
+        if let Some(endpoint) = endpoint {
+            return exchange.handle(state, endpoint, parts, body, decision).await;
+        }
+    }
+
+    // 4. Gate.
     let authorized = match state.gate.check(&parts, decision).await {
         Ok(authorized) => authorized,
         Err(problem) => return state.render(&problem),
     };
 
-    // 4. Forward.
+    // 5. Forward.
     let forwarded_at = Instant::now();
     let forwarded = state.forwarder.forward(authorized, parts, body, client).await;
     decision.upstream = Some(forwarded_at.elapsed());

@@ -1,0 +1,925 @@
+//! The token exchange endpoints (SPEC §8), served on the proxy listener when
+//! `[tokens] enabled = true`:
+//!
+//! - `POST /auth/login` `{"api_key", "session_id"?}` → an access token (the
+//!   same one while it stays valid), a refresh token;
+//! - `POST /auth/refresh` `{"refresh_token"}` → new tokens; the refresh
+//!   token is single-use, and presenting a spent one revokes its session;
+//! - `POST /oauth/token` `grant_type=client_credentials` (RFC 6749 §4.4),
+//!   the key as client secret in the form or in HTTP Basic, `scope` only
+//!   narrowing the key's scopes, errors in RFC 6749 §5.2's shape;
+//! - `GET /.well-known/jwks.json` when an asymmetric signing key is
+//!   configured, so upstreams can verify tokens themselves.
+//!
+//! `/auth/*` answer errors in the gateway's configured shape (`[errors]`),
+//! since they stand in for the login endpoint of the API behind keygate.
+//! Every exchange authenticates the key exactly as the proxy does (cache,
+//! throttle, argon2 off the runtime), refuses plans without API access, and
+//! counts against the key's rate limits like any request. Session rows are
+//! always read from the store, never from a cache (a login or refresh
+//! decides on the current generation), and written conditionally: a lost
+//! race is read again and decided again.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::body::Body;
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use rand::rngs::OsRng;
+use serde_json::{Value, json};
+use tracing::{error, info, warn};
+
+use super::ProxyState;
+use super::gate::{Decision, identify, refusal};
+use crate::auth::token::{record_from_session, session_from_record, store_reason};
+use crate::auth::{AuthFailure, Principal};
+use crate::clock::SharedClock;
+use crate::keys::{Key, KeyState, SecretString};
+use crate::problem::{Code, Problem};
+use crate::store::{Actor, SessionWrite, SharedStore, StoreError};
+use crate::token::claims::format_scope;
+use crate::token::{
+    AccessClaims, LoginRequest, PresentedRefreshToken, Redemption, RevokeReason, Tokens, narrow_scopes,
+};
+
+/// Largest request body an exchange endpoint reads.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Longest a client may take to send an exchange request's body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest `session_id` a client may choose, in bytes.
+pub const MAX_SESSION_ID_BYTES: usize = 128;
+/// `session_id`s starting with this are `/oauth/token`'s (one session per
+/// key and scope set), so a login cannot collide with them.
+const OAUTH_SESSION_PREFIX: &str = "oauth:";
+/// Times a login or refresh re-reads and re-decides after losing a race
+/// with another writer of the same session before giving up with 503.
+const MAX_ATTEMPTS: usize = 5;
+
+/// One of the exchange endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /auth/login`.
+    Login,
+    /// `POST /auth/refresh`.
+    Refresh,
+    /// `POST /oauth/token`.
+    OAuthToken,
+    /// `GET /.well-known/jwks.json`.
+    Jwks,
+}
+
+impl Endpoint {
+    /// The route label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Login => "POST /auth/login",
+            Self::Refresh => "POST /auth/refresh",
+            Self::OAuthToken => "POST /oauth/token",
+            Self::Jwks => "GET /.well-known/jwks.json",
+        }
+    }
+
+    fn allows(self, method: &Method) -> bool {
+        match self {
+            Self::Jwks => method == Method::GET || method == Method::HEAD,
+            _ => method == Method::POST,
+        }
+    }
+
+    fn allow_header(self) -> &'static str {
+        match self {
+            Self::Jwks => "GET, HEAD",
+            _ => "POST",
+        }
+    }
+}
+
+/// The token exchange, built once in `app` when `[tokens]` is on.
+#[derive(Debug)]
+pub struct Exchange {
+    tokens: std::sync::Arc<Tokens>,
+    store: SharedStore,
+    clock: SharedClock,
+    /// The JWK Set document, when there are public keys to publish.
+    jwks: Option<Bytes>,
+}
+
+/// A token response's parts.
+struct Issued {
+    access: String,
+    expires_in: u64,
+    refresh: Option<String>,
+    scope: BTreeSet<String>,
+}
+
+/// Why an exchange failed, before it is rendered in the endpoint's shape.
+#[derive(Debug)]
+enum Failure {
+    /// A gateway problem (`/auth/*` render it as configured).
+    Problem(Problem),
+    /// An RFC 6749 §5.2 error (`/oauth/token`).
+    OAuth(OAuthError),
+}
+
+impl From<Problem> for Failure {
+    fn from(problem: Problem) -> Self {
+        Self::Problem(problem)
+    }
+}
+
+/// An RFC 6749 §5.2 error response, tagged with the SPEC code its outcome
+/// is counted under.
+#[derive(Debug)]
+struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+    code: Code,
+    retry_after: Option<u64>,
+}
+
+impl OAuthError {
+    fn new(status: StatusCode, error: &'static str, description: impl Into<String>, code: Code) -> Self {
+        Self {
+            status,
+            error,
+            description: description.into(),
+            code,
+            retry_after: None,
+        }
+    }
+
+    fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            description,
+            Code::BadRequest,
+        )
+    }
+
+    fn invalid_client(description: impl Into<String>, code: Code) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_client", description, code)
+    }
+
+    /// The OAuth shape of a gateway problem met on the way (store down,
+    /// rate limited, a failure inside the gateway).
+    fn from_problem(problem: &Problem) -> Self {
+        let (status, error, description) = match problem.code {
+            Code::AuthUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "The key cannot be checked right now. Retry shortly.",
+            ),
+            Code::RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "This key has exceeded its plan's rate limit. Retry after the number of seconds in Retry-After.",
+            ),
+            Code::PlanForbidden => (
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                "This key's plan does not include API access.",
+            ),
+            Code::InvalidKey | Code::KeyInactive | Code::KeyExpired => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Client authentication failed: the client secret must be an active API key whose id is the client_id.",
+            ),
+            Code::BadRequest | Code::PayloadTooLarge => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "The request is malformed.",
+            ),
+            _ => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "The gateway failed to handle this request. Retry shortly.",
+            ),
+        };
+        let description = match (&problem.message, problem.code) {
+            (Some(message), Code::BadRequest | Code::PayloadTooLarge) => message.to_string(),
+            _ => description.to_owned(),
+        };
+        Self {
+            status,
+            error,
+            description,
+            code: problem.code,
+            retry_after: problem.retry_after,
+        }
+    }
+}
+
+impl Exchange {
+    /// The exchange over `store`, signing with `tokens`.
+    pub fn new(tokens: std::sync::Arc<Tokens>, store: SharedStore, clock: SharedClock) -> Self {
+        let jwks = tokens
+            .keys()
+            .has_public_keys()
+            .then(|| Bytes::from(tokens.jwks().to_string()));
+        Self {
+            tokens,
+            store,
+            clock,
+            jwks,
+        }
+    }
+
+    /// The endpoint served at `path` (the normalised request path), if any.
+    /// Only exact paths match; the JWKS path only when keys are published.
+    pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
+        match path {
+            "/auth/login" => Some(Endpoint::Login),
+            "/auth/refresh" => Some(Endpoint::Refresh),
+            "/oauth/token" => Some(Endpoint::OAuthToken),
+            "/.well-known/jwks.json" if self.jwks.is_some() => Some(Endpoint::Jwks),
+            _ => None,
+        }
+    }
+
+    /// Answers a request for `endpoint`.
+    pub async fn handle<'a>(
+        &'a self,
+        state: &'a ProxyState,
+        endpoint: Endpoint,
+        parts: Parts,
+        body: Incoming,
+        decision: &mut Decision<'a>,
+    ) -> Response<Body> {
+        decision.route = endpoint.label();
+        if !endpoint.allows(&parts.method) {
+            decision.reason = Some("method not allowed");
+            let problem = Problem::new(Code::BadRequest).with_message(format!(
+                "{} accepts only {}.",
+                endpoint.label().split_once(' ').map_or("", |(_, path)| path),
+                endpoint.allow_header()
+            ));
+            let mut response = match endpoint {
+                Endpoint::OAuthToken => oauth_error(&OAuthError::invalid_request(
+                    problem.message.clone().unwrap_or_default(),
+                )),
+                _ => state.render(&problem),
+            };
+            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(endpoint.allow_header()));
+            return response;
+        }
+        let outcome = match endpoint {
+            Endpoint::Jwks => return self.jwks(),
+            Endpoint::Login => self.login(state, body, decision).await,
+            Endpoint::Refresh => self.refresh(state, body, decision).await,
+            Endpoint::OAuthToken => self.client_credentials(state, &parts, body, decision).await,
+        };
+        match outcome {
+            Ok(issued) => token_response(&issued, endpoint == Endpoint::OAuthToken),
+            Err(Failure::Problem(problem)) => {
+                if endpoint == Endpoint::OAuthToken {
+                    oauth_error(&OAuthError::from_problem(&problem))
+                } else {
+                    state.render(&problem)
+                }
+            }
+            Err(Failure::OAuth(e)) => oauth_error(&e),
+        }
+    }
+
+    fn jwks(&self) -> Response<Body> {
+        let body = self.jwks.clone().unwrap_or_default();
+        let mut response = Response::new(Body::from(body));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=300"),
+        );
+        response
+    }
+
+    /// `POST /auth/login`.
+    async fn login(
+        &self,
+        state: &ProxyState,
+        body: Incoming,
+        decision: &mut Decision<'_>,
+    ) -> Result<Issued, Failure> {
+        let body = read_json(body, decision).await?;
+        let api_key = required_string(&body, "api_key", decision)?;
+        let session_id = match body.get("session_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(check_session_id(s, decision)?),
+            Some(_) => return Err(bad_field(decision, "session_id must be a string.")),
+        };
+        let principal = self.key_principal(state, api_key, false, decision).await?;
+        let key = &principal.key;
+        state.gate.check_plan(key, decision)?;
+        state.gate.check_limits(key, decision).await?;
+        let request = LoginRequest {
+            key_id: key.id.clone(),
+            client_session: session_id,
+            scopes: key.scopes.clone(),
+        };
+        self.open_session(request, decision, true).await
+    }
+
+    /// `POST /oauth/token` with `grant_type=client_credentials`.
+    async fn client_credentials(
+        &self,
+        state: &ProxyState,
+        parts: &Parts,
+        body: Incoming,
+        decision: &mut Decision<'_>,
+    ) -> Result<Issued, Failure> {
+        let form_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase());
+        if form_type.as_deref() != Some("application/x-www-form-urlencoded") {
+            decision.reason = Some("token request not form-encoded");
+            return Err(Failure::OAuth(OAuthError::invalid_request(
+                "Send the token request as application/x-www-form-urlencoded (RFC 6749 §4.4.2).",
+            )));
+        }
+        let bytes = read_body(body, decision).await?;
+        let form = parse_form(&bytes).map_err(|e| {
+            decision.reason = Some("bad token request form");
+            Failure::OAuth(e)
+        })?;
+        let grant_type = form.get("grant_type").ok_or_else(|| {
+            decision.reason = Some("no grant_type");
+            Failure::OAuth(OAuthError::invalid_request(
+                "The grant_type parameter is required: use grant_type=client_credentials.",
+            ))
+        })?;
+        if grant_type != "client_credentials" {
+            decision.reason = Some("unsupported grant_type");
+            return Err(Failure::OAuth(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "Only grant_type=client_credentials is supported.",
+                Code::BadRequest,
+            )));
+        }
+        let (client_id, secret) = client_credentials_of(parts, &form).map_err(|e| {
+            decision.reason = Some("bad client authentication");
+            Failure::OAuth(e)
+        })?;
+        let principal = self.key_principal(state, secret, true, decision).await?;
+        let key = &principal.key;
+        if key.id.as_str() != client_id {
+            decision.reason = Some("client_id is not the key's id");
+            return Err(Failure::OAuth(OAuthError::invalid_client(
+                "Client authentication failed: the client_id must be the id of the key sent as client secret.",
+                Code::InvalidKey,
+            )));
+        }
+        state.gate.check_plan(key, decision)?;
+        let scopes = narrow_scopes(&key.scopes, form.get("scope")).map_err(|e| {
+            decision.reason = Some("scope not granted");
+            Failure::OAuth(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                format!("{e}. The scope parameter may only name scopes the key holds."),
+                Code::InsufficientScope,
+            ))
+        })?;
+        state.gate.check_limits(key, decision).await?;
+        let request = LoginRequest {
+            key_id: key.id.clone(),
+            client_session: Some(format!("{OAUTH_SESSION_PREFIX}{}", format_scope(&scopes))),
+            scopes,
+        };
+        self.open_session(request, decision, false).await
+    }
+
+    /// `POST /auth/refresh`.
+    async fn refresh(
+        &self,
+        state: &ProxyState,
+        body: Incoming,
+        decision: &mut Decision<'_>,
+    ) -> Result<Issued, Failure> {
+        let body = read_json(body, decision).await?;
+        let presented = required_string(&body, "refresh_token", decision)?;
+        let presented: PresentedRefreshToken = presented.expose().parse().map_err(|e| {
+            decision.reason = Some("refresh token malformed");
+            info!(error = %e, "refresh refused");
+            bad_refresh()
+        })?;
+        decision.session_id = Some(presented.session_id().as_str().into());
+        let mut charged = false;
+        for _ in 0..MAX_ATTEMPTS {
+            let now = self.clock.now();
+            let row = self
+                .store
+                .session(presented.session_id().as_str())
+                .await
+                .map_err(|e| store_failed(&e, decision))?;
+            let Some(row) = row else {
+                decision.reason = Some("refresh token's session unknown");
+                return Err(bad_refresh());
+            };
+            let session = session_from_record(row).map_err(|e| store_failed(&e, decision))?;
+            let key = match self.store.get_key(&session.key_id).await {
+                Ok(key) => key,
+                Err(StoreError::NotFound(_)) => {
+                    decision.reason = Some("refresh token's key unknown");
+                    return Err(bad_refresh());
+                }
+                Err(e) => return Err(store_failed(&e, decision)),
+            };
+            decision.key_id = Some(key.id.as_str().into());
+            decision.short_prefix = Some(key.short_prefix.clone());
+            check_key_state(&key, now, decision)?;
+            if !charged {
+                state.gate.check_plan(&key, decision)?;
+                state.gate.check_limits(&key, decision).await?;
+                charged = true;
+            }
+            let redemption = self
+                .tokens
+                .policy()
+                .redeem(&session, &presented, &key.scopes, now, &mut OsRng)
+                .map_err(|e| {
+                    decision.reason = Some("refresh token refused");
+                    info!(error = %e, key_id = %key.id, "refresh refused");
+                    bad_refresh()
+                })?;
+            match redemption {
+                Redemption::Rotated(rotation) => {
+                    let record = record_from_session(&rotation.session);
+                    let written = self
+                        .store
+                        .save_session(
+                            &record,
+                            Some(rotation.previous_generation),
+                            None,
+                            &Actor::key(&key.id),
+                        )
+                        .await
+                        .map_err(|e| store_failed(&e, decision))?;
+                    if written == SessionWrite::Conflict {
+                        // Another redemption of the same token won: reading
+                        // again makes this one reuse.
+                        continue;
+                    }
+                    let access = self.sign(&rotation.access, decision)?;
+                    return Ok(Issued {
+                        expires_in: Tokens::expires_in(&rotation.access, now),
+                        scope: rotation.access.scope.clone(),
+                        access,
+                        refresh: Some(rotation.refresh_token.expose().to_owned()),
+                    });
+                }
+                Redemption::ReuseDetected {
+                    revoked,
+                    presented_generation,
+                } => {
+                    let reason = revoked.revoked_reason.unwrap_or(RevokeReason::RefreshReuse);
+                    self.store
+                        .revoke_session(
+                            revoked.id.as_str(),
+                            store_reason(reason),
+                            now,
+                            &Actor::key(&key.id),
+                        )
+                        .await
+                        .map_err(|e| store_failed(&e, decision))?;
+                    warn!(
+                        session_id = %revoked.id,
+                        key_id = %key.id,
+                        presented_generation,
+                        current_generation = session.refresh_generation,
+                        "a spent refresh token was presented again; the session is revoked (possible token theft)"
+                    );
+                    decision.reason = Some("refresh token reused: session revoked");
+                    return Err(bad_refresh());
+                }
+            }
+        }
+        Err(contended(decision))
+    }
+
+    /// Authenticates the API key of a login or client-credentials grant
+    /// (never an access token) and records who it is. `oauth`: refusals are
+    /// RFC 6749 `invalid_client`.
+    async fn key_principal(
+        &self,
+        state: &ProxyState,
+        presented: SecretString,
+        oauth: bool,
+        decision: &mut Decision<'_>,
+    ) -> Result<Principal, Failure> {
+        let principal = state
+            .gate
+            .authenticator()
+            .authenticate_key(&presented)
+            .await
+            .map_err(|e| {
+                let unavailable = e.failure == AuthFailure::Unavailable;
+                let problem = refusal(e, decision);
+                if unavailable {
+                    Failure::Problem(problem)
+                } else if oauth {
+                    Failure::OAuth(OAuthError::invalid_client(
+                        "Client authentication failed: the client secret must be an active API key whose id is the client_id.",
+                        problem.code,
+                    ))
+                } else {
+                    Failure::Problem(problem)
+                }
+            })?;
+        identify(decision, &principal);
+        Ok(principal)
+    }
+
+    /// Opens or continues the session of `request` and issues its tokens.
+    async fn open_session(
+        &self,
+        request: LoginRequest,
+        decision: &mut Decision<'_>,
+        with_refresh: bool,
+    ) -> Result<Issued, Failure> {
+        let actor = Actor::key(&request.key_id);
+        for _ in 0..MAX_ATTEMPTS {
+            let now = self.clock.now();
+            let existing = self
+                .store
+                .session_for(&request.key_id, request.client_session.as_deref())
+                .await
+                .and_then(|row| row.map(session_from_record).transpose())
+                .map_err(|e| store_failed(&e, decision))?;
+            let login = self
+                .tokens
+                .policy()
+                .login(existing.as_ref(), request.clone(), now, &mut OsRng);
+            let record = record_from_session(&login.session);
+            let written = self
+                .store
+                .save_session(
+                    &record,
+                    login.previous_generation,
+                    login.replaces.as_ref().map(|id| id.as_str()),
+                    &actor,
+                )
+                .await
+                .map_err(|e| store_failed(&e, decision))?;
+            if written == SessionWrite::Conflict {
+                continue;
+            }
+            decision.session_id = Some(login.session.id.as_str().into());
+            let access = self.sign(&login.access, decision)?;
+            return Ok(Issued {
+                expires_in: Tokens::expires_in(&login.access, now),
+                scope: login.access.scope.clone(),
+                access,
+                refresh: with_refresh.then(|| login.refresh_token.expose().to_owned()),
+            });
+        }
+        Err(contended(decision))
+    }
+
+    fn sign(&self, claims: &AccessClaims, decision: &mut Decision<'_>) -> Result<String, Failure> {
+        match self.tokens.sign(claims) {
+            Ok(token) => Ok(token.expose().to_owned()),
+            Err(e) => {
+                error!(error = %e, "cannot sign an access token");
+                decision.reason = Some("signing failed");
+                Err(Problem::new(Code::InternalError).into())
+            }
+        }
+    }
+}
+
+/// `invalid_key` for a refresh token that cannot be redeemed (every cause
+/// reads alike to the client; the log has the cause).
+fn bad_refresh() -> Failure {
+    Problem::new(Code::InvalidKey)
+        .with_message("The refresh token is not valid: it may have expired or been used already. Log in again with your API key.")
+        .into()
+}
+
+fn store_failed(e: &StoreError, decision: &mut Decision<'_>) -> Failure {
+    match e {
+        StoreError::Unavailable(_) => warn!(error = %e, "token exchange: key store unavailable"),
+        _ => error!(error = %e, "token exchange: key store error"),
+    }
+    decision.reason = Some("key store unavailable");
+    Problem::new(Code::AuthUnavailable).into()
+}
+
+fn contended(decision: &mut Decision<'_>) -> Failure {
+    warn!("token exchange: gave up after repeated concurrent changes to one session");
+    decision.reason = Some("session contended");
+    Problem::new(Code::AuthUnavailable).into()
+}
+
+/// The key behind a refresh token must still be usable.
+fn check_key_state(
+    key: &Key,
+    now: chrono::DateTime<chrono::Utc>,
+    decision: &mut Decision<'_>,
+) -> Result<(), Failure> {
+    let (code, reason) = match key.state_at(now) {
+        KeyState::Active => return Ok(()),
+        KeyState::Revoked => (Code::InvalidKey, "revoked"),
+        KeyState::Inactive => (Code::KeyInactive, "key inactive"),
+        KeyState::Expired => (Code::KeyExpired, "key expired"),
+    };
+    decision.reason = Some(reason);
+    Err(Problem::new(code).into())
+}
+
+/// Reads the body, up to [`MAX_BODY_BYTES`] and within [`BODY_TIMEOUT`].
+async fn read_body(body: Incoming, decision: &mut Decision<'_>) -> Result<Bytes, Failure> {
+    let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await;
+    match collected {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            decision.reason = Some("exchange body too large");
+            Err(Problem::new(Code::PayloadTooLarge)
+                .with_message(format!(
+                    "The body of a token request may be at most {MAX_BODY_BYTES} bytes."
+                ))
+                .into())
+        }
+        Ok(Err(_)) => {
+            decision.reason = Some("exchange body unreadable");
+            Err(Problem::new(Code::BadRequest)
+                .with_message("The request body could not be read.")
+                .into())
+        }
+        Err(_) => {
+            decision.reason = Some("exchange body too slow");
+            Err(Problem::new(Code::BadRequest)
+                .with_message("The request body did not arrive in time.")
+                .into())
+        }
+    }
+}
+
+/// The body as a JSON object.
+async fn read_json(
+    body: Incoming,
+    decision: &mut Decision<'_>,
+) -> Result<serde_json::Map<String, Value>, Failure> {
+    let bytes = read_body(body, decision).await?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(bad_field(decision, "The body must be a JSON object.")),
+    }
+}
+
+fn bad_field(decision: &mut Decision<'_>, message: &'static str) -> Failure {
+    decision.reason = Some("bad token request body");
+    Problem::new(Code::BadRequest).with_message(message).into()
+}
+
+/// A required string member, taken as a secret (API keys and refresh
+/// tokens never reach a log or an error body).
+fn required_string(
+    body: &serde_json::Map<String, Value>,
+    name: &'static str,
+    decision: &mut Decision<'_>,
+) -> Result<SecretString, Failure> {
+    match body.get(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(SecretString::new(s.clone())),
+        _ => {
+            decision.reason = Some("bad token request body");
+            Err(Problem::new(Code::BadRequest)
+                .with_message(format!(
+                    "The body must be a JSON object with a non-empty string '{name}'."
+                ))
+                .into())
+        }
+    }
+}
+
+/// A client's `session_id`: 1–128 bytes, no control characters, not in
+/// `/oauth/token`'s reserved space.
+fn check_session_id(s: &str, decision: &mut Decision<'_>) -> Result<String, Failure> {
+    if s.is_empty() || s.len() > MAX_SESSION_ID_BYTES || s.chars().any(char::is_control) {
+        return Err(bad_field(
+            decision,
+            "session_id must be 1 to 128 bytes of text without control characters.",
+        ));
+    }
+    if s.starts_with(OAUTH_SESSION_PREFIX) {
+        return Err(bad_field(
+            decision,
+            "session_id values starting with 'oauth:' are reserved for /oauth/token.",
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// A token request's form parameters; each may appear once (RFC 6749 §3.2).
+#[derive(Debug, Default)]
+struct Form(Vec<(String, String)>);
+
+impl Form {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+fn parse_form(bytes: &[u8]) -> Result<Form, OAuthError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes).map_err(|_| {
+        OAuthError::invalid_request("The body is not a valid form (application/x-www-form-urlencoded).")
+    })?;
+    let mut seen: Vec<&str> = Vec::with_capacity(pairs.len());
+    for (name, _) in &pairs {
+        if seen.contains(&name.as_str()) {
+            // The name is the client's; keep it short and printable.
+            let shown: String = name.chars().filter(|c| !c.is_control()).take(40).collect();
+            return Err(OAuthError::invalid_request(format!(
+                "The parameter '{shown}' appears more than once."
+            )));
+        }
+        seen.push(name);
+    }
+    Ok(Form(pairs))
+}
+
+/// The client id and secret, from HTTP Basic or the form (exactly one).
+fn client_credentials_of(parts: &Parts, form: &Form) -> Result<(String, SecretString), OAuthError> {
+    let basic = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(|value| parse_basic(value.as_bytes()))
+        .transpose()?
+        .flatten();
+    let in_form = form.get("client_secret").is_some();
+    match (basic, in_form) {
+        (Some(_), true) => Err(OAuthError::invalid_request(
+            "Send the client credentials once: in the Authorization header or in the form, not both.",
+        )),
+        (Some(credentials), false) => {
+            if form.get("client_id").is_some_and(|id| id != credentials.0) {
+                return Err(OAuthError::invalid_request(
+                    "The client_id parameter differs from the client id in the Authorization header.",
+                ));
+            }
+            Ok(credentials)
+        }
+        (None, true) => {
+            let Some(id) = form.get("client_id") else {
+                return Err(OAuthError::invalid_request(
+                    "The client_id parameter is required with client_secret: it is the key's id.",
+                ));
+            };
+            let secret = form.get("client_secret").unwrap_or_default();
+            if secret.is_empty() {
+                return Err(OAuthError::invalid_client(
+                    "Client authentication failed: client_secret is empty.",
+                    Code::MissingCredentials,
+                ));
+            }
+            Ok((id.to_owned(), SecretString::new(secret.to_owned())))
+        }
+        (None, false) => Err(OAuthError::invalid_client(
+            "Client authentication is required: HTTP Basic with the key id and the API key, or client_id and client_secret in the form.",
+            Code::MissingCredentials,
+        )),
+    }
+}
+
+/// HTTP Basic credentials (RFC 7617), each part form-decoded as RFC 6749
+/// §2.3.1 asks. `None` for another scheme (that header is then not client
+/// authentication).
+fn parse_basic(value: &[u8]) -> Result<Option<(String, SecretString)>, OAuthError> {
+    let value = std::str::from_utf8(value).map_err(|_| malformed_basic())?.trim();
+    let Some((scheme, encoded)) = value.split_once(' ') else {
+        return Ok(None);
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(None);
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| malformed_basic())?;
+    let decoded = zeroize::Zeroizing::new(decoded);
+    let text = std::str::from_utf8(&decoded).map_err(|_| malformed_basic())?;
+    let (id, secret) = text.split_once(':').ok_or_else(malformed_basic)?;
+    let id = form_decode(id)?;
+    let secret = SecretString::new(form_decode(secret)?);
+    if id.is_empty() || secret.expose().is_empty() {
+        return Err(OAuthError::invalid_client(
+            "Client authentication failed: the client id and secret must not be empty.",
+            Code::MissingCredentials,
+        ));
+    }
+    Ok(Some((id, secret)))
+}
+
+fn form_decode(part: &str) -> Result<String, OAuthError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(&format!("v={}", part.replace('&', "%26").replace('=', "%3D")))
+            .map_err(|_| malformed_basic())?;
+    Ok(pairs.into_iter().next().map(|(_, v)| v).unwrap_or_default())
+}
+
+fn malformed_basic() -> OAuthError {
+    OAuthError::invalid_client(
+        "Client authentication failed: the Authorization header is not valid HTTP Basic (base64 of client_id:client_secret).",
+        Code::InvalidKey,
+    )
+}
+
+/// A successful token response (RFC 6749 §5.1): JSON, never cached.
+fn token_response(issued: &Issued, oauth: bool) -> Response<Body> {
+    let mut body = json!({
+        "access_token": issued.access,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+    });
+    if let Some(refresh) = &issued.refresh {
+        body["refresh_token"] = Value::String(refresh.clone());
+    }
+    if oauth || !issued.scope.is_empty() {
+        body["scope"] = Value::String(format_scope(&issued.scope));
+    }
+    json_response(StatusCode::OK, &body)
+}
+
+/// An RFC 6749 §5.2 error response, tagged with its SPEC code.
+fn oauth_error(e: &OAuthError) -> Response<Body> {
+    let mut response = json_response(
+        e.status,
+        &json!({ "error": e.error, "error_description": e.description }),
+    );
+    let headers = response.headers_mut();
+    if e.status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"keygate\", charset=\"UTF-8\""),
+        );
+    }
+    if let Some(retry_after) = e.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    }
+    response.extensions_mut().insert(e.code);
+    response
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwt_shaped_values_and_form_parsing() {
+        let form = parse_form(b"grant_type=client_credentials&scope=read+write").unwrap();
+        assert_eq!(form.get("grant_type"), Some("client_credentials"));
+        assert_eq!(form.get("scope"), Some("read write"));
+        let dup = parse_form(b"scope=a&scope=b").unwrap_err();
+        assert_eq!(dup.error, "invalid_request");
+        assert!(dup.description.contains("'scope'"), "{}", dup.description);
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let encoded = base64::engine::general_purpose::STANDARD.encode("key_01%3Ax:s%2Bcret+x");
+        let (id, secret) = parse_basic(format!("Basic {encoded}").as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(id, "key_01:x");
+        assert_eq!(secret.expose(), "s+cret x");
+        assert!(
+            parse_basic(b"Bearer abc").unwrap().is_none(),
+            "another scheme is not Basic"
+        );
+        assert_eq!(parse_basic(b"Basic !!!").unwrap_err().error, "invalid_client");
+        let no_colon = base64::engine::general_purpose::STANDARD.encode("justanid");
+        assert!(parse_basic(format!("basic {no_colon}").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn session_ids_are_bounded_and_oauth_ones_reserved() {
+        let mut decision = Decision::default();
+        assert_eq!(check_session_id("phone-1", &mut decision).unwrap(), "phone-1");
+        assert!(check_session_id("", &mut decision).is_err());
+        assert!(check_session_id(&"x".repeat(129), &mut decision).is_err());
+        assert!(check_session_id("a\nb", &mut decision).is_err());
+        assert!(check_session_id("oauth:read", &mut decision).is_err());
+    }
+}
