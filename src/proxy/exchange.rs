@@ -846,7 +846,9 @@ fn token_response(issued: &Issued, oauth: bool) -> Response<Body> {
     if let Some(refresh) = &issued.refresh {
         body["refresh_token"] = Value::String(refresh.clone());
     }
-    if oauth || !issued.scope.is_empty() {
+    // SPEC §8's login and refresh answers have exactly the four members;
+    // RFC 6749 §5.1 wants `scope` when it may differ from the request.
+    if oauth {
         body["scope"] = Value::String(format_scope(&issued.scope));
     }
     json_response(StatusCode::OK, &body)

@@ -111,7 +111,7 @@ impl fmt::Debug for TokenDigest {
 }
 
 /// Why a presented refresh token was refused. The `/auth/refresh` handler
-/// answers RFC 6749 `invalid_grant` for all of them and logs the variant.
+/// answers 401 `invalid_key` for all of them and logs the variant.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum RefreshError {
     /// Not a refresh token of our format (or over the length cap).

@@ -259,7 +259,7 @@ pub enum Redemption {
     Rotated(Box<Rotation>),
     /// A genuine but spent token of this session: theft is likely. Write
     /// `revoked` (its `revoked_at` is set) unconditionally and announce it,
-    /// then answer `invalid_grant` like any refusal.
+    /// then answer `invalid_key` like any refusal.
     ReuseDetected {
         /// The session, revoked.
         revoked: Box<Session>,
@@ -379,7 +379,7 @@ impl SessionPolicy {
     /// stored under `presented.session_id()`; a missing row is the caller's
     /// [`RefreshError::UnknownSession`]) at `now`. `key_scopes` are the
     /// key's current scopes; the caller has already checked that the key is
-    /// active and unexpired (else `invalid_grant` without calling this).
+    /// active and unexpired (else the key's own refusal without calling this).
     ///
     /// In order: a token without the session's family secret is refused and
     /// changes nothing (an outsider knowing the session id cannot revoke

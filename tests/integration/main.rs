@@ -22,3 +22,4 @@ mod ratelimit;
 mod replicas;
 mod serve_binary;
 mod support;
+mod tokens;

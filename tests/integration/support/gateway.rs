@@ -233,6 +233,12 @@ impl TestGateway {
             .unwrap()
     }
 
+    /// The manual clock's time, in Unix seconds.
+    pub fn clock_now(&self) -> i64 {
+        use keygate::clock::Clock as _;
+        self.clock.now().timestamp()
+    }
+
     /// The plan new keys get by default (`keys.default_plan`).
     pub fn manager_default_plan(&self) -> String {
         self.default_plan.clone()
