@@ -35,7 +35,7 @@ use crate::proxy::exchange::Exchange;
 use crate::proxy::forward::{ForwardSettings, Forwarder};
 use crate::proxy::gate::Gate;
 use crate::proxy::sniff::{AmbiguousFraming, Observed, Verdicts};
-use crate::proxy::{ProxyState, RateLimitHeaderNames};
+use crate::proxy::{Peer, ProxyState, RateLimitHeaderNames};
 use crate::ratelimit::{RateLimitError, RateLimiter};
 use crate::store::{self, SharedStore, StoreError, redact_url};
 use crate::telemetry::metrics::{Metrics, MetricsError};
@@ -331,6 +331,7 @@ async fn serve_proxy(
                 };
                 let _ = stream.set_nodelay(true);
                 let state = Arc::clone(&state);
+                let peer = Arc::new(Peer::new(client));
                 let verdicts = Verdicts::new();
                 let io = TokioIo::new(Observed::new(stream, Arc::clone(&verdicts)));
                 let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
@@ -340,7 +341,8 @@ async fn serve_proxy(
                         req.extensions_mut().insert(AmbiguousFraming);
                     }
                     let state = Arc::clone(&state);
-                    async move { Ok::<_, Infallible>(state.handle(req, client).await) }
+                    let peer = Arc::clone(&peer);
+                    async move { Ok::<_, Infallible>(state.handle(req, &peer).await) }
                 });
                 let connection = builder.serve_connection(io, service).into_owned();
                 let connection = graceful.watch(connection);

@@ -121,6 +121,8 @@ pub(super) struct Verified {
     /// hash let a refresh recognise it without argon2; its `valid_until`
     /// ends a rotation grace).
     pub(super) secret: Arc<SecretRecord>,
+    /// The key's identity (log fields, upstream headers), built once.
+    pub(super) identity: Arc<super::Identity>,
 }
 
 struct Entry {
@@ -605,6 +607,7 @@ mod tests {
             valid_until: None,
         };
         Verified {
+            identity: Arc::new(crate::auth::Identity::of(&key)),
             key: Arc::new(key),
             secret: Arc::new(secret),
         }

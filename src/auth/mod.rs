@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use http::HeaderValue;
 use thiserror::Error;
 
 use crate::keys::{Key, KeyId};
@@ -100,6 +101,50 @@ pub struct Principal {
     pub secret_valid_until: Option<DateTime<Utc>>,
     /// Set when the caller presented an access token instead of the key.
     pub grant: Option<Grant>,
+    /// The key's identity as logs and the upstream see it, built once per
+    /// cached key.
+    pub identity: Arc<Identity>,
+}
+
+/// A key's identity as the request log, usage counts and the upstream's
+/// identity headers (SPEC §6) name it, built once when the key is cached
+/// so a request copies nothing. A header is `None` when the stored value
+/// is not a legal header value (it is then left out).
+#[derive(Debug)]
+pub struct Identity {
+    /// The key id.
+    pub key_id: Arc<str>,
+    /// The key's public short prefix.
+    pub short_prefix: Arc<str>,
+    /// `X-Keygate-Key-Id`.
+    pub key_id_header: Option<HeaderValue>,
+    /// `X-Keygate-Owner`, when the key has an owner.
+    pub owner_header: Option<HeaderValue>,
+    /// `X-Keygate-Scopes`: the key's scopes, comma-separated.
+    pub scopes_header: Option<HeaderValue>,
+    /// `X-Keygate-Plan`.
+    pub plan_header: Option<HeaderValue>,
+}
+
+impl Identity {
+    /// The identity of `key`.
+    pub fn of(key: &Key) -> Self {
+        let header = |value: &str| HeaderValue::from_bytes(value.as_bytes()).ok();
+        Self {
+            key_id: Arc::from(key.id.as_str()),
+            short_prefix: Arc::from(key.short_prefix.as_str()),
+            key_id_header: header(key.id.as_str()),
+            owner_header: key.owner.as_deref().and_then(header),
+            scopes_header: scopes_header(&key.scopes),
+            plan_header: header(&key.plan),
+        }
+    }
+}
+
+/// `X-Keygate-Scopes` for `scopes`: comma-separated.
+pub fn scopes_header(scopes: &BTreeSet<String>) -> Option<HeaderValue> {
+    let joined = scopes.iter().map(String::as_str).collect::<Vec<_>>().join(",");
+    HeaderValue::from_bytes(joined.as_bytes()).ok()
 }
 
 /// What an access token grants: its verified claims and the scopes it
@@ -110,6 +155,8 @@ pub struct Grant {
     pub claims: Arc<AccessClaims>,
     /// The scopes the request may use.
     pub scopes: Arc<BTreeSet<String>>,
+    /// `X-Keygate-Scopes` for them.
+    pub scopes_header: Option<HeaderValue>,
 }
 
 impl Principal {
@@ -119,6 +166,14 @@ impl Principal {
         match &self.grant {
             Some(grant) => &grant.scopes,
             None => &self.key.scopes,
+        }
+    }
+
+    /// `X-Keygate-Scopes` for [`Principal::scopes`].
+    pub fn scopes_header(&self) -> Option<&HeaderValue> {
+        match &self.grant {
+            Some(grant) => grant.scopes_header.as_ref(),
+            None => self.identity.scopes_header.as_ref(),
         }
     }
 

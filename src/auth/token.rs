@@ -33,7 +33,7 @@ use chrono::{DateTime, Duration, Utc};
 use tracing::{debug, warn};
 
 use super::cache::{DigestKey, DigestMap};
-use super::{AuthError, AuthFailure, Grant, InvalidReason, Principal};
+use super::{AuthError, AuthFailure, Grant, Identity, InvalidReason, Principal, scopes_header};
 use crate::keys::{Key, KeyId, KeyState};
 use crate::store::{SessionRecord, SessionRevokeReason, SharedStore, StoreError};
 use crate::token::{
@@ -53,6 +53,14 @@ pub fn looks_like_jwt(presented: &str) -> bool {
 struct VerifiedToken {
     claims: Arc<AccessClaims>,
     scopes: Arc<BTreeSet<String>>,
+    scopes_header: Option<http::HeaderValue>,
+}
+
+/// A cached key and its identity.
+#[derive(Debug, Clone)]
+struct CachedKey {
+    key: Arc<Key>,
+    identity: Arc<Identity>,
 }
 
 /// A cached store read: fresh until `fresh_until`, servable while the store
@@ -143,7 +151,7 @@ pub(super) struct TokenAuth {
     cache_ttl: Duration,
     stale_if_error: Duration,
     verified: RwLock<DigestMap<Arc<VerifiedToken>>>,
-    keys: ReadCache<KeyId, Arc<Key>>,
+    keys: ReadCache<KeyId, CachedKey>,
     sessions: ReadCache<SessionId, Option<Arc<Session>>>,
     /// Bumped by every invalidation, before entries go (see
     /// [`ReadCache::insert`]).
@@ -211,8 +219,8 @@ impl TokenAuth {
             }
         };
         session.admits(claims).map_err(|e| refused(&e, claims))?;
-        let key = match self.key(store, &claims.sub, now).await {
-            Lookup::Found(Some(key)) => key,
+        let CachedKey { key, identity } = match self.key(store, &claims.sub, now).await {
+            Lookup::Found(Some(cached)) => cached,
             Lookup::Found(None) => {
                 return Err(AuthError::invalid(
                     InvalidReason::Token("token_unknown_key"),
@@ -233,10 +241,12 @@ impl TokenAuth {
         }
         // The token carries what was granted at login; the key may have lost
         // scopes since (a scope change is on the feed like a revocation).
-        let scopes = if token.scopes.is_subset(&key.scopes) {
-            Arc::clone(&token.scopes)
+        let (scopes, scopes_header) = if token.scopes.is_subset(&key.scopes) {
+            (Arc::clone(&token.scopes), token.scopes_header.clone())
         } else {
-            Arc::new(effective_scopes(&token.scopes, &key.scopes))
+            let cut = effective_scopes(&token.scopes, &key.scopes);
+            let header = scopes_header(&cut);
+            (Arc::new(cut), header)
         };
         Ok(Principal {
             key,
@@ -244,7 +254,9 @@ impl TokenAuth {
             grant: Some(Grant {
                 claims: Arc::clone(&token.claims),
                 scopes,
+                scopes_header,
             }),
+            identity,
         })
     }
 
@@ -272,6 +284,7 @@ impl TokenAuth {
         })?;
         let token = Arc::new(VerifiedToken {
             scopes: Arc::new(claims.scope.clone()),
+            scopes_header: scopes_header(&claims.scope),
             claims: Arc::new(claims),
         });
         if self.max_entries > 0 {
@@ -320,25 +333,28 @@ impl TokenAuth {
         }
     }
 
-    async fn key(&self, store: &SharedStore, id: &KeyId, now: DateTime<Utc>) -> Lookup<Option<Arc<Key>>> {
+    async fn key(&self, store: &SharedStore, id: &KeyId, now: DateTime<Utc>) -> Lookup<Option<CachedKey>> {
         let cached = self.keys.get(id);
         if let Some(entry) = &cached {
             if now < entry.fresh_until {
-                return Lookup::Found(Some(Arc::clone(&entry.value)));
+                return Lookup::Found(Some(entry.value.clone()));
             }
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         match store.get_key(id).await {
             Ok(key) => {
-                let key = Arc::new(key);
+                let cached = CachedKey {
+                    identity: Arc::new(Identity::of(&key)),
+                    key: Arc::new(key),
+                };
                 self.keys.insert(
                     id.clone(),
-                    self.entry(Arc::clone(&key), now),
+                    self.entry(cached.clone(), now),
                     epoch,
                     &self.epoch,
                     now,
                 );
-                Lookup::Found(Some(key))
+                Lookup::Found(Some(cached))
             }
             Err(StoreError::NotFound(_)) => Lookup::Found(None),
             Err(e) => match self.stale(cached, &e, now) {

@@ -32,7 +32,7 @@ use tracing::{debug, error, info, warn};
 
 use super::cache::{AuthCache, Digest, DigestKey, DigestMap, FailureThrottle, Verified};
 use super::token::{TokenAuth, looks_like_jwt};
-use super::{AuthError, AuthFailure, AuthSettings, AuthStats, InvalidReason, Principal};
+use super::{AuthError, AuthFailure, AuthSettings, AuthStats, Identity, InvalidReason, Principal};
 use crate::clock::SharedClock;
 use crate::keys::format::{self, KeyFormatError, MAX_KEY_LEN};
 use crate::keys::hash::ScratchPool;
@@ -737,6 +737,7 @@ async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
 
 fn verified_from(candidate: Candidate) -> Verified {
     Verified {
+        identity: Arc::new(Identity::of(&candidate.key)),
         key: Arc::new(candidate.key),
         secret: Arc::new(candidate.secret),
     }
@@ -755,6 +756,7 @@ fn admit(verified: &Verified, now: DateTime<Utc>) -> Result<Principal, AuthError
             key: Arc::clone(&verified.key),
             secret_valid_until: verified.secret.valid_until,
             grant: None,
+            identity: Arc::clone(&verified.identity),
         }),
         KeyState::Revoked => Err(AuthError::invalid(InvalidReason::Revoked, short)),
         KeyState::Inactive => Err(AuthError::new(AuthFailure::Inactive, short)),

@@ -439,7 +439,7 @@ impl Exchange {
                 Err(e) => return Err(store_failed(&e, decision)),
             };
             decision.key_id = Some(key.id.as_str().into());
-            decision.short_prefix = Some(key.short_prefix.clone());
+            decision.short_prefix = Some(key.short_prefix.as_str().into());
             check_key_state(&key, now, decision)?;
             if !charged {
                 state.gate.check_plan(&key, decision)?;

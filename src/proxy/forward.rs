@@ -12,7 +12,6 @@
 //!   and `X-Forwarded-Host` are set, replacing what the client sent; `Host`
 //!   becomes the upstream's authority.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use thiserror::Error;
 
+use super::Peer;
 use super::gate::Authorized;
 
 /// Settings of the forwarder (`[upstream]` and the credential header names).
@@ -134,7 +134,7 @@ impl Forwarder {
         authorized: Authorized,
         mut parts: http::request::Parts,
         body: Incoming,
-        client: SocketAddr,
+        client: &Peer,
     ) -> Result<Response<Body>, ForwardError> {
         let uri = self.upstream_uri(&authorized, parts.uri.query())?;
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -161,19 +161,18 @@ impl Forwarder {
         }
         headers.insert(header::HOST, self.upstream_host.clone());
         if let Some(principal) = authorized.principal() {
-            let key = &principal.key;
-            insert_lossy(headers, &KEY_ID, key.id.as_str());
-            if let Some(owner) = &key.owner {
-                insert_lossy(headers, &OWNER, owner);
+            // Built once per cached key (auth::Identity): clones share bytes.
+            let identity = &principal.identity;
+            for (name, value) in [
+                (&KEY_ID, identity.key_id_header.as_ref()),
+                (&OWNER, identity.owner_header.as_ref()),
+                (&SCOPES, principal.scopes_header()),
+                (&PLAN, identity.plan_header.as_ref()),
+            ] {
+                if let Some(value) = value {
+                    headers.insert(name.clone(), value.clone());
+                }
             }
-            let scopes = principal
-                .scopes()
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(",");
-            insert_lossy(headers, &SCOPES, &scopes);
-            insert_lossy(headers, &PLAN, &key.plan);
         }
 
         let body = match self.settings.max_body_bytes {
@@ -251,30 +250,21 @@ fn strip_keygate_headers(headers: &mut HeaderMap) {
 }
 
 /// Appends the client's address to `X-Forwarded-For` (one header, comma-joined).
-fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_string();
-    let joined = {
-        let existing: Vec<&str> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if existing.is_empty() {
-            ip
-        } else {
-            format!("{}, {ip}", existing.join(", "))
-        }
-    };
+fn append_forwarded_for(headers: &mut HeaderMap, client: &Peer) {
+    let existing: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if existing.is_empty() {
+        // The usual case: the value formatted once per connection.
+        headers.insert(X_FORWARDED_FOR.clone(), client.ip_header().clone());
+        return;
+    }
+    let ip = client.ip_header().to_str().unwrap_or_default();
+    let joined = format!("{}, {ip}", existing.join(", "));
     if let Ok(value) = HeaderValue::from_str(&joined) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
-}
-
-/// Inserts a header whose value came from stored metadata; a value that is
-/// not a legal header value is left out rather than failing the request.
-fn insert_lossy(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
-        headers.insert(name.clone(), value);
     }
 }
 
@@ -340,7 +330,7 @@ mod tests {
             ("x-forwarded-for", "10.0.0.2"),
         ]);
         strip_keygate_headers(&mut headers);
-        append_forwarded_for(&mut headers, "192.0.2.7:5555".parse().unwrap());
+        append_forwarded_for(&mut headers, &Peer::new("192.0.2.7:5555".parse().unwrap()));
         assert!(headers.get("x-keygate-key-id").is_none());
         assert!(headers.get("x-keygate-anything").is_none());
         assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);

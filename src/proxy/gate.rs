@@ -52,7 +52,7 @@ pub struct Decision<'a> {
     /// The key's id, once known.
     pub key_id: Option<Arc<str>>,
     /// The presented key's short prefix, once parsed.
-    pub short_prefix: Option<String>,
+    pub short_prefix: Option<Arc<str>>,
     /// The access token's session, when the caller presented one.
     pub session_id: Option<Arc<str>>,
     /// Why the request was refused (for the log only).
@@ -199,7 +199,7 @@ impl Gate {
 /// The problem answering a refused credential; the reason and short prefix
 /// go to `decision` for the log.
 pub fn refusal(error: AuthError, decision: &mut Decision<'_>) -> Problem {
-    decision.short_prefix = error.short_prefix;
+    decision.short_prefix = error.short_prefix.map(Arc::from);
     let (code, reason) = match error.failure {
         AuthFailure::Invalid(why) => (Code::InvalidKey, why.as_str()),
         AuthFailure::Inactive => (Code::KeyInactive, "key inactive"),
@@ -212,8 +212,8 @@ pub fn refusal(error: AuthError, decision: &mut Decision<'_>) -> Problem {
 
 /// Records who the caller is for the request log and usage counts.
 pub fn identify(decision: &mut Decision<'_>, principal: &Principal) {
-    decision.key_id = Some(Arc::from(principal.key.id.as_str()));
-    decision.short_prefix = Some(principal.key.short_prefix.clone());
+    decision.key_id = Some(Arc::clone(&principal.identity.key_id));
+    decision.short_prefix = Some(Arc::clone(&principal.identity.short_prefix));
     decision.session_id = principal.grant.as_ref().map(|g| Arc::from(g.claims.sid.as_str()));
 }
 

@@ -41,6 +41,34 @@ pub struct ProxyState {
     pub exchange: Option<exchange::Exchange>,
 }
 
+/// The client end of a proxy connection, its address formatted once per
+/// connection for `X-Forwarded-For`.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    addr: SocketAddr,
+    ip: HeaderValue,
+}
+
+impl Peer {
+    /// The peer at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::try_from(addr.ip().to_string())
+            // An IP address always formats to a legal header value.
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        Self { addr, ip }
+    }
+
+    /// The client's socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The client's IP address as a header value.
+    pub fn ip_header(&self) -> &HeaderValue {
+        &self.ip
+    }
+}
+
 /// The three rate-limit header names in the configured spelling, built once.
 #[derive(Debug, Clone)]
 pub struct RateLimitHeaderNames {
@@ -80,11 +108,7 @@ impl ProxyState {
     }
 
     /// Handles one request (see [`stack::handle`]).
-    pub async fn handle(
-        &self,
-        req: http::Request<hyper::body::Incoming>,
-        client: SocketAddr,
-    ) -> Response<Body> {
+    pub async fn handle(&self, req: http::Request<hyper::body::Incoming>, client: &Peer) -> Response<Body> {
         stack::handle(self, req, client).await
     }
 }

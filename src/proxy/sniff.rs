@@ -89,6 +89,16 @@ impl Observer {
                             return;
                         }
                     }
+                    if buf.is_empty() {
+                        // The common case: the whole head arrived in this
+                        // read. Decide on the bytes read, without copying.
+                        if let Some(end) = find(bytes, b"\r\n\r\n").map(|i| i + 4) {
+                            let (head, rest) = bytes.split_at(end);
+                            bytes = rest;
+                            self.state = self.after_head(head);
+                            continue;
+                        }
+                    }
                     let start = buf.len().saturating_sub(3);
                     buf.extend_from_slice(bytes);
                     let Some(end) = find(&buf[start..], b"\r\n\r\n").map(|i| start + i + 4) else {
@@ -198,8 +208,22 @@ impl Observer {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// The first CRLF CRLF in `haystack`: scans for `\n` (fast) and checks
+/// around it.
+fn find(haystack: &[u8], needle: &[u8; 4]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = haystack[from..].iter().position(|&b| b == b'\n') {
+        let at = from + i;
+        // `needle` is `\r\n\r\n`: a `\n` at index 1 or 3 of a match.
+        if at >= 1 && haystack[at - 1..].starts_with(needle) {
+            return Some(at - 1);
+        }
+        if at >= 3 && haystack[at - 3..].starts_with(needle) {
+            return Some(at - 3);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 fn trim(value: &[u8]) -> &[u8] {

@@ -24,7 +24,6 @@
 //!    this path), and every request by outcome and route, with its latency,
 //!    in [`crate::telemetry::metrics`].
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -32,18 +31,18 @@ use http::{HeaderMap, Request, Response, header};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-use super::ProxyState;
 use super::forward::ForwardError;
 use super::gate::Decision;
 use super::sniff::AmbiguousFraming;
+use super::{Peer, ProxyState};
 use crate::policy::path::normalize;
 use crate::problem::{Code, Problem};
 
 /// Handles one proxied request end to end; never fails (every failure is a
 /// problem response).
-pub async fn handle(state: &ProxyState, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+pub async fn handle(state: &ProxyState, req: Request<Incoming>, client: &Peer) -> Response<Body> {
     let started = Instant::now();
-    let span = tracing::info_span!("request", method = %req.method(), client = %client.ip());
+    let span = tracing::info_span!("request", method = %req.method(), client = %client.addr().ip());
     async move {
         let method = req.method().clone();
         let mut decision = Decision {
@@ -88,7 +87,7 @@ pub async fn handle(state: &ProxyState, req: Request<Incoming>, client: SocketAd
 async fn pipeline<'a>(
     state: &'a ProxyState,
     req: Request<Incoming>,
-    client: SocketAddr,
+    client: &Peer,
     decision: &mut Decision<'a>,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
