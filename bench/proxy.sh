@@ -15,6 +15,9 @@
 #               counted, none denied), local counters
 #   keygate-redis  the same limits counted in Redis (REDIS_URL; the row is
 #               left out, with a note, when Redis does not answer)
+#   keygate-token  keygate with [tokens] on, every request carrying an
+#               access token (HS256 JWT) instead of the key: one token per
+#               key, from POST /auth/login, rotated the same way
 #
 # wrk runs on LOAD_CPU, every server (proxy under test and upstream) on
 # SERVER_CPU (taskset). Rows are interleaved over ROUNDS rounds, the order
@@ -75,10 +78,10 @@ ex="$PWD/target/release/examples"
 make_work proxy
 w="$BENCH_WORK"
 mkdir -p "$w/up" "$w/map"
-mapfile -t ports < <(free_ports 11)
+mapfile -t ports < <(free_ports 13)
 P_UP="${ports[0]}" P_BARE="${ports[1]}" P_MAP="${ports[2]}" P_KG="${ports[3]}" P_ADMIN="${ports[4]}"
 P_KGB="${ports[5]}" P_ADMINB="${ports[6]}" P_KGL="${ports[7]}" P_ADMINL="${ports[8]}"
-P_KGR="${ports[9]}" P_ADMINR="${ports[10]}"
+P_KGR="${ports[9]}" P_ADMINR="${ports[10]}" P_KGT="${ports[11]}" P_ADMINT="${ports[12]}"
 kgb="${KEYGATE_B_BIN:-}"
 [[ -z "$kgb" || -x "$kgb" ]] || die "no keygate binary at KEYGATE_B_BIN=$kgb"
 on_server=(taskset -c "$SERVER_CPU")
@@ -253,6 +256,9 @@ variant() {
 # The limiter rows: plan `pro` gets two windows no run reaches.
 limited='s|^unlimited = true$|limits = [ { requests = 1000000000, per = "1m" }, { requests = 1000000000, per = "1h" } ]|'
 variant keygate-local "$P_KGL" "$P_ADMINL" "$limited"
+# The token row: the same store and plan, with the token exchange on.
+variant keygate-token "$P_KGT" "$P_ADMINT" "" \
+    "\n[tokens]\nenabled = true\nsigning_key = \"bench-signing-key-$$-0123456789abcdef0123456789\""
 redis_hostport="${REDIS_URL#redis://}"
 redis_hostport="${redis_hostport##*@}"
 redis_hostport="${redis_hostport%%/*}"
@@ -324,6 +330,24 @@ if [[ -n "$kgb" ]]; then
 fi
 start_variant keygate-local "$kg" "$P_KGL"
 KGL_PID="$LAST_PID"
+start_variant keygate-token "$kg" "$P_KGT"
+KGT_PID="$LAST_PID"
+note "logging in with every key on keygate-token (POST /auth/login)"
+python3 - "$P_KGT" "$w/keys.txt" "$w/tokens.txt" <<'PY'
+import http.client, json, sys
+port, keys, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+conn = http.client.HTTPConnection("127.0.0.1", port)
+tokens = []
+for key in (l.strip() for l in open(keys)):
+    if not key:
+        continue
+    conn.request("POST", "/auth/login", json.dumps({"api_key": key}), {"content-type": "application/json"})
+    r = conn.getresponse()
+    body = r.read()
+    assert r.status == 200, (r.status, body[:200])
+    tokens.append(json.loads(body)["access_token"])
+open(out, "w").write("\n".join(tokens) + "\n")
+PY
 if [[ -n "$with_redis" ]]; then
     start_variant keygate-redis "$kg" "$P_KGR"
     KGR_PID="$LAST_PID"
@@ -331,11 +355,13 @@ fi
 
 # --- sanity: every row answers 200 with a key; the gates 401 without one -----
 declare -A PORT=([upstream]="$P_UP" [bare]="$P_BARE" [nginx-map]="$P_MAP" [keygate]="$P_KG" [keygate-b]="$P_KGB"
-    [keygate-local]="$P_KGL" [keygate-redis]="$P_KGR")
+    [keygate-local]="$P_KGL" [keygate-redis]="$P_KGR" [keygate-token]="$P_KGT")
 # The process whose CPU time each row's proxy costs ("-": none).
 declare -A PROXY_PID=([upstream]="" [bare]="$BARE_PID" [nginx-map]="$MAP_WORKER" [keygate]="$KG_PID"
-    [keygate-b]="${KGB_PID:-}" [keygate-local]="$KGL_PID" [keygate-redis]="${KGR_PID:-}")
-ROWS=(upstream bare nginx-map keygate keygate-local)
+    [keygate-b]="${KGB_PID:-}" [keygate-local]="$KGL_PID" [keygate-redis]="${KGR_PID:-}" [keygate-token]="$KGT_PID")
+# What each row's requests carry in X-API-Key (keys unless said here).
+declare -A CREDS=([keygate-token]="$w/tokens.txt")
+ROWS=(upstream bare nginx-map keygate keygate-local keygate-token)
 [[ -z "$with_redis" ]] || ROWS+=(keygate-redis)
 [[ -z "$kgb" ]] || ROWS+=(keygate-b)
 first_key="$(head -1 "$w/keys.txt")"
@@ -369,7 +395,7 @@ run_wrk() {
 
 note "priming every row for 2 s"
 for row in "${ROWS[@]}"; do
-    run_wrk rotate.lua "${PORT[$row]}" 2s "$w/keys.txt" "$w/prime-$row.txt"
+    run_wrk rotate.lua "${PORT[$row]}" 2s "${CREDS[$row]:-$w/keys.txt}" "$w/prime-$row.txt"
 done
 
 : >"$w/results.tsv"
@@ -381,7 +407,7 @@ for ((r = 0; r < ROUNDS; r++)); do
         proxy="${PROXY_PID[$row]}"
         p0="$(if [[ -n "$proxy" ]]; then cpu_ticks "$proxy"; else echo 0; fi)"
         u0="$(cpu_ticks "$UP_WORKER")"
-        run_wrk rotate.lua "${PORT[$row]}" "$DURATION" "$w/keys.txt" "$out"
+        run_wrk rotate.lua "${PORT[$row]}" "$DURATION" "${CREDS[$row]:-$w/keys.txt}" "$out"
         p1="$(if [[ -n "$proxy" ]]; then cpu_ticks "$proxy"; else echo 0; fi)"
         u1="$(cpu_ticks "$UP_WORKER")"
         # RESULT fields, then CPU ticks of the proxy and of the upstream, then
@@ -464,6 +490,7 @@ labels = {
     "keygate-local": "keygate + local limits",
     "keygate-redis": "keygate + Redis limits",
     "keygate-b": "keygate B",
+    "keygate-token": "keygate, access tokens",
 }
 runs = {r: [] for r in rows}
 for line in open(f"{w}/results.tsv"):
@@ -516,6 +543,10 @@ for r in ("keygate-local", "keygate-redis"):
         extra = med[r]["pcpu"] - med["keygate"]["pcpu"]
         target = f" (target < 5%: {'met' if cost < 0.05 else 'NOT met'})" if r == "keygate-local" else ""
         print(f"{labels[r]}: costs {100 * cost:.1f}% of keygate's throughput{target}; {extra:+.1f} us CPU/request")
+if "keygate-token" in med:
+    r = "keygate-token"
+    print(f"{labels[r]} instead of keys: {med[r]['rps'] / med['keygate']['rps']:.2f}x keygate's throughput; "
+          f"{med[r]['pcpu'] - med['keygate']['pcpu']:+.1f} us CPU/request")
 
 print()
 print(f"keys: {mkkeys_line} (examples/mkkeys.rs, argon2 generated set)")
