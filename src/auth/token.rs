@@ -194,11 +194,6 @@ impl TokenAuth {
         }
     }
 
-    /// The token exchange these tokens come from.
-    pub(super) fn tokens(&self) -> &Arc<Tokens> {
-        &self.tokens
-    }
-
     /// Authenticates a presented access token at `now`. Store failures
     /// count in `store_errors`.
     pub(super) async fn authenticate(

@@ -188,11 +188,6 @@ impl Authenticator {
         self.authenticate_key(presented).await
     }
 
-    /// The token exchange, when `[tokens]` is on.
-    pub fn tokens(&self) -> Option<&Arc<Tokens>> {
-        self.tokens.as_ref().map(TokenAuth::tokens)
-    }
-
     /// Authenticates a presented API key (never an access token: the token
     /// exchange takes keys only).
     pub async fn authenticate_key(&self, presented: &SecretString) -> Result<Principal, AuthError> {
