@@ -495,3 +495,94 @@ pub fn store_reason(reason: RevokeReason) -> SessionRevokeReason {
         RevokeReason::RefreshReuse => SessionRevokeReason::RefreshReuse,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn entry(value: u32, until: i64) -> Cached<u32> {
+        Cached {
+            value,
+            fresh_until: t(until),
+            stale_until: t(until),
+        }
+    }
+
+    #[test]
+    fn jwt_shapes_go_to_the_token_path_and_keys_do_not() {
+        assert!(looks_like_jwt("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"));
+        assert!(!looks_like_jwt("kg_live_AbCdEfGh0123456789abcdefABCDEF"));
+        assert!(!looks_like_jwt("eyJ.only-one-dot"));
+        assert!(!looks_like_jwt("eyJ.a.b.c"));
+        assert!(!looks_like_jwt("abc.def.ghi"));
+    }
+
+    #[test]
+    fn an_invalidation_during_a_read_keeps_the_stale_value_out() {
+        let epoch = AtomicU64::new(0);
+        let cache: ReadCache<&str, u32> = ReadCache::new(10);
+        // A read starts (epoch 0), a change is applied meanwhile (epoch 1):
+        // what the read found predates the change and must not be cached.
+        let read_at = epoch.load(Ordering::Acquire);
+        epoch.fetch_add(1, Ordering::AcqRel);
+        cache.remove_all([&"k"]);
+        cache.insert("k", entry(1, 60), read_at, &epoch, t(0));
+        assert!(cache.get(&"k").is_none());
+        // A read that started after the change is cached.
+        let read_at = epoch.load(Ordering::Acquire);
+        cache.insert("k", entry(2, 60), read_at, &epoch, t(0));
+        assert_eq!(cache.get(&"k").map(|e| e.value), Some(2));
+    }
+
+    #[test]
+    fn the_read_cache_is_bounded_and_drops_dead_entries_first() {
+        let epoch = AtomicU64::new(0);
+        let cache: ReadCache<u32, u32> = ReadCache::new(3);
+        cache.insert(1, entry(1, 5), 0, &epoch, t(0));
+        cache.insert(2, entry(2, 60), 0, &epoch, t(0));
+        cache.insert(3, entry(3, 60), 0, &epoch, t(0));
+        // Full at t=10: the entry dead since t=5 goes, the live ones stay.
+        cache.insert(4, entry(4, 60), 0, &epoch, t(10));
+        assert_eq!(cache.len(), 3);
+        assert!(cache.get(&1).is_none());
+        assert!(cache.get(&2).is_some() && cache.get(&3).is_some() && cache.get(&4).is_some());
+        // Full of live entries: one goes, never more than the bound.
+        cache.insert(5, entry(5, 60), 0, &epoch, t(10));
+        assert_eq!(cache.len(), 3);
+        assert!(cache.get(&5).is_some());
+        cache.sweep(t(61));
+        assert_eq!(cache.len(), 0);
+        // A zero bound caches nothing.
+        let none: ReadCache<u32, u32> = ReadCache::new(0);
+        none.insert(1, entry(1, 60), 0, &epoch, t(0));
+        assert_eq!(none.len(), 0);
+    }
+
+    #[test]
+    fn every_token_error_has_a_marked_log_reason() {
+        let errors = [
+            TokenError::TooLong { len: 9000 },
+            TokenError::Malformed { what: "header" },
+            TokenError::AlgNone,
+            TokenError::MissingKid,
+            TokenError::UnknownKid("k".into()),
+            TokenError::CriticalHeader,
+            TokenError::WrongType,
+            TokenError::BadSignature { kid: "k".into() },
+            TokenError::Expired { exp: t(0) },
+            TokenError::NotYetValid { not_before: t(0) },
+            TokenError::WrongAudience,
+            TokenError::WrongIssuer,
+            TokenError::UnknownSession,
+            TokenError::SessionMismatch,
+        ];
+        for e in &errors {
+            assert_eq!(log_reason(e), format!("token_{}", e.reason()), "{e:?}");
+        }
+    }
+}
