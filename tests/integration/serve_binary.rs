@@ -1,21 +1,11 @@
 //! `keygate serve` as a process: it serves, logs one line per request with
 //! the SPEC fields and never a secret, and exits 0 after SIGTERM.
 
-use std::io::Read;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::Sandbox;
 use crate::support::gateway::DEFAULT_ROUTES;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::{Sandbox, Served, free_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_logs_without_secrets_and_drains_on_sigterm() {
@@ -42,25 +32,10 @@ async fn serve_logs_without_secrets_and_drains_on_sigterm() {
         .json();
     let secret = created["key"].as_str().unwrap().to_owned();
 
-    let mut child = crate::support::keygate()
-        .args(["--config", sb.config().to_str().unwrap(), "serve"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let served = Served::start(&sb, proxy).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
-    // Wait for the listener.
-    let mut up = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(proxy).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(up, "keygate serve did not start listening");
     let send = |headers: Vec<(&'static str, String)>| {
         let client = client.clone();
         async move {
@@ -101,21 +76,8 @@ async fn serve_logs_without_secrets_and_drains_on_sigterm() {
     let seen = seen.expect("the running gateway never saw the CLI disable");
     eprintln!("CLI disable seen by the running gateway after {seen:?}");
 
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || {
-        let code = child.wait().unwrap();
-        let mut logs = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
-        (code, logs)
-    })
-    .await
-    .unwrap();
-    let (code, logs) = exit;
-    assert_eq!(code.code(), Some(0), "exit after SIGTERM:\n{logs}");
+    let (code, logs) = served.stop().await;
+    assert_eq!(code, Some(0), "exit after SIGTERM:\n{logs}");
     assert!(!logs.contains(&secret), "a secret reached the logs:\n{logs}");
     assert!(
         !logs.contains(&secret[8..]),

@@ -53,6 +53,22 @@ async fn login_ok(gw: &TestGateway, key: &str, session_id: Option<&str>) -> Valu
     reply.json()
 }
 
+/// The access token of a token response.
+fn access_token(body: &Value) -> String {
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// `DELETE /v1/sessions/{sid}` on `gw`'s admin API.
+async fn revoke_session(gw: &TestGateway, sid: &str) -> Reply {
+    gw.admin_send(
+        Method::DELETE,
+        &format!("/v1/sessions/{sid}"),
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await
+}
+
 async fn call(gw: &TestGateway, token: &str) -> Reply {
     gw.get("/v1/orders/1", &[("authorization", &format!("Bearer {token}"))])
         .await
@@ -113,7 +129,7 @@ async fn login_call_refresh_and_reuse_detection() {
     let first = reply.json();
     assert_eq!(first["token_type"], "Bearer");
     assert_eq!(first["expires_in"], 7200);
-    let access = first["access_token"].as_str().unwrap().to_owned();
+    let access = access_token(&first);
     let refresh = first["refresh_token"].as_str().unwrap().to_owned();
     assert!(!reply.text().contains(key), "the key is never echoed");
 
@@ -167,10 +183,7 @@ async fn login_call_refresh_and_reuse_detection() {
     let refresh = again["refresh_token"].as_str().unwrap().to_owned();
     let other = login_ok(&gw, key, Some("phone")).await;
     assert_ne!(other["access_token"], access.as_str());
-    assert_ne!(
-        decode_part(other["access_token"].as_str().unwrap(), 1)["sid"],
-        sid.as_str()
-    );
+    assert_ne!(decode_part(access_token(&other).as_str(), 1)["sid"], sid.as_str());
     assert_eq!(
         login_ok(&gw, key, Some("phone")).await["access_token"],
         other["access_token"]
@@ -180,7 +193,7 @@ async fn login_call_refresh_and_reuse_detection() {
     let reply = post_json(&gw, "/auth/refresh", &json!({ "refresh_token": refresh })).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let rotated = reply.json();
-    let access2 = rotated["access_token"].as_str().unwrap().to_owned();
+    let access2 = access_token(&rotated);
     let refresh2 = rotated["refresh_token"].as_str().unwrap().to_owned();
     assert_ne!(access2, access);
     assert_ne!(refresh2, refresh);
@@ -223,16 +236,13 @@ async fn login_call_refresh_and_reuse_detection() {
     );
     // The other session is untouched; the key itself opens a new session.
     assert_eq!(
-        call(&gw, other["access_token"].as_str().unwrap()).await.status,
+        call(&gw, access_token(&other).as_str()).await.status,
         StatusCode::OK
     );
     let fresh = login_ok(&gw, key, None).await;
-    assert_ne!(
-        decode_part(fresh["access_token"].as_str().unwrap(), 1)["sid"],
-        sid.as_str()
-    );
+    assert_ne!(decode_part(access_token(&fresh).as_str(), 1)["sid"], sid.as_str());
     assert_eq!(
-        call(&gw, fresh["access_token"].as_str().unwrap()).await.status,
+        call(&gw, access_token(&fresh).as_str()).await.status,
         StatusCode::OK
     );
     gw.stop().await;
@@ -267,7 +277,7 @@ async fn concurrent_redemptions_of_one_refresh_token_are_reuse() {
         if replies.len() > 1 {
             until_status(
                 &gw,
-                winner["access_token"].as_str().unwrap(),
+                access_token(&winner).as_str(),
                 false,
                 "after a raced refresh",
             )
@@ -285,23 +295,13 @@ async fn key_revocation_disable_and_admin_session_revocation_cut_tokens_off() {
     let id = issued.key.id.as_str().to_owned();
     let a = login_ok(&gw, key, Some("a")).await;
     let b = login_ok(&gw, key, Some("b")).await;
-    let (a, b) = (
-        a["access_token"].as_str().unwrap().to_owned(),
-        b["access_token"].as_str().unwrap().to_owned(),
-    );
+    let (a, b) = (access_token(&a), access_token(&b));
     assert_eq!(call(&gw, &a).await.status, StatusCode::OK);
     assert_eq!(call(&gw, &b).await.status, StatusCode::OK);
 
     // DELETE /v1/sessions/{id}: that session's tokens only.
     let sid = decode_part(&a, 1)["sid"].as_str().unwrap().to_owned();
-    let revoked = gw
-        .admin_send(
-            Method::DELETE,
-            &format!("/v1/sessions/{sid}"),
-            Some(ADMIN_TOKEN),
-            "",
-        )
-        .await;
+    let revoked = revoke_session(&gw, &sid).await;
     assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text());
     let took = until_status(&gw, &a, false, "a token of a revoked session").await;
     println!("admin session revocation seen after {took:?}");
@@ -312,7 +312,7 @@ async fn key_revocation_disable_and_admin_session_revocation_cut_tokens_off() {
     assert_eq!(call(&gw, &b).await.status, StatusCode::OK);
     // Logging in again with that session_id opens a new session.
     let a2 = login_ok(&gw, key, Some("a")).await;
-    let a2 = a2["access_token"].as_str().unwrap().to_owned();
+    let a2 = access_token(&a2);
     assert_ne!(decode_part(&a2, 1)["sid"], sid.as_str());
     assert_eq!(call(&gw, &a2).await.status, StatusCode::OK);
     assert_eq!(
@@ -378,7 +378,7 @@ async fn bad_tokens_are_invalid_key() {
     let gw = gateway("audience = \"orders-api\"\naccess_ttl = \"10m\"").await;
     let issued = gw.key(&["can_read_order"], "pro").await;
     let good = login_ok(&gw, issued.secret.expose(), None).await;
-    let good = good["access_token"].as_str().unwrap().to_owned();
+    let good = access_token(&good);
     assert_eq!(decode_part(&good, 1)["aud"], "orders-api");
     assert_eq!(call(&gw, &good).await.status, StatusCode::OK);
     let header = decode_part(&good, 0);
@@ -552,7 +552,7 @@ status = 403
     assert_eq!(reply.json()["code"], "payload_too_large");
     // A token is not an API key for the exchange.
     let tokens = login_ok(&gw, key, None).await;
-    let token = tokens["access_token"].as_str().unwrap();
+    let token = &access_token(&tokens);
     let reply = login(&gw, &json!({ "api_key": token })).await;
     assert_eq!(
         reply.status,
@@ -647,7 +647,7 @@ async fn oauth_client_credentials() {
     assert_eq!(body["expires_in"], 7200);
     assert_eq!(body["scope"], "can_read_order can_write_order");
     assert!(body.get("refresh_token").is_none(), "RFC 6749 §4.4.3");
-    let full = body["access_token"].as_str().unwrap().to_owned();
+    let full = access_token(&body);
     assert_eq!(call(&gw, &full).await.status, StatusCode::OK);
 
     // HTTP Basic, narrowed scope: the token cannot write.
@@ -799,7 +799,7 @@ limits = [{ requests = 4, per = "1m" }]
     let key = issued.secret.expose();
     gw.clock.advance(chrono::Duration::seconds(10));
     let tokens = login_ok(&gw, key, None).await; // 1
-    let token = tokens["access_token"].as_str().unwrap();
+    let token = &access_token(&tokens);
     let by_key = gw.get("/v1/orders/1", &[("x-api-key", key)]).await; // 2
     assert_eq!(by_key.header("ratelimit-remaining").as_deref(), Some("2"));
     let by_token = call(&gw, token).await; // 3
@@ -885,7 +885,7 @@ async fn asymmetric_keys_publish_a_jwks_upstreams_can_verify_with() {
     // The first key signs; an upstream verifies with the published key.
     let issued = gw.key(&["can_read_order"], "pro").await;
     let tokens = login_ok(&gw, issued.secret.expose(), None).await;
-    let token = tokens["access_token"].as_str().unwrap();
+    let token = &access_token(&tokens);
     let header = decode_part(token, 0);
     assert_eq!(header["alg"], "EdDSA");
     assert_eq!(header["kid"], "ed-1");
@@ -943,7 +943,7 @@ async fn two_replicas_on_postgres_share_sessions_and_revocations() {
 
     // Logged in on A, the token works on B; B refreshes A's refresh token.
     let tokens = login_ok(&a, key, None).await;
-    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let access = access_token(&tokens);
     assert_eq!(call(&a, &access).await.status, StatusCode::OK);
     assert_eq!(call(&b, &access).await.status, StatusCode::OK);
     let reply = post_json(
@@ -954,21 +954,14 @@ async fn two_replicas_on_postgres_share_sessions_and_revocations() {
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let rotated = reply.json();
-    let access2 = rotated["access_token"].as_str().unwrap().to_owned();
+    let access2 = access_token(&rotated);
     // The same login on B returns the session's current token.
     assert_eq!(login_ok(&b, key, None).await["access_token"], access2.as_str());
     assert_eq!(call(&a, &access2).await.status, StatusCode::OK);
 
     // Revoked through B's admin API: refused on A within a second.
     let sid = decode_part(&access2, 1)["sid"].as_str().unwrap().to_owned();
-    let revoked = b
-        .admin_send(
-            Method::DELETE,
-            &format!("/v1/sessions/{sid}"),
-            Some(ADMIN_TOKEN),
-            "",
-        )
-        .await;
+    let revoked = revoke_session(&b, &sid).await;
     assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text());
     let on_a = until_status(&a, &access2, false, "session revoked through B, on A").await;
     let on_b = until_status(&b, &access2, false, "session revoked through B, on B").await;
@@ -977,7 +970,7 @@ async fn two_replicas_on_postgres_share_sessions_and_revocations() {
 
     // A key revoked through A: its new session's token dies on B.
     let fresh = login_ok(&a, key, Some("second")).await;
-    let fresh = fresh["access_token"].as_str().unwrap().to_owned();
+    let fresh = access_token(&fresh);
     assert_eq!(call(&b, &fresh).await.status, StatusCode::OK);
     a.manager
         .set_status(issued.key.id.as_str(), KeyStatus::Revoked, &Actor::cli())
@@ -992,20 +985,13 @@ async fn two_replicas_on_postgres_share_sessions_and_revocations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_served_binary_logs_why_a_token_failed_and_never_a_token() {
-    use std::io::Read as _;
     use std::net::SocketAddr;
-    use std::process::Stdio;
+
+    use crate::support::{Served, free_port};
 
     let echo = keygate::echo::EchoServer::start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
     let (port, admin_port) = (free_port(), free_port());
     let sb = crate::support::Sandbox::new(&format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
@@ -1027,22 +1013,8 @@ async fn the_served_binary_logs_why_a_token_failed_and_never_a_token() {
         .expect(0)
         .json();
     let key = created["key"].as_str().unwrap().to_owned();
-    let mut child = crate::support::keygate()
-        .args(["--config", sb.config().to_str().unwrap(), "serve"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut up = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(proxy).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(up, "keygate serve did not start listening");
+    let served = Served::start(&sb, proxy).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<bytes::Bytes>>();
     let send = |method: Method, path: &str, headers: Vec<(&'static str, String)>, body: String| {
@@ -1080,7 +1052,7 @@ async fn the_served_binary_logs_why_a_token_failed_and_never_a_token() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
-    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let access = access_token(&tokens);
     let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
     let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
     let (status, _) = send(Method::GET, "/v1/orders/1", bearer(&access), String::new()).await;
@@ -1106,21 +1078,9 @@ async fn the_served_binary_logs_why_a_token_failed_and_never_a_token() {
     .await;
     assert_eq!(status, StatusCode::OK);
 
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let (code, logs) = tokio::task::spawn_blocking(move || {
-        let code = child.wait().unwrap();
-        let mut logs = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
-        (code, logs)
-    })
-    .await
-    .unwrap();
-    assert_eq!(code.code(), Some(0), "{logs}");
-    let new_access = rotated["access_token"].as_str().unwrap();
+    let (code, logs) = served.stop().await;
+    assert_eq!(code, Some(0), "{logs}");
+    let new_access = &access_token(&rotated);
     let new_refresh = rotated["refresh_token"].as_str().unwrap();
     for (what, secret) in [
         ("the API key", key.as_str()),

@@ -124,3 +124,63 @@ pub fn keygate() -> Command {
     }
     cmd
 }
+
+/// A free loopback port (bound and released; the gateway binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `keygate serve` running as a process on a sandbox's config, its stderr
+/// (the logs) captured.
+pub struct Served {
+    child: std::process::Child,
+}
+
+impl Served {
+    /// Starts `keygate serve` and waits until `proxy` accepts connections.
+    pub async fn start(sb: &Sandbox, proxy: std::net::SocketAddr) -> Self {
+        let mut child = keygate()
+            .args(["--config", sb.config().to_str().unwrap(), "serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(proxy).await.is_ok() {
+                return Self { child };
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("keygate serve did not start listening on {proxy}");
+    }
+
+    /// Sends SIGTERM and waits for the exit: the exit code and every log
+    /// line written.
+    pub async fn stop(mut self) -> (Option<i32>, String) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read as _;
+            let code = self.child.wait().unwrap();
+            let mut logs = String::new();
+            self.child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut logs)
+                .unwrap();
+            (code.code(), logs)
+        })
+        .await
+        .unwrap()
+    }
+}
