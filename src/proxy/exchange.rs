@@ -311,8 +311,8 @@ impl Exchange {
         body: Incoming,
         decision: &mut Decision<'_>,
     ) -> Result<Issued, Failure> {
-        let body = read_json(body, decision).await?;
-        let api_key = required_string(&body, "api_key", decision)?;
+        let mut body = read_json(body, decision).await?;
+        let api_key = required_string(&mut body, "api_key", decision)?;
         let session_id = match body.get("session_id") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(check_session_id(s, decision)?),
@@ -409,8 +409,8 @@ impl Exchange {
         body: Incoming,
         decision: &mut Decision<'_>,
     ) -> Result<Issued, Failure> {
-        let body = read_json(body, decision).await?;
-        let presented = required_string(&body, "refresh_token", decision)?;
+        let mut body = read_json(body, decision).await?;
+        let presented = required_string(&mut body, "refresh_token", decision)?;
         let presented: PresentedRefreshToken = presented.expose().parse().map_err(|e| {
             decision.reason = Some("refresh token malformed");
             info!(error = %e, "refresh refused");
@@ -685,15 +685,16 @@ fn bad_field(decision: &mut Decision<'_>, message: &'static str) -> Failure {
     Problem::new(Code::BadRequest).with_message(message).into()
 }
 
-/// A required string member, taken as a secret (API keys and refresh
-/// tokens never reach a log or an error body).
+/// A required string member, moved out of the body into a secret (so no
+/// copy outlives the request unzeroed; API keys and refresh tokens never
+/// reach a log or an error body).
 fn required_string(
-    body: &serde_json::Map<String, Value>,
+    body: &mut serde_json::Map<String, Value>,
     name: &'static str,
     decision: &mut Decision<'_>,
 ) -> Result<SecretString, Failure> {
-    match body.get(name) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(SecretString::new(s.clone())),
+    match body.remove(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(SecretString::new(s)),
         _ => {
             decision.reason = Some("bad token request body");
             Err(Problem::new(Code::BadRequest)
