@@ -20,13 +20,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use thiserror::Error;
 
 use super::Peer;
 use super::gate::Authorized;
+use super::upstream::{PoolSettings, Upstream, UpstreamError};
 
 /// Settings of the forwarder (`[upstream]` and the credential header names).
 #[derive(Debug, Clone)]
@@ -66,10 +64,10 @@ pub enum ForwardError {
     Build(String),
 }
 
-/// The forwarder: cheap to clone (the client pool is shared).
+/// The forwarder: cheap to clone (the connection pool is shared).
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<HttpConnector, Body>,
+    upstream: Upstream,
     settings: Arc<ForwardSettings>,
     upstream_host: HeaderValue,
 }
@@ -89,39 +87,20 @@ static KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
 static OWNER: HeaderName = HeaderName::from_static("x-keygate-owner");
 static SCOPES: HeaderName = HeaderName::from_static("x-keygate-scopes");
 static PLAN: HeaderName = HeaderName::from_static("x-keygate-plan");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy ones proxies strip).
-fn hop_by_hop() -> [&'static HeaderName; 9] {
-    [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ]
-}
 
 impl Forwarder {
     /// A forwarder with its own connection pool.
     pub fn new(settings: ForwardSettings) -> Result<Self, ForwardError> {
         let upstream_host =
             HeaderValue::from_str(&settings.authority).map_err(|e| ForwardError::Build(e.to_string()))?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .build(connector);
+        let upstream = Upstream::new(PoolSettings {
+            authority: settings.authority.clone(),
+            connect_timeout: settings.connect_timeout,
+            max_idle: settings.pool_max_idle_per_host,
+            idle_timeout: settings.pool_idle_timeout,
+        });
         Ok(Self {
-            client,
+            upstream,
             settings: Arc::new(settings),
             upstream_host,
         })
@@ -144,11 +123,7 @@ impl Forwarder {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         let headers = &mut parts.headers;
-        strip_hop_by_hop(headers);
-        for name in &self.settings.credential_headers {
-            headers.remove(name);
-        }
-        strip_keygate_headers(headers);
+        strip_on_forward(headers, &self.settings.credential_headers);
         append_forwarded_for(headers, client);
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         match original_host {
@@ -183,7 +158,7 @@ impl Forwarder {
         *request.uri_mut() = uri;
         *request.version_mut() = http::Version::HTTP_11;
 
-        let response = match tokio::time::timeout(self.settings.timeout, self.client.request(request)).await {
+        let response = match tokio::time::timeout(self.settings.timeout, self.upstream.send(request)).await {
             Err(_) => return Err(ForwardError::Timeout(self.settings.timeout)),
             Ok(Err(e)) => {
                 if is_body_limit(&e) {
@@ -211,64 +186,99 @@ impl Forwarder {
             target.push('?');
             target.push_str(q);
         }
-        Uri::builder()
-            .scheme("http")
-            .authority(self.settings.authority.as_str())
-            .path_and_query(target)
-            .build()
-            .map_err(|e| ForwardError::Build(e.to_string()))
+        // Origin-form: the connection is to the upstream already, and `Host`
+        // names it.
+        Uri::try_from(target).map_err(|e| ForwardError::Build(e.to_string()))
     }
 }
 
-/// Removes hop-by-hop headers and those the `Connection` header names.
+/// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy ones proxies
+/// strip), by name.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Removes hop-by-hop headers and those the `Connection` header names (on
+/// a response: nothing else is the client's business to lose).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in hop_by_hop() {
-        headers.remove(name);
-    }
+    strip(headers, |name| is_hop_by_hop(name.as_str()));
 }
 
-/// Removes every header whose name starts with `x-keygate-`.
-fn strip_keygate_headers(headers: &mut HeaderMap) {
-    let found: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("x-keygate-"))
-        .cloned()
-        .collect();
-    for name in found {
+/// Removes what must not reach the upstream: hop-by-hop headers and those
+/// the `Connection` header names, the `credentials` headers, and every
+/// header whose name starts with `x-keygate-` (only keygate says who the
+/// caller is).
+fn strip_on_forward(headers: &mut HeaderMap, credentials: &[HeaderName]) {
+    strip(headers, |name| {
+        let text = name.as_str();
+        is_hop_by_hop(text) || text.starts_with("x-keygate-") || credentials.contains(name)
+    });
+}
+
+/// Removes every header `drop` selects and every header a `Connection`
+/// header names. One pass over the names present: a request with nothing
+/// to remove (the usual case) costs no lookups at all.
+fn strip(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut named_by_connection = false;
+    for name in headers.keys() {
+        if drop(name) {
+            named_by_connection |= *name == header::CONNECTION;
+            doomed.push(name.clone());
+        }
+    }
+    if doomed.is_empty() {
+        return;
+    }
+    if named_by_connection {
+        doomed.extend(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+        );
+    }
+    for name in doomed {
         headers.remove(name);
     }
 }
 
 /// Appends the client's address to `X-Forwarded-For` (one header, comma-joined).
 fn append_forwarded_for(headers: &mut HeaderMap, client: &Peer) {
-    let existing: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if existing.is_empty() {
+    match headers.entry(&X_FORWARDED_FOR) {
         // The usual case: the value formatted once per connection.
-        headers.insert(X_FORWARDED_FOR.clone(), client.ip_header().clone());
-        return;
-    }
-    let ip = client.ip_header().to_str().unwrap_or_default();
-    let joined = format!("{}, {ip}", existing.join(", "));
-    if let Ok(value) = HeaderValue::from_str(&joined) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+        header::Entry::Vacant(entry) => {
+            entry.insert(client.ip_header().clone());
+        }
+        header::Entry::Occupied(mut entry) => {
+            let mut joined: Vec<u8> = Vec::new();
+            for value in entry.iter() {
+                joined.extend_from_slice(value.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(client.ip_header().as_bytes());
+            if let Ok(value) = HeaderValue::from_bytes(&joined) {
+                entry.insert(value);
+            }
+        }
     }
 }
 
-fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+fn is_body_limit(e: &UpstreamError) -> bool {
+    let e: &(dyn std::error::Error + 'static) = e;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if err.is::<http_body_util::LengthLimitError>() {
@@ -279,7 +289,8 @@ fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+fn error_chain(e: &UpstreamError) -> String {
+    let e: &(dyn std::error::Error + 'static) = e;
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(err) = source {
@@ -328,11 +339,15 @@ mod tests {
             ("X-Keygate-Anything", "x"),
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-for", "10.0.0.2"),
+            ("x-api-key", "kg_live_secret"),
+            ("accept", "*/*"),
         ]);
-        strip_keygate_headers(&mut headers);
+        strip_on_forward(&mut headers, &[HeaderName::from_static("x-api-key")]);
         append_forwarded_for(&mut headers, &Peer::new("192.0.2.7:5555".parse().unwrap()));
         assert!(headers.get("x-keygate-key-id").is_none());
         assert!(headers.get("x-keygate-anything").is_none());
+        assert!(headers.get("x-api-key").is_none());
+        assert_eq!(headers["accept"], "*/*");
         assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
     }

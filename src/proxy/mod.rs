@@ -17,6 +17,7 @@ pub mod forward;
 pub mod gate;
 pub mod sniff;
 pub mod stack;
+pub mod upstream;
 
 /// Everything a proxied request needs, built once in `app`.
 #[derive(Debug)]
