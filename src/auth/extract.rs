@@ -70,10 +70,11 @@ impl CredentialHeaders {
         }
         match (found, malformed) {
             (Some(_), true) => Presented::Ambiguous,
-            (Some(value), false) => {
-                // Visible ASCII was checked above, so this is valid UTF-8.
-                Presented::Credential(SecretString::new(String::from_utf8_lossy(value).into_owned()))
-            }
+            // Visible ASCII was checked above, so this is always UTF-8.
+            (Some(value), false) => match std::str::from_utf8(value) {
+                Ok(text) => Presented::Credential(SecretString::new(text.to_owned())),
+                Err(_) => Presented::Malformed,
+            },
             (None, true) => Presented::Malformed,
             (None, false) => Presented::Missing,
         }

@@ -24,6 +24,11 @@ use super::scopes::{MethodClass, method_scope};
 pub struct PathGlob {
     pattern: String,
     segments: Vec<GlobSegment>,
+    /// `Some("/v1/orders")` when the glob is literal segments and then one
+    /// trailing `**` (the usual `/v1/orders/**`; `Some("")` for `/**`): a
+    /// path matches when it is that prefix followed by its end or a `/`,
+    /// which is checked without walking segments.
+    prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,14 +174,38 @@ impl PathGlob {
             };
             segments.push(segment);
         }
+        let prefix = match segments.split_last() {
+            Some((GlobSegment::Any, literals)) => literals
+                .iter()
+                .map(|segment| match segment {
+                    GlobSegment::Literal(text) => Some(format!("/{text}")),
+                    _ => None,
+                })
+                .collect::<Option<String>>(),
+            _ => None,
+        };
         Ok(Self {
             pattern: pattern.to_owned(),
             segments,
+            prefix,
         })
     }
 
     /// Whether the normalised `path` (starting with `/`, no query) matches.
     pub fn matches(&self, path: &str) -> bool {
+        if !path.starts_with('/') {
+            return false;
+        }
+        if let Some(prefix) = &self.prefix {
+            return path
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|after| after.is_empty() || after.starts_with('/'));
+        }
+        self.walk(path)
+    }
+
+    /// The general match: segment by segment, `**` backtracking.
+    fn walk(&self, path: &str) -> bool {
         let Some(rest) = path.strip_prefix('/') else {
             return false;
         };
@@ -450,11 +479,24 @@ mod tests {
             ("/v1/orders/**", "v1/orders", false),
             ("/V1/**", "/v1/x", false),
             ("/caf%C3%A9/*", "/caf%C3%A9/menu", true),
+            ("/v1/a/**", "/v1/a/b", true),
+            ("/v1/a/**", "/v1/ab", false),
+            ("/v1/a/**", "/v1", false),
+            ("/**", "", false),
         ];
         for &(glob, path, want) in cases {
             let compiled = PathGlob::new(glob).unwrap();
             assert_eq!(compiled.matches(path), want, "{glob} vs {path}");
+            // The prefix shortcut answers exactly as the segment walk does.
+            assert_eq!(compiled.walk(path), want, "{glob} vs {path} (walk)");
         }
+        assert_eq!(
+            PathGlob::new("/v1/orders/**").unwrap().prefix.as_deref(),
+            Some("/v1/orders")
+        );
+        assert_eq!(PathGlob::new("/**").unwrap().prefix.as_deref(), Some(""));
+        assert_eq!(PathGlob::new("/v1/*/x/**").unwrap().prefix, None);
+        assert_eq!(PathGlob::new("/a/**/z").unwrap().prefix, None);
     }
 
     #[test]

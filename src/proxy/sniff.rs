@@ -173,6 +173,11 @@ impl Observer {
         let mut transfer_encoding = false;
         let mut upgrade = false;
         for line in head.split(|&b| b == b'\n').skip(1) {
+            // Only three names matter here: skip every other line on its
+            // first byte, before looking for its colon.
+            if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T' | b'u' | b'U')) {
+                continue;
+            }
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let Some(colon) = line.iter().position(|&b| b == b':') else {
                 continue;
@@ -208,12 +213,10 @@ impl Observer {
     }
 }
 
-/// The first CRLF CRLF in `haystack`: scans for `\n` (fast) and checks
-/// around it.
+/// The first CRLF CRLF in `haystack`: scans for `\n` (vectorised) and
+/// checks around it.
 fn find(haystack: &[u8], needle: &[u8; 4]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(i) = haystack[from..].iter().position(|&b| b == b'\n') {
-        let at = from + i;
+    for at in memchr::memchr_iter(b'\n', haystack) {
         // `needle` is `\r\n\r\n`: a `\n` at index 1 or 3 of a match.
         if at >= 1 && haystack[at - 1..].starts_with(needle) {
             return Some(at - 1);
@@ -221,7 +224,6 @@ fn find(haystack: &[u8], needle: &[u8; 4]) -> Option<usize> {
         if at >= 3 && haystack[at - 3..].starts_with(needle) {
             return Some(at - 3);
         }
-        from = at + 1;
     }
     None
 }
