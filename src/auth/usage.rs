@@ -18,7 +18,7 @@
 //! the store does the arithmetic.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -49,8 +49,10 @@ pub const MAX_RETAINED: usize = 100_000;
 /// rarely meet on one lock, few enough that a flush's sweep is trivial.
 const SHARDS: usize = 16;
 
-/// Counts per (key id, outcome code).
-type Tally = HashMap<(Arc<str>, &'static str), Count>;
+/// Counts per (key id, outcome code). FNV, not SipHash: the ids are the
+/// gateway's own (only identified keys are counted), so no caller can pick
+/// colliding ones, and the hash runs on every request.
+type Tally = HashMap<(Arc<str>, &'static str), Count, fnv::FnvBuildHasher>;
 
 /// One pair's requests since the last flush and their latest instant.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +76,7 @@ pub struct UsageRecorder {
     clock: SharedClock,
     interval: Duration,
     max_retained: usize,
-    hasher: RandomState,
+    hasher: fnv::FnvBuildHasher,
     // std Mutex: each is held for one map update (or one `mem::take`), never
     // across an await, so a tokio lock would only add overhead.
     shards: Box<[Mutex<Tally>]>,
@@ -96,9 +98,9 @@ impl UsageRecorder {
             clock,
             interval,
             max_retained: max_retained.max(1),
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(Tally::new())).collect(),
-            retained: Mutex::new(Tally::new()),
+            hasher: fnv::FnvBuildHasher::default(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Tally::default())).collect(),
+            retained: Mutex::new(Tally::default()),
             dropped: AtomicU64::new(0),
             drop_warned: AtomicBool::new(false),
         }

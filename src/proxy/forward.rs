@@ -193,26 +193,42 @@ impl Forwarder {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy ones proxies
-/// strip), by name.
-fn is_hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+/// strip).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The hop-by-hop header named `name` (lowercase), if it is one.
+fn hop_by_hop(name: &str) -> Option<&'static HeaderName> {
+    let index = match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    };
+    HOP_BY_HOP.get(index)
 }
 
 /// Removes hop-by-hop headers and those the `Connection` header names (on
 /// a response: nothing else is the client's business to lose).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip(headers, |name| is_hop_by_hop(name.as_str()));
+    strip(headers, |name| {
+        hop_by_hop(name.as_str()).map_or(Verdict::Keep, Verdict::Remove)
+    });
 }
 
 /// Removes what must not reach the upstream: hop-by-hop headers and those
@@ -222,36 +238,66 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn strip_on_forward(headers: &mut HeaderMap, credentials: &[HeaderName]) {
     strip(headers, |name| {
         let text = name.as_str();
-        is_hop_by_hop(text) || text.starts_with("x-keygate-") || credentials.contains(name)
+        if let Some(known) = hop_by_hop(text).or_else(|| credentials.iter().find(|c| *c == name)) {
+            Verdict::Remove(known)
+        } else if text.starts_with("x-keygate-") {
+            Verdict::RemoveThis
+        } else {
+            Verdict::Keep
+        }
     });
 }
 
-/// Removes every header `drop` selects and every header a `Connection`
+/// What [`strip`] does with a header name.
+enum Verdict<'n> {
+    Keep,
+    /// Remove it; this is its name, from a list that outlives the pass (no
+    /// copy of the name needed).
+    Remove(&'n HeaderName),
+    /// Remove it (its name is copied).
+    RemoveThis,
+}
+
+/// Removes every header `verdict` says to and every header a `Connection`
 /// header names. One pass over the names present: a request with nothing
-/// to remove (the usual case) costs no lookups at all.
-fn strip(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
-    let mut doomed: Vec<HeaderName> = Vec::new();
-    let mut named_by_connection = false;
+/// to remove costs no lookups, and the usual removals copy no names.
+fn strip<'n>(headers: &mut HeaderMap, verdict: impl Fn(&HeaderName) -> Verdict<'n>) {
+    let mut listed: Vec<&'n HeaderName> = Vec::new();
+    let mut copied: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
-        if drop(name) {
-            named_by_connection |= *name == header::CONNECTION;
-            doomed.push(name.clone());
+        match verdict(name) {
+            Verdict::Keep => {}
+            Verdict::Remove(known) => listed.push(known),
+            Verdict::RemoveThis => copied.push(name.clone()),
         }
     }
-    if doomed.is_empty() {
+    if listed.is_empty() && copied.is_empty() {
         return;
     }
-    if named_by_connection {
-        doomed.extend(
-            headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
-        );
+    if headers.contains_key(header::CONNECTION) {
+        for token in headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+        {
+            // `keep-alive` and `close` are the usual tokens: the first is
+            // removed already, the second names no header.
+            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if hop_by_hop(name.as_str()).is_none() {
+                    copied.push(name);
+                }
+            }
+        }
     }
-    for name in doomed {
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in copied {
         headers.remove(name);
     }
 }
