@@ -36,7 +36,9 @@ async fn main() -> Result<()> {
     let authority = upstream.to_string();
     let host = HeaderValue::from_str(&authority)?;
 
-    // The same pool shape keygate's forwarder uses (keep-alive, nodelay).
+    // hyper-util's pooled client, what a plain hyper proxy uses (keygate
+    // has its own single-upstream pool, proxy/upstream.rs), with the same
+    // limits keygate's defaults set: keep-alive, nodelay, 256 idle, 90 s.
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
