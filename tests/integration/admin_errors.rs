@@ -4,7 +4,6 @@
 //! with a message a person can act on, and nothing half-applied.
 
 use http::{Method, StatusCode};
-use keygate::admin::dto::ProblemBody;
 use serde_json::{Value, json};
 
 use crate::support::gateway::{ADMIN_TOKEN, DEFAULT_ROUTES, Reply, TestGateway};
@@ -12,21 +11,8 @@ use crate::support::gateway::{ADMIN_TOKEN, DEFAULT_ROUTES, Reply, TestGateway};
 /// An id no key has.
 const NO_SUCH_KEY: &str = "key_00000000000000000000000000";
 
-/// Asserts the problem's status, code, content type and documented shape;
-/// returns the body.
 fn problem(reply: &Reply, status: StatusCode, code: &str) -> Value {
-    assert_eq!(reply.status, status, "{}", reply.text());
-    assert_eq!(
-        reply.header("content-type").as_deref(),
-        Some("application/problem+json")
-    );
-    let parsed: ProblemBody = serde_json::from_slice(&reply.body)
-        .unwrap_or_else(|e| panic!("not the documented problem shape ({e}): {}", reply.text()));
-    assert_eq!(parsed.code, code);
-    assert_eq!(parsed.status, status.as_u16());
-    assert_eq!(parsed.type_uri, format!("urn:keygate:problem:{code}"));
-    assert!(parsed.detail.ends_with('.'), "{}", parsed.detail);
-    reply.json()
+    reply.problem(status, code)
 }
 
 /// The `(field, message)` pairs of a `validation_failed` problem.

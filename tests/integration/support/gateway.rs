@@ -50,6 +50,24 @@ impl Reply {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
 
+    /// Asserts an admin API problem: its status, code, content type and the
+    /// documented shape (`type`, `status`, a `detail` ending in a period);
+    /// returns the body.
+    pub fn problem(&self, status: StatusCode, code: &str) -> serde_json::Value {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(
+            self.header("content-type").as_deref(),
+            Some("application/problem+json")
+        );
+        let parsed: keygate::admin::dto::ProblemBody = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not the documented problem shape ({e}): {}", self.text()));
+        assert_eq!(parsed.code, code);
+        assert_eq!(parsed.status, status.as_u16());
+        assert_eq!(parsed.type_uri, format!("urn:keygate:problem:{code}"));
+        assert!(parsed.detail.ends_with('.'), "{}", parsed.detail);
+        self.json()
+    }
+
     /// What the echo upstream received (the reply of a forwarded request).
     pub fn echoed(&self) -> serde_json::Value {
         assert_eq!(
