@@ -301,13 +301,15 @@ impl TokenAuth {
         id: &SessionId,
         now: DateTime<Utc>,
     ) -> Lookup<Option<Arc<Session>>> {
+        // The epoch before the cached copy: a change applied after this
+        // point bumps it, and the copy may then no longer be served.
+        let epoch = self.epoch.load(Ordering::Acquire);
         let cached = self.sessions.get(id);
         if let Some(entry) = &cached {
             if now < entry.fresh_until {
                 return Lookup::Found(entry.value.clone());
             }
         }
-        let epoch = self.epoch.load(Ordering::Acquire);
         let read = store
             .session(id.as_str())
             .await
@@ -324,18 +326,18 @@ impl TokenAuth {
                 );
                 Lookup::Found(session)
             }
-            Err(e) => self.stale(cached, &e, now),
+            Err(e) => self.stale(cached, epoch, &e, now),
         }
     }
 
     async fn key(&self, store: &SharedStore, id: &KeyId, now: DateTime<Utc>) -> Lookup<Option<CachedKey>> {
+        let epoch = self.epoch.load(Ordering::Acquire);
         let cached = self.keys.get(id);
         if let Some(entry) = &cached {
             if now < entry.fresh_until {
                 return Lookup::Found(Some(entry.value.clone()));
             }
         }
-        let epoch = self.epoch.load(Ordering::Acquire);
         match store.get_key(id).await {
             Ok(key) => {
                 let cached = CachedKey {
@@ -352,7 +354,7 @@ impl TokenAuth {
                 Lookup::Found(Some(cached))
             }
             Err(StoreError::NotFound(_)) => Lookup::Found(None),
-            Err(e) => match self.stale(cached, &e, now) {
+            Err(e) => match self.stale(cached, epoch, &e, now) {
                 Lookup::Found(key) => Lookup::Found(Some(key)),
                 Lookup::Unavailable => Lookup::Unavailable,
             },
@@ -368,14 +370,24 @@ impl TokenAuth {
         }
     }
 
-    /// A store read failed: serve the entry past its TTL while allowed.
-    fn stale<T>(&self, cached: Option<Cached<T>>, e: &StoreError, now: DateTime<Utc>) -> Lookup<T> {
+    /// A store read failed: serve the entry past its TTL while allowed, and
+    /// only if no change was applied since `epoch` was read before taking
+    /// it (the copy may predate a revocation the feed has since delivered).
+    fn stale<T>(
+        &self,
+        cached: Option<Cached<T>>,
+        epoch: u64,
+        e: &StoreError,
+        now: DateTime<Utc>,
+    ) -> Lookup<T> {
         match e {
             StoreError::Unavailable(_) => debug!(error = %e, "key store lookup for an access token failed"),
             _ => warn!(error = %e, "key store lookup for an access token failed"),
         }
         match cached {
-            Some(entry) if now < entry.stale_until => Lookup::Found(entry.value),
+            Some(entry) if now < entry.stale_until && self.epoch.load(Ordering::Acquire) == epoch => {
+                Lookup::Found(entry.value)
+            }
             _ => Lookup::Unavailable,
         }
     }

@@ -474,7 +474,9 @@ impl Authenticator {
         match self.store.find_candidates(short).await {
             Err(e) => {
                 self.store_failed(&e, short);
-                if now < stale_until {
+                // Not if a change was applied meanwhile: the copy may
+                // predate a revocation the feed has since delivered.
+                if now < stale_until && self.cache.epoch() == epoch {
                     self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
                     self.cache.extend(&digest, later(now, STALE_RETRY));
                     Some(Ok(verified))
