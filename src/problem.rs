@@ -279,6 +279,10 @@ pub struct Problem {
     /// `errors` extension member (`[{"field":…,"message":…}]`), left out
     /// when empty. Templates do not carry it.
     pub errors: Vec<FieldError>,
+    /// An HTTP status other than the code's (or its template's), for the
+    /// response and the body's `status` alike: a wrong method is answered
+    /// 405 with the `bad_request` code and shape. `None` for nearly all.
+    pub status: Option<StatusCode>,
 }
 
 /// One bad field of a request: where it is and what is wrong with it.
@@ -309,7 +313,15 @@ impl Problem {
             scope: None,
             retry_after: None,
             errors: Vec::new(),
+            status: None,
         }
+    }
+
+    /// The same problem answered with `status` instead of its code's.
+    #[must_use]
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
     }
 
     /// The same problem with this message (ignored for 5xx codes, which
@@ -630,17 +642,18 @@ impl ProblemRenderer {
     fn build(&self, problem: &Problem) -> Rendered {
         let code = problem.code;
         let entry = self.entry(code);
+        let status = problem.status.unwrap_or(entry.status);
         let message: &str = match &problem.message {
             Some(message) if !code.status().is_server_error() => message,
             _ => &entry.default_message,
         };
         let body = match &entry.body {
             None if !problem.errors.is_empty() => {
-                let mut out = problem_json(code.as_str(), code.title(), entry.status.as_u16(), message);
+                let mut out = problem_json(code.as_str(), code.title(), status.as_u16(), message);
                 push_field_errors(&mut out, &problem.errors);
                 out
             }
-            None => problem_json(code.as_str(), code.title(), entry.status.as_u16(), message),
+            None => problem_json(code.as_str(), code.title(), status.as_u16(), message),
             Some(parts) => {
                 let mut out = String::with_capacity(256 + message.len());
                 for part in parts {
@@ -648,7 +661,7 @@ impl ProblemRenderer {
                         Part::Literal(text) => out.push_str(text),
                         Part::Code => push_json_escaped(&mut out, code.as_str()),
                         Part::Message => push_json_escaped(&mut out, message),
-                        Part::Status => out.push_str(entry.status.as_str()),
+                        Part::Status => out.push_str(status.as_str()),
                         Part::Scope => push_json_escaped(&mut out, problem.scope.as_deref().unwrap_or("")),
                         Part::RetryAfter => {
                             if let Some(seconds) = problem.retry_after {
@@ -672,9 +685,7 @@ impl ProblemRenderer {
             }
             // Only as a 401: a template that moves these codes to another
             // status mimics an API that sends no challenge.
-            Code::InvalidKey | Code::KeyInactive | Code::KeyExpired
-                if entry.status == StatusCode::UNAUTHORIZED =>
-            {
+            Code::InvalidKey | Code::KeyInactive | Code::KeyExpired if status == StatusCode::UNAUTHORIZED => {
                 headers.insert(
                     WWW_AUTHENTICATE,
                     HeaderValue::from_static(INVALID_TOKEN_CHALLENGE),
@@ -692,7 +703,7 @@ impl ProblemRenderer {
             headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         Rendered {
-            status: entry.status,
+            status,
             headers,
             body,
         }

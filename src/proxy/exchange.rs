@@ -37,8 +37,8 @@ use tracing::{error, info, warn};
 
 use super::ProxyState;
 use super::gate::{Decision, identify, refusal};
+use crate::auth::Principal;
 use crate::auth::token::{record_from_session, session_from_record, store_reason};
-use crate::auth::{AuthFailure, Principal};
 use crate::clock::SharedClock;
 use crate::keys::{Key, KeyState, SecretString};
 use crate::problem::{Code, Problem};
@@ -256,18 +256,24 @@ impl Exchange {
         decision.route = endpoint.label();
         if !endpoint.allows(&parts.method) {
             decision.reason = Some("method not allowed");
-            let problem = Problem::new(Code::BadRequest).with_message(format!(
-                "{} accepts only {}.",
-                endpoint.label().split_once(' ').map_or("", |(_, path)| path),
-                endpoint.allow_header()
-            ));
+            let problem = Problem::new(Code::BadRequest)
+                .with_message(format!(
+                    "{} accepts only {}.",
+                    endpoint.label().split_once(' ').map_or("", |(_, path)| path),
+                    endpoint.allow_header()
+                ))
+                .with_status(StatusCode::METHOD_NOT_ALLOWED);
             let mut response = match endpoint {
-                Endpoint::OAuthToken => oauth_error(&OAuthError::invalid_request(
-                    problem.message.clone().unwrap_or_default(),
-                )),
+                Endpoint::OAuthToken => {
+                    let mut response = oauth_error(&OAuthError::invalid_request(
+                        problem.message.clone().unwrap_or_default(),
+                    ));
+                    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+                    response
+                }
+                // The body's `status` (or a template's `{status}`) says 405 too.
                 _ => state.render(&problem),
             };
-            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(endpoint.allow_header()));
@@ -318,7 +324,7 @@ impl Exchange {
             Some(Value::String(s)) => Some(check_session_id(s, decision)?),
             Some(_) => return Err(bad_field(decision, "session_id must be a string.")),
         };
-        let principal = self.key_principal(state, api_key, false, decision).await?;
+        let principal = self.key_principal(state, api_key, decision).await?;
         let key = &principal.key;
         state.gate.check_plan(key, decision)?;
         state.gate.check_limits(key, decision).await?;
@@ -374,7 +380,7 @@ impl Exchange {
             decision.reason = Some("bad client authentication");
             Failure::OAuth(e)
         })?;
-        let principal = self.key_principal(state, secret, true, decision).await?;
+        let principal = self.key_principal(state, secret, decision).await?;
         let key = &principal.key;
         if key.id.as_str() != client_id {
             decision.reason = Some("client_id is not the key's id");
@@ -440,12 +446,10 @@ impl Exchange {
             };
             decision.key_id = Some(key.id.as_str().into());
             decision.short_prefix = Some(key.short_prefix.as_str().into());
-            check_key_state(&key, now, decision)?;
-            if !charged {
-                state.gate.check_plan(&key, decision)?;
-                state.gate.check_limits(&key, decision).await?;
-                charged = true;
-            }
+            // The refresh token is checked first (redeem has no side
+            // effects): the session id is no secret (it is every access
+            // token's `sid`), so a caller who knows only it must learn
+            // nothing of the key's state and spend none of its allowance.
             let redemption = self
                 .tokens
                 .policy()
@@ -457,6 +461,12 @@ impl Exchange {
                 })?;
             match redemption {
                 Redemption::Rotated(rotation) => {
+                    check_key_state(&key, now, decision)?;
+                    if !charged {
+                        state.gate.check_plan(&key, decision)?;
+                        state.gate.check_limits(&key, decision).await?;
+                        charged = true;
+                    }
                     let record = record_from_session(&rotation.session);
                     let written = self
                         .store
@@ -511,13 +521,12 @@ impl Exchange {
     }
 
     /// Authenticates the API key of a login or client-credentials grant
-    /// (never an access token) and records who it is. `oauth`: refusals are
-    /// RFC 6749 `invalid_client`.
+    /// (never an access token) and records who it is. On `/oauth/token` a
+    /// refusal becomes RFC 6749 `invalid_client` in `handle`.
     async fn key_principal(
         &self,
         state: &ProxyState,
         presented: SecretString,
-        oauth: bool,
         decision: &mut Decision<'_>,
     ) -> Result<Principal, Failure> {
         let principal = state
@@ -525,20 +534,7 @@ impl Exchange {
             .authenticator()
             .authenticate_key(&presented)
             .await
-            .map_err(|e| {
-                let unavailable = e.failure == AuthFailure::Unavailable;
-                let problem = refusal(e, decision);
-                if unavailable {
-                    Failure::Problem(problem)
-                } else if oauth {
-                    Failure::OAuth(OAuthError::invalid_client(
-                        "Client authentication failed: the client secret must be an active API key whose id is the client_id.",
-                        problem.code,
-                    ))
-                } else {
-                    Failure::Problem(problem)
-                }
-            })?;
+            .map_err(|e| Failure::Problem(refusal(e, decision)))?;
         identify(decision, &principal);
         Ok(principal)
     }

@@ -800,6 +800,16 @@ limits = [{ requests = 4, per = "1m" }]
     gw.clock.advance(chrono::Duration::seconds(10));
     let tokens = login_ok(&gw, key, None).await; // 1
     let token = &access_token(&tokens);
+    // Refresh tokens forged on the real session id (no secret: it is every
+    // access token's `sid`) are refused before the key is charged.
+    let real = tokens["refresh_token"].as_str().unwrap();
+    let (head, secret) = real.rsplit_once('_').unwrap();
+    let forged = format!("{head}_{}", "0".repeat(secret.len()));
+    for _ in 0..6 {
+        let reply = post_json(&gw, "/auth/refresh", &json!({ "refresh_token": forged })).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text());
+        assert_eq!(reply.json()["code"], "invalid_key");
+    }
     let by_key = gw.get("/v1/orders/1", &[("x-api-key", key)]).await; // 2
     assert_eq!(by_key.header("ratelimit-remaining").as_deref(), Some("2"));
     let by_token = call(&gw, token).await; // 3
@@ -881,6 +891,13 @@ async fn asymmetric_keys_publish_a_jwks_upstreams_can_verify_with() {
     assert_eq!(es_jwk["crv"], "P-256");
     let reply = gw.send(Method::POST, "/.well-known/jwks.json", &[], "").await;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.header("allow").as_deref(), Some("GET, HEAD"));
+    // The problem body agrees with the status line.
+    let body = reply.json();
+    assert_eq!(
+        (body["code"].as_str(), body["status"].as_u64()),
+        (Some("bad_request"), Some(405))
+    );
 
     // The first key signs; an upstream verifies with the published key.
     let issued = gw.key(&["can_read_order"], "pro").await;
