@@ -91,17 +91,19 @@ impl Observer {
                     }
                     if buf.is_empty() {
                         // The common case: the whole head arrived in this
-                        // read. Decide on the bytes read, without copying.
-                        if let Some(end) = find(bytes, b"\r\n\r\n").map(|i| i + 4) {
-                            let (head, rest) = bytes.split_at(end);
-                            bytes = rest;
-                            self.state = self.after_head(head);
+                        // read. Decide on the bytes read, without copying,
+                        // in one pass over its lines.
+                        if let Some((end, framing)) = scan(bytes) {
+                            bytes = &bytes[end..];
+                            self.state = self.decide(framing);
                             continue;
                         }
                     }
-                    let start = buf.len().saturating_sub(3);
+                    // The head's end may straddle reads: look again from
+                    // the last two bytes already held.
+                    let start = buf.len().saturating_sub(2);
                     buf.extend_from_slice(bytes);
-                    let Some(end) = find(&buf[start..], b"\r\n\r\n").map(|i| start + i + 4) else {
+                    let Some(end) = find_end(&buf[start..]).map(|i| start + i) else {
                         if buf.len() > MAX_HEAD {
                             self.state = State::Off;
                         }
@@ -110,7 +112,8 @@ impl Observer {
                     let consumed_from_new = end - (buf.len() - bytes.len());
                     let head = std::mem::take(buf);
                     bytes = &bytes[consumed_from_new..];
-                    self.state = self.after_head(&head[..end]);
+                    let framing = scan(&head[..end]).map_or(Framing::Unknown, |(_, framing)| framing);
+                    self.state = self.decide(framing);
                 }
                 State::Body(left) => {
                     let take = (*left).min(bytes.len() as u64);
@@ -160,41 +163,20 @@ impl Observer {
         }
     }
 
-    /// Decides the framing of the body after a complete head.
-    fn after_head(&mut self, head: &[u8]) -> State {
-        if head.starts_with(b"PRI * HTTP/2.0") {
-            // HTTP/2 prior knowledge: framing is binary and unambiguous.
+    /// The state after a complete head of this framing; records the
+    /// request as ambiguous when it is.
+    fn decide(&mut self, framing: Framing) -> State {
+        let Framing::Known {
+            content_length,
+            transfer_encoding,
+            chunked,
+            upgrade,
+        } = framing
+        else {
             return State::Off;
-        }
+        };
         let index = self.requests;
         self.requests += 1;
-        let mut content_length: Option<u64> = None;
-        let mut chunked = false;
-        let mut transfer_encoding = false;
-        let mut upgrade = false;
-        for line in head.split(|&b| b == b'\n').skip(1) {
-            // Only three names matter here: skip every other line on its
-            // first byte, before looking for its colon.
-            if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T' | b'u' | b'U')) {
-                continue;
-            }
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
-                continue;
-            };
-            let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
-            if name.eq_ignore_ascii_case(b"content-length") {
-                content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-                if content_length.is_none() {
-                    return State::Off;
-                }
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                transfer_encoding = true;
-                chunked = value.len() >= 7 && value[value.len() - 7..].eq_ignore_ascii_case(b"chunked");
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
-                upgrade = true;
-            }
-        }
         if transfer_encoding && content_length.is_some() {
             // hyper closes the connection after this request, so nothing
             // after it needs observing.
@@ -213,19 +195,86 @@ impl Observer {
     }
 }
 
-/// The first CRLF CRLF in `haystack`: scans for `\n` (vectorised) and
-/// checks around it.
-fn find(haystack: &[u8], needle: &[u8; 4]) -> Option<usize> {
-    for at in memchr::memchr_iter(b'\n', haystack) {
-        // `needle` is `\r\n\r\n`: a `\n` at index 1 or 3 of a match.
-        if at >= 1 && haystack[at - 1..].starts_with(needle) {
-            return Some(at - 1);
+/// What a request head says about its body's framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// HTTP/2 prior knowledge, or a `Content-Length` that is not a number:
+    /// not followed any further (hyper decides).
+    Unknown,
+    /// The framing headers seen.
+    Known {
+        content_length: Option<u64>,
+        transfer_encoding: bool,
+        chunked: bool,
+        upgrade: bool,
+    },
+}
+
+/// Scans `bytes` (starting at a request line) for the end of the head, an
+/// empty line, noting the framing headers on the way: one vectorised pass
+/// over the line ends. Returns the offset just past the head and its
+/// framing, or `None` when the head does not end within `bytes`. Lines may
+/// end in CRLF or a bare LF, as hyper's parser accepts both.
+fn scan(bytes: &[u8]) -> Option<(usize, Framing)> {
+    if bytes.starts_with(b"PRI * HTTP/2.0") {
+        // HTTP/2 prior knowledge: framing is binary and unambiguous.
+        return Some((bytes.len(), Framing::Unknown));
+    }
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding = false;
+    let mut chunked = false;
+    let mut upgrade = false;
+    let mut bad_length = false;
+    let mut start = 0;
+    for at in memchr::memchr_iter(b'\n', bytes) {
+        let line = &bytes[start..at];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let first_line = start == 0;
+        start = at + 1;
+        if first_line {
+            continue;
         }
-        if at >= 3 && haystack[at - 3..].starts_with(needle) {
-            return Some(at - 3);
+        if line.is_empty() {
+            let framing = if bad_length {
+                Framing::Unknown
+            } else {
+                Framing::Known {
+                    content_length,
+                    transfer_encoding,
+                    chunked,
+                    upgrade,
+                }
+            };
+            return Some((start, framing));
+        }
+        // Only three names matter here: skip every other line on its first
+        // byte, before looking for its colon.
+        if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T' | b'u' | b'U')) {
+            continue;
+        }
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            bad_length |= content_length.is_none();
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding = true;
+            chunked = value.len() >= 7 && value[value.len() - 7..].eq_ignore_ascii_case(b"chunked");
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
         }
     }
     None
+}
+
+/// The offset just past the first empty line (`\n\n` or `\n\r\n`) in
+/// `haystack`: scans for `\n` (vectorised) and checks behind it.
+fn find_end(haystack: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', haystack)
+        .find(|&at| (at >= 1 && haystack[at - 1] == b'\n') || (at >= 2 && &haystack[at - 2..at] == b"\n\r"))
+        .map(|at| at + 1)
 }
 
 fn trim(value: &[u8]) -> &[u8] {
@@ -374,6 +423,47 @@ mod tests {
         let stream = b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nPOST / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
         let chunks: Vec<&[u8]> = stream.chunks(1).collect();
         assert_eq!(ambiguous_index(&chunks), Some(2));
+    }
+
+    #[test]
+    fn bare_lf_heads_are_followed_like_crlf_ones() {
+        // hyper's parser accepts lines ending in a bare LF, so the observer
+        // must too, or a smuggling pair written that way would pass.
+        let smuggle =
+            b"POST / HTTP/1.1\nContent-Length: 4\nTransfer-Encoding: chunked\n\n0\r\n\r\n".as_slice();
+        assert_eq!(ambiguous_index(&[smuggle]), Some(0));
+        let mixed = b"GET / HTTP/1.1\nHost: x\r\n\nPOST / HTTP/1.1\r\ncontent-length: 1\ntransfer-encoding: chunked\n\r\n".as_slice();
+        assert_eq!(ambiguous_index(&[mixed]), Some(1));
+        let chunks: Vec<&[u8]> = mixed.chunks(1).collect();
+        assert_eq!(ambiguous_index(&chunks), Some(1), "byte by byte");
+        let chunks: Vec<&[u8]> = mixed.chunks(7).collect();
+        assert_eq!(ambiguous_index(&chunks), Some(1), "seven bytes at a time");
+        // A body with bare LFs in it is still only a body.
+        let body = b"POST / HTTP/1.1\nContent-Length: 48\n\nPOST / HTTP/1.1\nContent-Length: 1\nTransfer-Encoding: x\n\n".as_slice();
+        assert_eq!(ambiguous_index(&[body]), None);
+    }
+
+    #[test]
+    fn scan_reports_where_the_head_ends_and_its_framing() {
+        let (end, framing) = scan(b"POST / HTTP/1.1\r\nHost: x\r\ncontent-length: 12\r\n\r\nbody").unwrap();
+        assert_eq!(end, 48);
+        assert_eq!(
+            framing,
+            Framing::Known {
+                content_length: Some(12),
+                transfer_encoding: false,
+                chunked: false,
+                upgrade: false
+            }
+        );
+        assert_eq!(scan(b"GET / HTTP/1.1\r\nHost: x\r\n"), None, "no empty line yet");
+        assert_eq!(
+            scan(b"POST / HTTP/1.1\r\nContent-Length: lots\r\n\r\n").map(|(_, f)| f),
+            Some(Framing::Unknown)
+        );
+        assert_eq!(find_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nrest"), Some(27));
+        assert_eq!(find_end(b"GET / HTTP/1.1\nHost: x\n\nrest"), Some(24));
+        assert_eq!(find_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
     }
 
     #[test]

@@ -82,6 +82,15 @@ async fn content_length_with_transfer_encoding_is_refused() {
         1,
         "only the first was forwarded: {response}"
     );
+
+    // The same pair with bare-LF line ends throughout, which hyper's parser
+    // accepts: refused all the same.
+    let lf_pair = format!(
+        "POST /v1/orders HTTP/1.1\nHost: x\nX-API-Key: {key}\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\n\n"
+    );
+    let response = raw(gw.proxy(), lf_pair.as_bytes()).await;
+    assert!(status_line(&response).contains(" 400 "), "bare LF: {response}");
+    assert!(!response.contains("\"method\""), "bare LF: forwarded: {response}");
 }
 
 #[tokio::test]
