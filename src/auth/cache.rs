@@ -613,6 +613,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn identity_headers_carry_the_keys_values_and_skip_illegal_ones() {
+        let mut key = Key::clone(&verified(1).key);
+        key.owner = Some("acme".into());
+        key.scopes = ["orders:read", "orders:write"].map(String::from).into();
+        let identity = crate::auth::Identity::of(&key);
+        let text = |v: &Option<http::HeaderValue>| v.as_ref().map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(text(&identity.key_id_header).as_deref(), Some(key.id.as_str()));
+        assert_eq!(text(&identity.owner_header).as_deref(), Some("acme"));
+        assert_eq!(
+            text(&identity.scopes_header).as_deref(),
+            Some("orders:read,orders:write")
+        );
+        assert_eq!(text(&identity.plan_header).as_deref(), Some("free"));
+
+        key.owner = Some("bad\r\nx-evil: 1".into());
+        key.scopes = BTreeSet::new();
+        let identity = crate::auth::Identity::of(&key);
+        assert_eq!(identity.owner_header, None, "not a legal header value: left out");
+        assert_eq!(text(&identity.scopes_header).as_deref(), Some(""));
+        assert_eq!(
+            text(&identity.plan_header).as_deref(),
+            Some("free"),
+            "the rest unaffected"
+        );
+    }
+
     fn digest(k: &DigestKey, n: i64) -> Digest {
         k.digest(&format!("secret-{n}"))
     }

@@ -20,6 +20,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::HeaderValue;
 use thiserror::Error;
@@ -124,27 +125,53 @@ pub struct Identity {
     pub scopes_header: Option<HeaderValue>,
     /// `X-Keygate-Plan`.
     pub plan_header: Option<HeaderValue>,
+    /// The key's forwarded requests not yet flushed to the store.
+    pub usage: usage::OkCounter,
 }
 
 impl Identity {
     /// The identity of `key`.
     pub fn of(key: &Key) -> Self {
-        let header = |value: &str| HeaderValue::from_bytes(value.as_bytes()).ok();
+        // The header values share one buffer: a request clones all of them,
+        // and one reference count and one run of bytes per key stay warmer
+        // in cache than four separate allocations.
+        let scopes = join_scopes(&key.scopes);
+        let values = [
+            Some(key.id.as_str()),
+            key.owner.as_deref(),
+            Some(scopes.as_str()),
+            Some(key.plan.as_str()),
+        ];
+        let mut buffer = Vec::with_capacity(values.iter().flatten().map(|v| v.len()).sum());
+        let ranges = values.map(|value| {
+            value.map(|v| {
+                let start = buffer.len();
+                buffer.extend_from_slice(v.as_bytes());
+                start..buffer.len()
+            })
+        });
+        let buffer = Bytes::from(buffer);
+        let [key_id_header, owner_header, scopes_header, plan_header] =
+            ranges.map(|range| range.and_then(|r| HeaderValue::from_maybe_shared(buffer.slice(r)).ok()));
         Self {
             key_id: Arc::from(key.id.as_str()),
             short_prefix: Arc::from(key.short_prefix.as_str()),
-            key_id_header: header(key.id.as_str()),
-            owner_header: key.owner.as_deref().and_then(header),
-            scopes_header: scopes_header(&key.scopes),
-            plan_header: header(&key.plan),
+            key_id_header,
+            owner_header,
+            scopes_header,
+            plan_header,
+            usage: usage::OkCounter::default(),
         }
     }
 }
 
+fn join_scopes(scopes: &BTreeSet<String>) -> String {
+    scopes.iter().map(String::as_str).collect::<Vec<_>>().join(",")
+}
+
 /// `X-Keygate-Scopes` for `scopes`: comma-separated.
 pub fn scopes_header(scopes: &BTreeSet<String>) -> Option<HeaderValue> {
-    let joined = scopes.iter().map(String::as_str).collect::<Vec<_>>().join(",");
-    HeaderValue::from_bytes(joined.as_bytes()).ok()
+    HeaderValue::from_bytes(join_scopes(scopes).as_bytes()).ok()
 }
 
 /// What an access token grants: its verified claims and the scopes it

@@ -14,12 +14,19 @@
 //! into the next flush, bounded by a cap (the oldest pairs are dropped and
 //! counted past it).
 //!
+//! The most frequent pair, a key's forwarded (`ok`) requests, skips the map:
+//! each cached key's [`Identity`] carries an [`OkCounter`], which a request
+//! bumps with two atomic operations on memory it has just read anyway; the
+//! first bump after a flush queues the identity, and the flush drains the
+//! queue into its batch. With thousands of keys in rotation this is what
+//! keeps counting from costing a cache miss per request.
+//!
 //! What counts as usage (identified keys only) is the caller's decision;
 //! the store does the arithmetic.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -28,6 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::Identity;
 use crate::clock::SharedClock;
 use crate::keys::KeyId;
 use crate::store::{SharedStore, StoreError, UsageDelta};
@@ -68,6 +76,20 @@ impl Count {
     }
 }
 
+/// A key's `ok` requests since the last flush, kept in its cached
+/// [`Identity`] (see the module docs).
+#[derive(Debug, Default)]
+pub struct OkCounter {
+    count: AtomicU64,
+    /// Latest use, in milliseconds since the epoch.
+    last_ms: AtomicI64,
+    /// Whether the identity is in the recorder's queue.
+    queued: AtomicBool,
+}
+
+/// The outcome [`OkCounter`] counts.
+const OK: &str = "ok";
+
 /// Batches usage counts in memory and writes them to the store off the
 /// request path. Shared as an `Arc` between the proxy and the flusher.
 #[derive(Debug)]
@@ -84,6 +106,8 @@ pub struct UsageRecorder {
     // the store is being called (concurrent flushes write disjoint counts,
     // which add up either way).
     retained: Mutex<Tally>,
+    // std Mutex: pushed to once per key per flush interval, taken by flush.
+    queued: Mutex<Vec<Arc<Identity>>>,
     dropped: AtomicU64,
     drop_warned: AtomicBool,
 }
@@ -101,6 +125,7 @@ impl UsageRecorder {
             hasher: fnv::FnvBuildHasher::default(),
             shards: (0..SHARDS).map(|_| Mutex::new(Tally::default())).collect(),
             retained: Mutex::new(Tally::default()),
+            queued: Mutex::new(Vec::new()),
             dropped: AtomicU64::new(0),
             drop_warned: AtomicBool::new(false),
         }
@@ -122,6 +147,50 @@ impl UsageRecorder {
         self.record(key_id, outcome, self.clock.now());
     }
 
+    /// Counts one request by the key of `identity` with its outcome at
+    /// `at`; an `ok` goes to the identity's own counter.
+    pub fn record_identity(&self, identity: &Arc<Identity>, outcome: &'static str, at: DateTime<Utc>) {
+        if outcome != OK {
+            return self.record(&identity.key_id, outcome, at);
+        }
+        let counter = &identity.usage;
+        counter
+            .last_ms
+            .fetch_max(at.timestamp_millis(), Ordering::Relaxed);
+        // SeqCst on both sides (here and in `drain_queued`): a count added
+        // after a flush took the counter always finds `queued` cleared and
+        // queues the identity again.
+        counter.count.fetch_add(1, Ordering::SeqCst);
+        if !counter.queued.swap(true, Ordering::SeqCst) {
+            lock(&self.queued).push(Arc::clone(identity));
+        }
+    }
+
+    /// [`record_identity`](Self::record_identity) at the injected clock's now.
+    pub fn record_identity_now(&self, identity: &Arc<Identity>, outcome: &'static str) {
+        self.record_identity(identity, outcome, self.clock.now());
+    }
+
+    /// Moves the queued identities' `ok` counts into `batch`.
+    fn drain_queued(&self, batch: &mut Tally) {
+        let queued = std::mem::take(&mut *lock(&self.queued));
+        for identity in queued {
+            let counter = &identity.usage;
+            // Cleared before the count is taken (see `record_identity`).
+            counter.queued.store(false, Ordering::SeqCst);
+            let count = counter.count.swap(0, Ordering::SeqCst);
+            if count == 0 {
+                continue;
+            }
+            let last = DateTime::from_timestamp_millis(counter.last_ms.load(Ordering::Relaxed))
+                .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+            batch
+                .entry((Arc::clone(&identity.key_id), OK))
+                .and_modify(|c| c.add(Count { count, last }))
+                .or_insert(Count { count, last });
+        }
+    }
+
     /// Requests dropped so far because refused batches outgrew the cap.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -136,6 +205,7 @@ impl UsageRecorder {
             let taken = std::mem::take(&mut *lock(shard));
             merge(&mut batch, taken);
         }
+        self.drain_queued(&mut batch);
         if batch.is_empty() {
             return Ok(0);
         }
@@ -389,6 +459,60 @@ mod tests {
             "the latest use, not the last recorded"
         );
         assert_eq!(f.store.get_key(&f.b).await.unwrap().last_used_at, Some(t(1)));
+    }
+
+    #[tokio::test]
+    async fn counts_kept_with_identities_flush_like_the_rest() {
+        let f = fixture().await;
+        let r = f.recorder(MAX_RETAINED);
+        let key = f.store.get_key(&f.a).await.unwrap();
+        let old = Arc::new(Identity::of(&key));
+        // The same key cached twice over time (a refreshed entry builds a
+        // new identity): both identities' counts reach the store.
+        let new = Arc::new(Identity::of(&key));
+        r.record_identity(&old, "ok", t(2));
+        r.record_identity(&old, "ok", t(7));
+        r.record_identity(&new, "ok", t(3));
+        r.record_identity(&new, "rate_limited", t(4));
+        r.record(&arc(&f.a), "ok", t(1));
+        assert_eq!(lock(&r.queued).len(), 2, "each identity queued once");
+        assert_eq!(r.flush().await.unwrap(), 5);
+        assert_eq!(r.flush().await.unwrap(), 0, "nothing counted twice");
+        assert!(lock(&r.queued).is_empty());
+        // Counting again after a flush queues the identity again.
+        r.record_identity(&old, "ok", t(8));
+        assert_eq!(r.flush().await.unwrap(), 1);
+        assert_eq!(f.usage(&f.a).await, pairs(&[("ok", 5), ("rate_limited", 1)]));
+        let stored = f.store.get_key(&f.a).await.unwrap();
+        assert_eq!(stored.request_count, 6);
+        assert_eq!(stored.last_used_at, Some(t(8)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn identity_counts_racing_flushes_are_never_lost() {
+        let f = fixture().await;
+        let r = f.recorder(MAX_RETAINED);
+        let identity = Arc::new(Identity::of(&f.store.get_key(&f.a).await.unwrap()));
+        let counters: Vec<_> = (0..4)
+            .map(|_| {
+                let (r, identity) = (Arc::clone(&r), Arc::clone(&identity));
+                tokio::task::spawn_blocking(move || {
+                    for i in 0..5_000 {
+                        r.record_identity(&identity, "ok", t(i % 60));
+                    }
+                })
+            })
+            .collect();
+        let mut flushed = 0;
+        while counters.iter().any(|c| !c.is_finished()) {
+            flushed += r.flush().await.unwrap();
+        }
+        for c in counters {
+            c.await.unwrap();
+        }
+        flushed += r.flush().await.unwrap();
+        assert_eq!(flushed, 20_000);
+        assert_eq!(f.usage(&f.a).await, pairs(&[("ok", 20_000)]));
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@
 //!   becomes the upstream's authority.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -80,6 +80,9 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
+/// Thirty years: a deadline that never comes.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -107,21 +110,22 @@ impl Forwarder {
     }
 
     /// Forwards `authorized` with the client's body, returning the upstream's
-    /// response (body streamed).
+    /// response (body streamed). `upstream.timeout` runs from `sent_at`.
     pub async fn forward(
         &self,
         authorized: Authorized,
         mut parts: http::request::Parts,
         body: Incoming,
         client: &Peer,
+        sent_at: Instant,
     ) -> Result<Response<Body>, ForwardError> {
-        let uri = self.upstream_uri(&authorized, parts.uri.query())?;
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
+        let uri = self.upstream_uri(&authorized, &mut parts.uri)?;
         let headers = &mut parts.headers;
         strip_on_forward(headers, &self.settings.credential_headers);
         append_forwarded_for(headers, client);
@@ -158,7 +162,13 @@ impl Forwarder {
         *request.uri_mut() = uri;
         *request.version_mut() = http::Version::HTTP_11;
 
-        let response = match tokio::time::timeout(self.settings.timeout, self.upstream.send(request)).await {
+        let sent_at = tokio::time::Instant::from_std(sent_at);
+        // A timeout too long to add is as good as none (what tokio's own
+        // `timeout` does too).
+        let deadline = sent_at
+            .checked_add(self.settings.timeout)
+            .unwrap_or_else(|| sent_at + FAR_FUTURE);
+        let response = match tokio::time::timeout_at(deadline, self.upstream.send(request)).await {
             Err(_) => return Err(ForwardError::Timeout(self.settings.timeout)),
             Ok(Err(e)) => {
                 if is_body_limit(&e) {
@@ -176,8 +186,20 @@ impl Forwarder {
         ))
     }
 
-    fn upstream_uri(&self, authorized: &Authorized, query: Option<&str>) -> Result<Uri, ForwardError> {
+    /// The origin-form target the upstream receives: `upstream.url`'s base
+    /// path, the normalised path, the client's query. When that is exactly
+    /// what the client sent (no base path, the path already normal, origin
+    /// form), the client's target is taken as it is, without rebuilding it.
+    fn upstream_uri(&self, authorized: &Authorized, presented: &mut Uri) -> Result<Uri, ForwardError> {
         let path = authorized.path().as_str();
+        if self.settings.base_path.is_empty()
+            && presented.scheme().is_none()
+            && presented.authority().is_none()
+            && presented.path() == path
+        {
+            return Ok(std::mem::take(presented));
+        }
+        let query = presented.query();
         let mut target =
             String::with_capacity(self.settings.base_path.len() + path.len() + 1 + query.map_or(0, str::len));
         target.push_str(&self.settings.base_path);
@@ -259,46 +281,67 @@ enum Verdict<'n> {
 }
 
 /// Removes every header `verdict` says to and every header a `Connection`
-/// header names. One pass over the names present: a request with nothing
+/// header names. One pass over the headers present: a request with nothing
 /// to remove costs no lookups, and the usual removals copy no names.
 fn strip<'n>(headers: &mut HeaderMap, verdict: impl Fn(&HeaderName) -> Verdict<'n>) {
-    let mut listed: Vec<&'n HeaderName> = Vec::new();
+    // The usual removals fit in `listed` (no allocation); more are copied.
+    let mut listed: [Option<&'n HeaderName>; 8] = [None; 8];
+    let mut listed_len = 0;
     let mut copied: Vec<HeaderName> = Vec::new();
-    for name in headers.keys() {
+    let mut previous: Option<&HeaderName> = None;
+    for (name, value) in headers.iter() {
+        if name == header::CONNECTION {
+            named_by_connection(value, &mut copied);
+        }
+        // The values of one name come together, under the same name: decide
+        // once per name.
+        if previous.is_some_and(|p| std::ptr::eq(p, name)) {
+            continue;
+        }
+        previous = Some(name);
         match verdict(name) {
             Verdict::Keep => {}
-            Verdict::Remove(known) => listed.push(known),
+            Verdict::Remove(known) => match listed.get_mut(listed_len) {
+                Some(slot) => {
+                    *slot = Some(known);
+                    listed_len += 1;
+                }
+                None => copied.push(known.clone()),
+            },
             Verdict::RemoveThis => copied.push(name.clone()),
         }
     }
-    if listed.is_empty() && copied.is_empty() {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        for token in headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-        {
-            // `keep-alive` and `close` are the usual tokens: the first is
-            // removed already, the second names no header.
-            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                if hop_by_hop(name.as_str()).is_none() {
-                    copied.push(name);
-                }
-            }
-        }
-    }
-    for name in listed {
+    for name in listed.into_iter().flatten() {
         headers.remove(name);
     }
     for name in copied {
         headers.remove(name);
+    }
+}
+
+/// Adds to `names` the headers one `Connection` value names, except the
+/// hop-by-hop ones (removed by name anyway).
+fn named_by_connection(value: &HeaderValue, names: &mut Vec<HeaderName>) {
+    let bytes = value.as_bytes();
+    // The usual values name no header: `keep-alive` (hop-by-hop itself)
+    // and `close`.
+    if bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close") {
+        return;
+    }
+    let Ok(value) = value.to_str() else {
+        return;
+    };
+    for token in value.split(',').map(str::trim) {
+        // `keep-alive` and `close` are the usual tokens: the first is
+        // hop-by-hop, the second names no header.
+        if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if hop_by_hop(name.as_str()).is_none() {
+                names.push(name);
+            }
+        }
     }
 }
 
@@ -367,10 +410,20 @@ mod tests {
         let mut headers = map(&[
             ("connection", "keep-alive, X-Secret-Hop, proxy-authorization"),
             ("x-secret-hop", "1"),
+            ("x-other-hop", "1"),
+            ("x-other-hop", "2"),
+            // A second Connection value is read as well as the first.
+            ("connection", "close,x-other-hop"),
             ("keep-alive", "timeout=5"),
             ("proxy-authorization", "Basic abc"),
             ("te", "trailers"),
             ("upgrade", "websocket"),
+            // Nine hop-by-hop names in all: more than the pass lists
+            // without allocating.
+            ("transfer-encoding", "chunked"),
+            ("trailer", "x-checksum"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authenticate", "Basic"),
             ("accept", "application/json"),
         ]);
         strip_hop_by_hop(&mut headers);
@@ -383,6 +436,7 @@ mod tests {
         let mut headers = map(&[
             ("x-keygate-key-id", "forged"),
             ("X-Keygate-Anything", "x"),
+            ("x-keygate-anything", "y"),
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-for", "10.0.0.2"),
             ("x-api-key", "kg_live_secret"),

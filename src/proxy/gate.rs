@@ -16,7 +16,7 @@ use std::sync::Arc;
 use http::request::Parts;
 
 use crate::auth::extract::{CredentialHeaders, Presented};
-use crate::auth::{AuthError, AuthFailure, Authenticator, Principal};
+use crate::auth::{AuthError, AuthFailure, Authenticator, Identity, Principal};
 use crate::keys::Key;
 use crate::policy::path::{NormalizedPath, normalize};
 use crate::policy::routes::{Access, RouteTable};
@@ -49,9 +49,13 @@ impl Authorized {
 pub struct Decision<'a> {
     /// Route label (`default` when no route matched).
     pub route: &'a str,
-    /// The key's id, once known.
+    /// The authenticated key's identity (its id, short prefix and usage
+    /// counter), once known.
+    pub identity: Option<Arc<Identity>>,
+    /// The key's id, when known without an identity (the token exchange).
     pub key_id: Option<Arc<str>>,
-    /// The presented key's short prefix, once parsed.
+    /// The presented key's short prefix, when known without an identity (a
+    /// refused key, the token exchange).
     pub short_prefix: Option<Arc<str>>,
     /// The access token's session, when the caller presented one.
     pub session_id: Option<Arc<str>>,
@@ -64,6 +68,26 @@ pub struct Decision<'a> {
     /// How long the upstream took to send its response head, once forwarded
     /// (for the latency metrics).
     pub upstream: Option<std::time::Duration>,
+    /// When the upstream's response head (or the forwarding error) came.
+    pub answered_at: Option<std::time::Instant>,
+}
+
+impl Decision<'_> {
+    /// The key's id, once known.
+    pub fn key_id(&self) -> Option<&str> {
+        match &self.identity {
+            Some(identity) => Some(&identity.key_id),
+            None => self.key_id.as_deref(),
+        }
+    }
+
+    /// The presented key's short prefix, once known.
+    pub fn short_prefix(&self) -> Option<&str> {
+        match &self.identity {
+            Some(identity) => Some(&identity.short_prefix),
+            None => self.short_prefix.as_deref(),
+        }
+    }
 }
 
 /// The checks, compiled once from config.
@@ -212,8 +236,7 @@ pub fn refusal(error: AuthError, decision: &mut Decision<'_>) -> Problem {
 
 /// Records who the caller is for the request log and usage counts.
 pub fn identify(decision: &mut Decision<'_>, principal: &Principal) {
-    decision.key_id = Some(Arc::clone(&principal.identity.key_id));
-    decision.short_prefix = Some(Arc::clone(&principal.identity.short_prefix));
+    decision.identity = Some(Arc::clone(&principal.identity));
     decision.session_id = principal.grant.as_ref().map(|g| Arc::from(g.claims.sid.as_str()));
 }
 

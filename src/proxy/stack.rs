@@ -59,18 +59,25 @@ pub async fn handle(state: &ProxyState, req: Request<Incoming>, client: &Peer) -
             .get::<Code>()
             .map_or("ok", |code| code.as_str());
         // Only identified keys are counted; the recorder never waits on the store.
-        if let Some(key_id) = &decision.key_id {
+        if let Some(identity) = &decision.identity {
+            state.usage.record_identity_now(identity, outcome);
+        } else if let Some(key_id) = &decision.key_id {
             state.usage.record_now(key_id, outcome);
         }
-        let duration = started.elapsed();
+        // The forwarded request's clock reading when its response head
+        // arrived serves as the end too (what follows it takes nanoseconds).
+        let duration = decision
+            .answered_at
+            .unwrap_or_else(Instant::now)
+            .duration_since(started);
         state
             .metrics
             .observe_request(outcome, decision.route, duration, decision.upstream);
         tracing::info!(
             method = %method,
             route = decision.route,
-            key_id = decision.key_id.as_deref().unwrap_or("-"),
-            short_prefix = decision.short_prefix.as_deref().unwrap_or("-"),
+            key_id = decision.key_id().unwrap_or("-"),
+            short_prefix = decision.short_prefix().unwrap_or("-"),
             session_id = decision.session_id.as_deref().unwrap_or("-"),
             decision = outcome,
             reason = decision.reason.unwrap_or("-"),
@@ -142,8 +149,13 @@ async fn pipeline<'a>(
 
     // 5. Forward.
     let forwarded_at = Instant::now();
-    let forwarded = state.forwarder.forward(authorized, parts, body, client).await;
-    decision.upstream = Some(forwarded_at.elapsed());
+    let forwarded = state
+        .forwarder
+        .forward(authorized, parts, body, client, forwarded_at)
+        .await;
+    let answered_at = Instant::now();
+    decision.upstream = Some(answered_at.duration_since(forwarded_at));
+    decision.answered_at = Some(answered_at);
     match forwarded {
         Ok(response) => response,
         Err(e) => {
