@@ -16,7 +16,7 @@
 //!
 //! The most frequent pair, a key's forwarded (`ok`) requests, skips the map:
 //! each cached key's [`Identity`] carries an [`OkCounter`], which a request
-//! bumps with two atomic operations on memory it has just read anyway; the
+//! bumps with three atomic operations on memory it has just read anyway; the
 //! first bump after a flush queues the identity, and the flush drains the
 //! queue into its batch. With thousands of keys in rotation this is what
 //! keeps counting from costing a cache miss per request.
@@ -59,7 +59,8 @@ const SHARDS: usize = 16;
 
 /// Counts per (key id, outcome code). FNV, not SipHash: the ids are the
 /// gateway's own (only identified keys are counted), so no caller can pick
-/// colliding ones, and the hash runs on every request.
+/// colliding ones, and the hash runs on every counted request that is not a
+/// cached key's `ok` (those go to its [`OkCounter`]).
 type Tally = HashMap<(Arc<str>, &'static str), Count, fnv::FnvBuildHasher>;
 
 /// One pair's requests since the last flush and their latest instant.
