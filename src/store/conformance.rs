@@ -1017,12 +1017,14 @@ pub async fn usage_recording(store: &dyn KeyStore) {
     );
     assert!(matches!(store.usage(&gone).await, Err(StoreError::NotFound(_))));
 
-    // One batch over several keys and outcomes lands per key.
+    // One batch over several keys and outcomes lands per key; a pair
+    // repeated in one batch adds up.
     store
         .record_usage(&[
             delta(&b.id, "ok", 7, 40),
             delta(&a.id, "invalid_key", 1, 41),
             delta(&b.id, "forbidden", 2, 39),
+            delta(&b.id, "ok", 1, 38),
         ])
         .await
         .expect("record");
@@ -1031,8 +1033,8 @@ pub async fn usage_recording(store: &dyn KeyStore) {
         store.usage(&b.id).await.expect("b"),
     );
     assert_eq!((ua.total, ua.last_used_at), (7, Some(t(41))));
-    assert_eq!((ub.total, ub.last_used_at), (9, Some(t(40))));
-    assert_eq!((ub.by_outcome["ok"], ub.by_outcome["forbidden"]), (7, 2));
+    assert_eq!((ub.total, ub.last_used_at), (10, Some(t(40))));
+    assert_eq!((ub.by_outcome["ok"], ub.by_outcome["forbidden"]), (8, 2));
     assert_eq!(store.change_seq().await.expect("seq"), seq);
 }
 

@@ -980,12 +980,15 @@ impl KeyStore for PostgresStore {
             .await
             .map_err(store_error)?;
         // The EXISTS guard drops deltas for keys deleted since the gateway
-        // counted them (the foreign key would refuse the row).
+        // counted them (the foreign key would refuse the row); the GROUP BY
+        // folds a pair repeated in one batch (an upsert may not touch a row
+        // twice).
         sqlx::query(
             "INSERT INTO key_usage (key_id, outcome, count) \
-             SELECT d.id, d.outcome, d.count FROM unnest($1::text[], $2::text[], $3::bigint[]) \
-               AS d(id, outcome, count) \
+             SELECT d.id, d.outcome, SUM(d.count)::bigint \
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS d(id, outcome, count) \
              WHERE EXISTS (SELECT 1 FROM keys WHERE keys.id = d.id) \
+             GROUP BY d.id, d.outcome \
              ON CONFLICT (key_id, outcome) DO UPDATE SET count = key_usage.count + excluded.count",
         )
         .bind(&ids)

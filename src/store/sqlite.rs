@@ -18,7 +18,7 @@
 //! Row decoding and the audit rules shared with Postgres live in
 //! [`super::rows`]; this file holds the SQL and SQLite's error codes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -631,47 +631,43 @@ impl KeyStore for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
-        // The whole batch travels as one JSON array and is applied by two
-        // set-based statements, so a flush costs the same two statements
-        // whether it carries one key or ten thousand (a statement per key
-        // made flushing the busiest thing a loaded gateway did).
-        let deltas: Vec<Value> = batch
-            .iter()
-            .map(|delta| {
-                serde_json::json!([
-                    delta.key_id.as_str(),
-                    delta.outcome,
-                    rows::count_to_db(delta.count),
-                    timestamp_text(delta.last_used_at),
-                ])
-            })
-            .collect();
-        let deltas = Value::Array(deltas).to_string();
+        // The batch travels as JSON objects keyed by key id and is applied
+        // by set-based statements: one upsert per outcome present (usually
+        // only `ok`) and one update of the keys, however many keys it
+        // carries (a statement per key made flushing the busiest thing a
+        // loaded gateway did). `json_each` over an object yields each key
+        // and value without parsing it again, where `->>` on the elements
+        // of an array of arrays re-parsed every element per field: with
+        // 10,000 keys this form takes half the time.
+        let usage = UsageObjects::of(batch);
         let mut tx = self.begin_write().await?;
-        // The EXISTS guard drops deltas for keys deleted since the gateway
-        // counted them (the foreign key would refuse the row).
-        sqlx::query(
-            "INSERT INTO key_usage (key_id, outcome, count) \
-             SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1) \
-             WHERE EXISTS (SELECT 1 FROM keys WHERE id = value ->> 0) \
-             ON CONFLICT (key_id, outcome) DO UPDATE SET count = count + excluded.count",
-        )
-        .bind(&deltas)
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
+        for (outcome, counts) in &usage.by_outcome {
+            // The EXISTS guard drops deltas for keys deleted since the
+            // gateway counted them (the foreign key would refuse the row).
+            sqlx::query(
+                "INSERT INTO key_usage (key_id, outcome, count) \
+                 SELECT key, ?1, value FROM json_each(?2) \
+                 WHERE EXISTS (SELECT 1 FROM keys WHERE id = key) \
+                 ON CONFLICT (key_id, outcome) DO UPDATE SET count = count + excluded.count",
+            )
+            .bind(*outcome)
+            .bind(counts)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        }
         // Batches from several gateways arrive in any order: keep the latest
         // use, not the last written. Timestamps are fixed-width RFC 3339
-        // text, so MAX and < compare them as instants.
+        // text, so < compares them as instants.
         sqlx::query(
             "UPDATE keys SET request_count = request_count + d.total, \
              last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < d.last \
              THEN d.last ELSE last_used_at END \
-             FROM (SELECT value ->> 0 AS id, SUM(value ->> 2) AS total, MAX(value ->> 3) AS last \
-                   FROM json_each(?1) GROUP BY value ->> 0) AS d \
+             FROM (SELECT key AS id, value ->> 0 AS total, value ->> 1 AS last \
+                   FROM json_each(?1)) AS d \
              WHERE keys.id = d.id",
         )
-        .bind(&deltas)
+        .bind(&usage.by_key)
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
@@ -841,6 +837,54 @@ impl KeyStore for SqliteStore {
             .map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
         Ok(deleted.rows_affected())
+    }
+}
+
+/// A usage batch as the flush statements read it: per outcome, a JSON
+/// object of key id -> count; and one object of key id -> `[total, last
+/// use]` over all outcomes. Repeated (key, outcome) pairs are summed and
+/// counts saturate at the largest stored integer.
+struct UsageObjects<'a> {
+    by_outcome: BTreeMap<&'a str, String>,
+    by_key: String,
+}
+
+impl<'a> UsageObjects<'a> {
+    fn of(batch: &'a [UsageDelta]) -> Self {
+        let mut counts: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
+        let mut keys: BTreeMap<&str, (u64, DateTime<Utc>)> = BTreeMap::new();
+        for delta in batch {
+            let id = delta.key_id.as_str();
+            let count = counts
+                .entry(delta.outcome.as_str())
+                .or_default()
+                .entry(id)
+                .or_default();
+            *count = count.saturating_add(delta.count);
+            let (total, last) = keys.entry(id).or_insert((0, delta.last_used_at));
+            *total = total.saturating_add(delta.count);
+            *last = (*last).max(delta.last_used_at);
+        }
+        let object = |entries: serde_json::Map<String, Value>| Value::Object(entries).to_string();
+        let by_outcome = counts
+            .into_iter()
+            .map(|(outcome, per_key)| {
+                let entries = per_key
+                    .into_iter()
+                    .map(|(id, count)| (id.to_owned(), Value::from(rows::count_to_db(count))))
+                    .collect();
+                (outcome, object(entries))
+            })
+            .collect();
+        let by_key = object(
+            keys.into_iter()
+                .map(|(id, (total, last))| {
+                    let value = serde_json::json!([rows::count_to_db(total), timestamp_text(last)]);
+                    (id.to_owned(), value)
+                })
+                .collect(),
+        );
+        Self { by_outcome, by_key }
     }
 }
 
