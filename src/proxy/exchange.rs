@@ -326,8 +326,8 @@ impl Exchange {
         };
         let principal = self.key_principal(state, api_key, decision).await?;
         let key = &principal.key;
-        state.gate.check_plan(key, decision)?;
-        state.gate.check_limits(key, decision).await?;
+        let plan = state.gate.check_plan(key, decision)?;
+        state.gate.check_limits(key, plan, decision).await?;
         let request = LoginRequest {
             key_id: key.id.clone(),
             client_session: session_id,
@@ -389,7 +389,7 @@ impl Exchange {
                 Code::InvalidKey,
             )));
         }
-        state.gate.check_plan(key, decision)?;
+        let plan = state.gate.check_plan(key, decision)?;
         let scopes = narrow_scopes(&key.scopes, form.get("scope")).map_err(|e| {
             decision.reason = Some("scope not granted");
             Failure::OAuth(OAuthError::new(
@@ -399,7 +399,7 @@ impl Exchange {
                 Code::InsufficientScope,
             ))
         })?;
-        state.gate.check_limits(key, decision).await?;
+        state.gate.check_limits(key, plan, decision).await?;
         let request = LoginRequest {
             key_id: key.id.clone(),
             client_session: Some(format!("{OAUTH_SESSION_PREFIX}{}", format_scope(&scopes))),
@@ -463,8 +463,8 @@ impl Exchange {
                 Redemption::Rotated(rotation) => {
                     check_key_state(&key, now, decision)?;
                     if !charged {
-                        state.gate.check_plan(&key, decision)?;
-                        state.gate.check_limits(&key, decision).await?;
+                        let plan = state.gate.check_plan(&key, decision)?;
+                        state.gate.check_limits(&key, plan, decision).await?;
                         charged = true;
                     }
                     let record = record_from_session(&rotation.session);

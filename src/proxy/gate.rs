@@ -174,39 +174,44 @@ impl Gate {
             .map_err(|error| refusal(error, decision))?;
         let key = &principal.key;
         identify(decision, &principal);
-        self.check_plan(key, decision)?;
+        let plan = self.check_plan(key, decision)?;
         if let Some(missing) = scopes::first_missing(required, principal.scopes()) {
             decision.reason = Some("scope missing");
             return Err(Problem::insufficient_scope(missing));
         }
-        self.check_limits(key, decision).await?;
+        self.check_limits(key, plan, decision).await?;
         Ok(Authorized {
             principal: Some(principal),
             path,
         })
     }
 
-    /// `plan_forbidden` unless the key's plan has API access.
-    pub fn check_plan(&self, key: &Key, decision: &mut Decision<'_>) -> Result<(), Problem> {
-        if scopes::plan_allows(self.plans.get(&key.plan)) {
-            Ok(())
-        } else {
-            decision.reason = Some("plan without API access");
-            Err(Problem::new(Code::PlanForbidden))
+    /// The key's plan, or `plan_forbidden` unless it has API access. The
+    /// plan goes on to [`Gate::check_limits`], so a request looks it up
+    /// once.
+    pub fn check_plan(&self, key: &Key, decision: &mut Decision<'_>) -> Result<&PlanSettings, Problem> {
+        match self.plans.get(&key.plan) {
+            Some(plan) if scopes::plan_allows(Some(plan)) => Ok(plan),
+            _ => {
+                decision.reason = Some("plan without API access");
+                Err(Problem::new(Code::PlanForbidden))
+            }
         }
     }
 
-    /// Charges one request to the key's plan limits (the last check: call
-    /// it only once everything else passed). Records the tightest window in
-    /// `decision` for the `RateLimit-*` headers.
-    pub async fn check_limits(&self, key: &Key, decision: &mut Decision<'_>) -> Result<(), Problem> {
-        let Some(plan) = self
-            .plans
-            .get(&key.plan)
-            .filter(|p| !p.unlimited && !p.limits.is_empty())
-        else {
+    /// Charges one request to the key's plan limits (`plan`, from
+    /// [`Gate::check_plan`]; the last check: call it only once everything
+    /// else passed). Records the tightest window in `decision` for the
+    /// `RateLimit-*` headers.
+    pub async fn check_limits(
+        &self,
+        key: &Key,
+        plan: &PlanSettings,
+        decision: &mut Decision<'_>,
+    ) -> Result<(), Problem> {
+        if plan.unlimited || plan.limits.is_empty() {
             return Ok(());
-        };
+        }
         let subject = subject(plan, &key.plan, key.id.as_str(), key.owner.as_deref());
         let verdict = self.limiter.check(&subject, &plan.limits).await;
         decision.rate = verdict.window().copied();
