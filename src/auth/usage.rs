@@ -154,10 +154,22 @@ impl UsageRecorder {
         if outcome != OK {
             return self.record(&identity.key_id, outcome, at);
         }
+        self.count_ok(identity, at.timestamp_millis());
+    }
+
+    /// [`record_identity`](Self::record_identity) at the injected clock's now.
+    pub fn record_identity_now(&self, identity: &Arc<Identity>, outcome: &'static str) {
+        if outcome != OK {
+            return self.record_now(&identity.key_id, outcome);
+        }
+        // Milliseconds straight from the clock: no calendar date to build.
+        self.count_ok(identity, i64::try_from(self.clock.unix_ms()).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an `ok` request of `identity` used at `at_ms` (Unix ms).
+    fn count_ok(&self, identity: &Arc<Identity>, at_ms: i64) {
         let counter = &identity.usage;
-        counter
-            .last_ms
-            .fetch_max(at.timestamp_millis(), Ordering::Relaxed);
+        counter.last_ms.fetch_max(at_ms, Ordering::Relaxed);
         // SeqCst on both sides (here and in `drain_queued`): a count added
         // after a flush took the counter always finds `queued` cleared and
         // queues the identity again.
@@ -165,11 +177,6 @@ impl UsageRecorder {
         if !counter.queued.swap(true, Ordering::SeqCst) {
             lock(&self.queued).push(Arc::clone(identity));
         }
-    }
-
-    /// [`record_identity`](Self::record_identity) at the injected clock's now.
-    pub fn record_identity_now(&self, identity: &Arc<Identity>, outcome: &'static str) {
-        self.record_identity(identity, outcome, self.clock.now());
     }
 
     /// Moves the queued identities' `ok` counts into `batch`.

@@ -183,7 +183,7 @@ impl LocalLimiter {
         if limits.is_empty() {
             return Verdict::Unlimited;
         }
-        let now_ms = window::unix_ms(self.clock.now());
+        let now_ms = self.clock.unix_ms();
         let mut shard = self.shard(subject);
         if now_ms >= shard.next_sweep_ms {
             shard.sweep(now_ms);
@@ -203,7 +203,7 @@ impl LocalLimiter {
     /// Checks do this shard by shard on their own; this is for callers that
     /// want it all at once (and for tests).
     pub fn evict_expired(&self) {
-        let now_ms = window::unix_ms(self.clock.now());
+        let now_ms = self.clock.unix_ms();
         for shard in &self.shards {
             lock(shard).sweep(now_ms);
         }

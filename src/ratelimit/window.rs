@@ -9,8 +9,6 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-
 /// The status of one window, as the `RateLimit-*` headers show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowStatus {
@@ -95,12 +93,6 @@ pub(super) struct Observed {
 /// [`window_start`] is defined (config only admits 1 s to 30 d).
 pub(super) fn per_ms(per: Duration) -> u64 {
     u64::try_from(per.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-/// Milliseconds since the Unix epoch; instants before it count as 0 (a
-/// clock that far off is not worth a failure path).
-pub(super) fn unix_ms(at: DateTime<Utc>) -> u64 {
-    u64::try_from(at.timestamp_millis()).unwrap_or(0)
 }
 
 /// Start of the window of length `per_ms` that contains `now_ms`. Windows
@@ -208,10 +200,6 @@ mod tests {
         assert_eq!(per_ms(Duration::from_secs(60)), 60_000);
         assert_eq!(per_ms(Duration::ZERO), 1);
         assert_eq!(per_ms(Duration::from_secs(30 * 86_400)), 30 * DAY);
-        let at = DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
-        assert_eq!(unix_ms(at), 1_700_000_000_123);
-        let before_epoch = DateTime::from_timestamp_millis(-5).unwrap();
-        assert_eq!(unix_ms(before_epoch), 0);
     }
 
     #[test]
