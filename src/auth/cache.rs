@@ -112,17 +112,35 @@ impl std::fmt::Debug for DigestKey {
     }
 }
 
-/// A secret that verified: the key and the matched stored secret, shared.
+/// A secret that verified: the key (in its identity) and the matched stored
+/// secret, shared.
 #[derive(Debug, Clone)]
 pub(super) struct Verified {
-    /// The key's metadata.
-    pub(super) key: Arc<Key>,
     /// The stored secret the presented one matched (its short prefix and
-    /// hash let a refresh recognise it without argon2; its `valid_until`
-    /// ends a rotation grace).
+    /// hash let a refresh recognise it without argon2).
     pub(super) secret: Arc<SecretRecord>,
-    /// The key's identity (log fields, upstream headers), built once.
+    /// `secret.valid_until` (the end of a rotation grace), copied so that a
+    /// cache hit reads only the entry and the identity.
+    pub(super) secret_valid_until: Option<DateTime<Utc>>,
+    /// The key's identity and hot record (log fields, upstream headers,
+    /// state), built once; it holds the key's metadata.
     pub(super) identity: Arc<super::Identity>,
+}
+
+impl Verified {
+    /// The verified pair of `key` and its matched `secret`.
+    pub(super) fn new(key: Key, secret: SecretRecord) -> Self {
+        Self {
+            secret_valid_until: secret.valid_until,
+            secret: Arc::new(secret),
+            identity: Arc::new(super::Identity::of(Arc::new(key))),
+        }
+    }
+
+    /// The key's metadata.
+    pub(super) fn key(&self) -> &Arc<Key> {
+        &self.identity.key
+    }
 }
 
 struct Entry {
@@ -252,7 +270,7 @@ impl AuthCache {
         if self.epoch.load(Ordering::SeqCst) != seen_epoch {
             return false;
         }
-        let key_id = verified.key.id.clone();
+        let key_id = verified.key().id.clone();
         let entry = Entry {
             verified,
             fresh_until,
@@ -263,7 +281,7 @@ impl AuthCache {
             .unwrap_or_else(|p| p.into_inner())
             .insert(digest, entry);
         match replaced {
-            Some(old) if old.verified.key.id != key_id => index.forget(&old.verified.key.id, &digest),
+            Some(old) if old.verified.key().id != key_id => index.forget(&old.verified.key().id, &digest),
             Some(_) => {}
             None => {
                 self.len.fetch_add(1, Ordering::Relaxed);
@@ -296,7 +314,7 @@ impl AuthCache {
             .unwrap_or_else(|p| p.into_inner())
             .remove(digest);
         if let Some(entry) = removed {
-            index.forget(&entry.verified.key.id, digest);
+            index.forget(&entry.verified.key().id, digest);
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -317,7 +335,7 @@ impl AuthCache {
                     let mut shard = self.shards[digest.shard()]
                         .write()
                         .unwrap_or_else(|p| p.into_inner());
-                    if shard.get(&digest).is_some_and(|e| e.verified.key.id == *key_id) {
+                    if shard.get(&digest).is_some_and(|e| e.verified.key().id == *key_id) {
                         shard.remove(&digest);
                         self.len.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -355,7 +373,7 @@ impl AuthCache {
             shard.retain(|digest, entry| {
                 let keep = now < entry.stale_until;
                 if !keep {
-                    index.forget(&entry.verified.key.id, digest);
+                    index.forget(&entry.verified.key().id, digest);
                     self.len.fetch_sub(1, Ordering::Relaxed);
                 }
                 keep
@@ -384,7 +402,7 @@ impl AuthCache {
                     let over = self.len() > target;
                     let evict = over && *digest != keep && (!expired_only || entry.fresh_until <= now);
                     if evict {
-                        index.forget(&entry.verified.key.id, digest);
+                        index.forget(&entry.verified.key().id, digest);
                         self.len.fetch_sub(1, Ordering::Relaxed);
                     }
                     !evict
@@ -606,19 +624,15 @@ mod tests {
             hash: KeyHash::from_phc(format!("hash{n}")),
             valid_until: None,
         };
-        Verified {
-            identity: Arc::new(crate::auth::Identity::of(&key)),
-            key: Arc::new(key),
-            secret: Arc::new(secret),
-        }
+        Verified::new(key, secret)
     }
 
     #[test]
     fn identity_headers_carry_the_keys_values_and_skip_illegal_ones() {
-        let mut key = Key::clone(&verified(1).key);
+        let mut key = Key::clone(verified(1).key());
         key.owner = Some("acme".into());
         key.scopes = ["orders:read", "orders:write"].map(String::from).into();
-        let identity = crate::auth::Identity::of(&key);
+        let identity = crate::auth::Identity::of(Arc::new(key.clone()));
         let text = |v: &Option<http::HeaderValue>| v.as_ref().map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(text(&identity.key_id_header).as_deref(), Some(key.id.as_str()));
         assert_eq!(text(&identity.owner_header).as_deref(), Some("acme"));
@@ -630,7 +644,7 @@ mod tests {
 
         key.owner = Some("bad\r\nx-evil: 1".into());
         key.scopes = BTreeSet::new();
-        let identity = crate::auth::Identity::of(&key);
+        let identity = crate::auth::Identity::of(Arc::new(key.clone()));
         assert_eq!(identity.owner_header, None, "not a legal header value: left out");
         assert_eq!(text(&identity.scopes_header).as_deref(), Some(""));
         assert_eq!(
@@ -638,6 +652,62 @@ mod tests {
             Some("free"),
             "the rest unaffected"
         );
+    }
+
+    #[test]
+    fn the_hot_record_answers_as_the_key_does() {
+        use crate::keys::{KeyState, KeyStatus};
+        use crate::policy::scopes::first_missing;
+        let base = Key::clone(verified(1).key());
+        let sets: [&[&str]; 5] = [
+            &["orders:read", "orders:write"],
+            &[],
+            // Not listable (a comma, an empty scope): the tree answers.
+            &["a,b", "c"],
+            &["", "x"],
+            &["orders"],
+        ];
+        let asks: [&[&str]; 6] = [
+            &["orders:read"],
+            &["orders:write", "orders:read"],
+            &["orders"],
+            &["a", "b"],
+            &["a,b", ""],
+            &["orders:read", "x", "c"],
+        ];
+        for set in sets {
+            let mut key = base.clone();
+            key.scopes = set.iter().map(|s| (*s).to_owned()).collect();
+            let identity = crate::auth::Identity::of(Arc::new(key.clone()));
+            for ask in asks {
+                assert_eq!(
+                    identity.first_missing_scope(ask),
+                    first_missing(ask, &key.scopes),
+                    "granted {set:?}, required {ask:?}"
+                );
+            }
+        }
+
+        let now = t(100);
+        for status in [KeyStatus::Active, KeyStatus::Inactive, KeyStatus::Revoked] {
+            for expires_at in [None, Some(t(99)), Some(t(100)), Some(t(101))] {
+                let mut key = base.clone();
+                key.status = status;
+                key.expires_at = expires_at;
+                let identity = crate::auth::Identity::of(Arc::new(key.clone()));
+                assert_eq!(identity.state_at(now), key.state_at(now));
+            }
+        }
+        assert_eq!(
+            crate::auth::Identity::of(Arc::new(base.clone())).state_at(now),
+            KeyState::Active
+        );
+
+        for plan in ["free", "pro plan", "caf\u{e9}"] {
+            let mut key = base.clone();
+            key.plan = plan.into();
+            assert_eq!(crate::auth::Identity::of(Arc::new(key)).plan(), plan);
+        }
     }
 
     fn digest(k: &DigestKey, n: i64) -> Digest {
@@ -659,7 +729,10 @@ mod tests {
         let k = DigestKey::random();
         let d = digest(&k, 1);
         assert!(cache.insert(d, verified(1), t(60), t(120), cache.epoch(), t(0)));
-        assert_eq!(cache.fresh(&d, t(59), |v| v.key.name.clone()), Some("k1".into()));
+        assert_eq!(
+            cache.fresh(&d, t(59), |v| v.key().name.clone()),
+            Some("k1".into())
+        );
         assert_eq!(cache.fresh(&d, t(60), |_| ()), None);
         assert!(
             cache.get(&d).is_some(),
@@ -681,7 +754,7 @@ mod tests {
         let cache = AuthCache::new(10);
         let k = DigestKey::random();
         let v = verified(1);
-        let id = v.key.id.clone();
+        let id = v.key().id.clone();
         let (d1, d2) = (digest(&k, 1), digest(&k, 2));
         cache.insert(d1, v.clone(), t(60), t(60), cache.epoch(), t(0));
         cache.insert(d2, v.clone(), t(60), t(60), cache.epoch(), t(0));

@@ -6,11 +6,11 @@
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, HeaderName};
 
-use crate::keys::SecretString;
+use crate::keys::SecretStr;
 
 /// What the request carries.
 #[derive(Debug)]
-pub enum Presented {
+pub enum Presented<'a> {
     /// No credential header (or only an `Authorization` with another scheme).
     Missing,
     /// Two different credentials (`ambiguous_credentials`).
@@ -18,8 +18,9 @@ pub enum Presented {
     /// A credential header whose value is empty or not visible ASCII
     /// (`invalid_key`).
     Malformed,
-    /// Exactly one credential (possibly repeated with the same value).
-    Credential(SecretString),
+    /// Exactly one credential (possibly repeated with the same value),
+    /// borrowed from the header it came in.
+    Credential(SecretStr<'a>),
 }
 
 /// The configured credential headers, compiled once.
@@ -42,8 +43,8 @@ impl CredentialHeaders {
     }
 
     /// Reads the credential from `headers`.
-    pub fn extract(&self, headers: &HeaderMap) -> Presented {
-        let mut found: Option<&[u8]> = None;
+    pub fn extract<'a>(&self, headers: &'a HeaderMap) -> Presented<'a> {
+        let mut found: Option<&'a [u8]> = None;
         let mut malformed = false;
         for name in &self.headers {
             let bearer = *name == AUTHORIZATION;
@@ -72,7 +73,7 @@ impl CredentialHeaders {
             (Some(_), true) => Presented::Ambiguous,
             // Visible ASCII was checked above, so this is always UTF-8.
             (Some(value), false) => match std::str::from_utf8(value) {
-                Ok(text) => Presented::Credential(SecretString::new(text.to_owned())),
+                Ok(text) => Presented::Credential(SecretStr::new(text)),
                 Err(_) => Presented::Malformed,
             },
             (None, true) => Presented::Malformed,

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use http::HeaderValue;
 use thiserror::Error;
 
-use crate::keys::{Key, KeyId};
+use crate::keys::{Key, KeyId, KeyState, KeyStatus};
 use crate::token::AccessClaims;
 
 mod cache;
@@ -90,12 +90,10 @@ impl Default for AuthSettings {
     }
 }
 
-/// An authenticated caller: the key's metadata, shared with the cache (cheap
+/// An authenticated caller: the key's identity, shared with the cache (cheap
 /// to clone; nothing is copied per request).
 #[derive(Debug, Clone)]
 pub struct Principal {
-    /// The key's metadata as of the last store read.
-    pub key: Arc<Key>,
     /// When the presented secret stops working: set while it is the previous
     /// secret of a rotation in its grace period, `None` for the current one
     /// (and for access tokens).
@@ -103,7 +101,7 @@ pub struct Principal {
     /// Set when the caller presented an access token instead of the key.
     pub grant: Option<Grant>,
     /// The key's identity as logs and the upstream see it, built once per
-    /// cached key.
+    /// cached key (it holds the key's metadata too).
     pub identity: Arc<Identity>,
 }
 
@@ -111,8 +109,25 @@ pub struct Principal {
 /// identity headers (SPEC §6) name it, built once when the key is cached
 /// so a request copies nothing. A header is `None` when the stored value
 /// is not a legal header value (it is then left out).
+///
+/// It is also the key's hot record: what every request of a cached key
+/// reads (its status and expiry, plan name, scopes and headers) sits here
+/// and in one shared buffer, so a request touches a few cache lines of
+/// this key's data rather than the scattered allocations of [`Key`]
+/// (strings, a scope tree), which with thousands of keys in rotation are
+/// all cold.
 #[derive(Debug)]
 pub struct Identity {
+    /// The key's metadata as of the last store read.
+    pub key: Arc<Key>,
+    /// `key.status`, copied.
+    status: KeyStatus,
+    /// `key.expires_at`, copied.
+    expires_at: Option<DateTime<Utc>>,
+    /// Whether `scopes_header` lists exactly the key's scopes, one per
+    /// comma-separated item (no scope is empty or holds a comma), so that
+    /// scope checks can read it instead of the scope tree.
+    scopes_listed: bool,
     /// The key id.
     pub key_id: Arc<str>,
     /// The key's public short prefix.
@@ -131,7 +146,7 @@ pub struct Identity {
 
 impl Identity {
     /// The identity of `key`.
-    pub fn of(key: &Key) -> Self {
+    pub fn of(key: Arc<Key>) -> Self {
         // The header values share one buffer: a request clones all of them,
         // and one reference count and one run of bytes per key stay warmer
         // in cache than four separate allocations.
@@ -153,6 +168,9 @@ impl Identity {
         let buffer = Bytes::from(buffer);
         let [key_id_header, owner_header, scopes_header, plan_header] =
             ranges.map(|range| range.and_then(|r| HeaderValue::from_maybe_shared(buffer.slice(r)).ok()));
+        let scopes_listed = scopes_header.is_some()
+            && !key.scopes.is_empty()
+            && key.scopes.iter().all(|s| !s.is_empty() && !s.contains(','));
         Self {
             key_id: Arc::from(key.id.as_str()),
             short_prefix: Arc::from(key.short_prefix.as_str()),
@@ -161,6 +179,41 @@ impl Identity {
             scopes_header,
             plan_header,
             usage: usage::OkCounter::default(),
+            status: key.status,
+            expires_at: key.expires_at,
+            scopes_listed,
+            key,
+        }
+    }
+
+    /// The key's state at `now` ([`Key::state_at`] from the copied fields).
+    pub fn state_at(&self, now: DateTime<Utc>) -> KeyState {
+        KeyState::of(self.status, self.expires_at, now)
+    }
+
+    /// The key's plan name, read from the plan header's bytes when they
+    /// are text (they are the name's bytes).
+    pub fn plan(&self) -> &str {
+        match self.plan_header.as_ref().and_then(|v| v.to_str().ok()) {
+            Some(plan) => plan,
+            None => &self.key.plan,
+        }
+    }
+
+    /// The first of `required` the key's scopes lack (see
+    /// [`crate::policy::scopes::first_missing`]), read from the scope list
+    /// when it is exact.
+    pub fn first_missing_scope<'r, S: AsRef<str>>(&self, required: &'r [S]) -> Option<&'r str> {
+        match (&self.scopes_header, self.scopes_listed) {
+            (Some(listed), true) => {
+                let listed = listed.as_bytes();
+                required.iter().map(AsRef::as_ref).find(|scope| {
+                    !listed
+                        .split(|&b| b == b',')
+                        .any(|granted| granted == scope.as_bytes())
+                })
+            }
+            _ => crate::policy::scopes::first_missing(required, &self.key.scopes),
         }
     }
 }
@@ -192,8 +245,21 @@ impl Principal {
     pub fn scopes(&self) -> &BTreeSet<String> {
         match &self.grant {
             Some(grant) => &grant.scopes,
-            None => &self.key.scopes,
+            None => &self.identity.key.scopes,
         }
+    }
+
+    /// The first of `required` that [`Principal::scopes`] lacks.
+    pub fn first_missing_scope<'r, S: AsRef<str>>(&self, required: &'r [S]) -> Option<&'r str> {
+        match &self.grant {
+            Some(grant) => crate::policy::scopes::first_missing(required, &grant.scopes),
+            None => self.identity.first_missing_scope(required),
+        }
+    }
+
+    /// The key's metadata.
+    pub fn key(&self) -> &Arc<Key> {
+        &self.identity.key
     }
 
     /// `X-Keygate-Scopes` for [`Principal::scopes`].
@@ -206,12 +272,12 @@ impl Principal {
 
     /// The key id (for identity headers, logs and usage counting).
     pub fn key_id(&self) -> &KeyId {
-        &self.key.id
+        &self.identity.key.id
     }
 
     /// The key's public short prefix (for logs).
     pub fn short_prefix(&self) -> &str {
-        &self.key.short_prefix
+        &self.identity.short_prefix
     }
 }
 

@@ -15,7 +15,7 @@ use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::keys::format::{GeneratedKey, parse_generated};
 use crate::keys::{
-    HashParams, KeyFormat, KeyHash, KeyPatch, KeyPrefix, KeySettings, KeyStatus, SecretString,
+    HashParams, KeyFormat, KeyHash, KeyPatch, KeyPrefix, KeySettings, KeyStatus, SecretStr, SecretString,
 };
 use crate::manage::{CreateKey, KeyGenerator, KeyManager};
 use crate::store::sqlite::SqliteStore;
@@ -266,7 +266,7 @@ fn named(name: &str) -> CreateKey {
 }
 
 async fn auth(a: &Authenticator, secret: &str) -> Result<Principal, AuthError> {
-    a.authenticate(&SecretString::from(secret)).await
+    a.authenticate(SecretStr::new(secret)).await
 }
 
 async fn failure(a: &Authenticator, secret: &str) -> AuthFailure {
@@ -312,14 +312,14 @@ async fn a_generated_key_authenticates_then_hits_the_cache() {
     let principal = auth(&a, secret).await.unwrap();
     assert_eq!(principal.key_id(), &issued.key.id);
     assert_eq!(principal.short_prefix(), issued.key.short_prefix);
-    assert!(principal.key.scopes.contains("can_read_order"));
+    assert!(principal.key().scopes.contains("can_read_order"));
     assert_eq!(principal.secret_valid_until, None);
     assert_eq!((a.stats().hashes, f.store.finds()), (1, 1));
     assert_eq!(a.cached_entries(), 1);
 
     let again = auth(&a, secret).await.unwrap();
     assert!(
-        Arc::ptr_eq(&principal.key, &again.key),
+        Arc::ptr_eq(principal.key(), again.key()),
         "a hit shares the cached key"
     );
     let stats = a.stats();
@@ -724,7 +724,9 @@ async fn simultaneous_first_requests_with_one_key_hash_once() {
         let secret = issued.secret.clone();
         tasks.spawn(async move {
             barrier.wait().await;
-            a.authenticate(&secret).await.map(|p| p.key.id.clone())
+            a.authenticate(SecretStr::from(&secret))
+                .await
+                .map(|p| p.key().id.clone())
         });
     }
     while let Some(done) = tasks.join_next().await {

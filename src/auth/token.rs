@@ -244,7 +244,6 @@ impl TokenAuth {
             (Arc::new(cut), header)
         };
         Ok(Principal {
-            key,
             secret_valid_until: None,
             grant: Some(Grant {
                 claims: Arc::clone(&token.claims),
@@ -340,9 +339,10 @@ impl TokenAuth {
         }
         match store.get_key(id).await {
             Ok(key) => {
+                let identity = Arc::new(Identity::of(Arc::new(key)));
                 let cached = CachedKey {
-                    identity: Arc::new(Identity::of(&key)),
-                    key: Arc::new(key),
+                    key: Arc::clone(&identity.key),
+                    identity,
                 };
                 self.keys.insert(
                     id.clone(),

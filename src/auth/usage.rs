@@ -474,10 +474,10 @@ mod tests {
         let f = fixture().await;
         let r = f.recorder(MAX_RETAINED);
         let key = f.store.get_key(&f.a).await.unwrap();
-        let old = Arc::new(Identity::of(&key));
+        let old = Arc::new(Identity::of(Arc::new(key.clone())));
         // The same key cached twice over time (a refreshed entry builds a
         // new identity): both identities' counts reach the store.
-        let new = Arc::new(Identity::of(&key));
+        let new = Arc::new(Identity::of(Arc::new(key)));
         r.record_identity(&old, "ok", t(2));
         r.record_identity(&old, "ok", t(7));
         r.record_identity(&new, "ok", t(3));
@@ -500,7 +500,7 @@ mod tests {
     async fn identity_counts_racing_flushes_are_never_lost() {
         let f = fixture().await;
         let r = f.recorder(MAX_RETAINED);
-        let identity = Arc::new(Identity::of(&f.store.get_key(&f.a).await.unwrap()));
+        let identity = Arc::new(Identity::of(Arc::new(f.store.get_key(&f.a).await.unwrap())));
         let counters: Vec<_> = (0..4)
             .map(|_| {
                 let (r, identity) = (Arc::clone(&r), Arc::clone(&identity));

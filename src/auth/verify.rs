@@ -32,11 +32,11 @@ use tracing::{debug, error, info, warn};
 
 use super::cache::{AuthCache, Digest, DigestKey, DigestMap, FailureThrottle, Verified};
 use super::token::{TokenAuth, looks_like_jwt};
-use super::{AuthError, AuthFailure, AuthSettings, AuthStats, Identity, InvalidReason, Principal};
+use super::{AuthError, AuthFailure, AuthSettings, AuthStats, InvalidReason, Principal};
 use crate::clock::SharedClock;
 use crate::keys::format::{self, KeyFormatError, MAX_KEY_LEN};
 use crate::keys::hash::ScratchPool;
-use crate::keys::{KeyState, SecretString};
+use crate::keys::{KeyState, SecretStr};
 use crate::store::rows::{ACTION_CREATED, ACTION_IMPORTED, ACTION_ROTATED};
 use crate::store::{Candidate, PageRequest, SharedStore, StoreError};
 use crate::token::{SessionId, Tokens};
@@ -176,7 +176,7 @@ impl Authenticator {
 
     /// Authenticates a presented credential: an access token when token
     /// exchange is on and it has a JWT's shape, else an API key.
-    pub async fn authenticate(&self, presented: &SecretString) -> Result<Principal, AuthError> {
+    pub async fn authenticate(&self, presented: SecretStr<'_>) -> Result<Principal, AuthError> {
         if let Some(tokens) = &self.tokens {
             if looks_like_jwt(presented.expose()) {
                 let now = self.clock.now();
@@ -190,7 +190,7 @@ impl Authenticator {
 
     /// Authenticates a presented API key (never an access token: the token
     /// exchange takes keys only).
-    pub async fn authenticate_key(&self, presented: &SecretString) -> Result<Principal, AuthError> {
+    pub async fn authenticate_key(&self, presented: SecretStr<'_>) -> Result<Principal, AuthError> {
         let presented_key = presented.expose();
         if presented_key.is_empty() || presented_key.len() > MAX_KEY_LEN {
             return Err(AuthError::invalid(InvalidReason::Malformed, None));
@@ -204,7 +204,10 @@ impl Authenticator {
             return answer;
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        match self.resolve_once(digest, presented).await {
+        // Boxed: the miss path (store reads, argon2 on a blocking thread)
+        // is a large state machine that a cache hit never enters; unboxed it
+        // would size every request's future.
+        match Box::pin(self.resolve_once(digest, presented)).await {
             Ok(verified) => admit(&verified, now),
             Err(e) => {
                 if e.failure == AuthFailure::Invalid(InvalidReason::Throttled) {
@@ -424,7 +427,7 @@ impl Authenticator {
     /// the flight's future runs drives it; if that request is cancelled, the
     /// next waiter takes over (`OnceCell` semantics), so cancellation never
     /// strands the others.
-    async fn resolve_once(&self, digest: Digest, presented: &SecretString) -> Resolution {
+    async fn resolve_once(&self, digest: Digest, presented: SecretStr<'_>) -> Resolution {
         let flight = Flight::join(&self.flights, digest);
         let ran = AtomicBool::new(false);
         let resolution = flight
@@ -442,7 +445,7 @@ impl Authenticator {
     }
 
     /// The miss path for one digest.
-    async fn resolve(&self, digest: Digest, presented: &SecretString) -> Resolution {
+    async fn resolve(&self, digest: Digest, presented: SecretStr<'_>) -> Resolution {
         // Read before any store read whose result may be cached (see
         // cache.rs on the invalidation race).
         let epoch = self.cache.epoch();
@@ -487,7 +490,7 @@ impl Authenticator {
             Ok(candidates) => {
                 let same = candidates
                     .into_iter()
-                    .find(|c| c.key.id == verified.key.id && c.secret.hash == verified.secret.hash);
+                    .find(|c| c.key.id == verified.key().id && c.secret.hash == verified.secret.hash);
                 match same {
                     Some(candidate) => {
                         let renewed = verified_from(candidate);
@@ -504,7 +507,7 @@ impl Authenticator {
     }
 
     /// Format, negative cache, throttle, store, argon2.
-    async fn verify(&self, digest: Digest, presented: &SecretString, epoch: u64) -> Resolution {
+    async fn verify(&self, digest: Digest, presented: SecretStr<'_>, epoch: u64) -> Resolution {
         let presented_key = presented.expose();
         let short_prefixes = match format::parse_generated(presented_key) {
             Ok(parts) => vec![parts.short_prefix],
@@ -576,7 +579,7 @@ impl Authenticator {
         if candidates.is_empty() {
             return Err(AuthError::invalid(InvalidReason::Throttled, first_short));
         }
-        let secret = presented.clone();
+        let secret = presented.to_secret_string();
         let scratch = Arc::clone(&self.scratch);
         // The permit moves into the blocking task, so it is released when
         // hashing ends even if this request is cancelled meanwhile.
@@ -733,11 +736,7 @@ async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
 }
 
 fn verified_from(candidate: Candidate) -> Verified {
-    Verified {
-        identity: Arc::new(Identity::of(&candidate.key)),
-        key: Arc::new(candidate.key),
-        secret: Arc::new(candidate.secret),
-    }
+    Verified::new(candidate.key, candidate.secret)
 }
 
 /// The per-request decision on a verified secret, in SPEC §4's order. The
@@ -745,13 +744,13 @@ fn verified_from(candidate: Candidate) -> Verified {
 /// key's, so its holder learns nothing about the key's state.
 fn admit(verified: &Verified, now: DateTime<Utc>) -> Result<Principal, AuthError> {
     let short = Some(verified.secret.short_prefix.as_str());
-    if !verified.secret.usable_at(now) {
+    // The entry and the identity only: the key's other data is cold.
+    if verified.secret_valid_until.is_some_and(|until| now >= until) {
         return Err(AuthError::invalid(InvalidReason::GraceOver, short));
     }
-    match verified.key.state_at(now) {
+    match verified.identity.state_at(now) {
         KeyState::Active => Ok(Principal {
-            key: Arc::clone(&verified.key),
-            secret_valid_until: verified.secret.valid_until,
+            secret_valid_until: verified.secret_valid_until,
             grant: None,
             identity: Arc::clone(&verified.identity),
         }),

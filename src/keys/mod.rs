@@ -12,7 +12,7 @@ pub mod secret;
 pub use format::{KeyFormat, KeyFormatError, KeyParts, KeyPrefix};
 pub use hash::{HashParams, KeyHash};
 pub use model::{Key, KeyId, KeyPatch, KeySource, KeyState, KeyStatus, ModelError, SecretRecord};
-pub use secret::SecretString;
+pub use secret::{SecretStr, SecretString};
 
 /// Settings for issuing keys (`[keys]`).
 #[derive(Debug, Clone, PartialEq)]

@@ -152,6 +152,19 @@ pub enum KeyState {
     Expired,
 }
 
+impl KeyState {
+    /// The state at `now` of a key stored with `status` and `expires_at`
+    /// (see [`Key::state_at`]).
+    pub fn of(status: KeyStatus, expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Self {
+        match status {
+            KeyStatus::Revoked => Self::Revoked,
+            KeyStatus::Inactive => Self::Inactive,
+            KeyStatus::Active if expires_at.is_some_and(|at| now >= at) => Self::Expired,
+            KeyStatus::Active => Self::Active,
+        }
+    }
+}
+
 /// A key's metadata (never its secret).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Key {
@@ -191,12 +204,7 @@ impl Key {
     /// The key's state at `now`. Revoked beats inactive beats expired, the
     /// order in which SPEC §4 checks them.
     pub fn state_at(&self, now: DateTime<Utc>) -> KeyState {
-        match self.status {
-            KeyStatus::Revoked => KeyState::Revoked,
-            KeyStatus::Inactive => KeyState::Inactive,
-            KeyStatus::Active if self.expires_at.is_some_and(|at| now >= at) => KeyState::Expired,
-            KeyStatus::Active => KeyState::Active,
-        }
+        KeyState::of(self.status, self.expires_at, now)
     }
 
     /// Applies a patch, enforcing the status rules; returns what changed (empty

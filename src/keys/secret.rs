@@ -45,6 +45,44 @@ impl From<&str> for SecretString {
     }
 }
 
+/// A borrowed plain secret: a credential read in place from a request
+/// header, so the hot path neither copies nor allocates it. Same rules as
+/// [`SecretString`]: a redacting `Debug`, no `Display`, an explicit
+/// [`SecretStr::expose`]. It zeroises nothing (it owns nothing); take an
+/// owned copy with [`SecretStr::to_secret_string`] only where one must
+/// outlive the request (an argon2 verification on a blocking thread).
+#[derive(Clone, Copy)]
+pub struct SecretStr<'a>(&'a str);
+
+impl<'a> SecretStr<'a> {
+    /// Wraps a borrowed value.
+    pub fn new(value: &'a str) -> Self {
+        Self(value)
+    }
+
+    /// The plain value (see [`SecretString::expose`]).
+    pub fn expose(&self) -> &'a str {
+        self.0
+    }
+
+    /// An owned copy that is zeroised on drop.
+    pub fn to_secret_string(&self) -> SecretString {
+        SecretString::new(self.0.to_owned())
+    }
+}
+
+impl fmt::Debug for SecretStr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretStr([redacted])")
+    }
+}
+
+impl<'a> From<&'a SecretString> for SecretStr<'a> {
+    fn from(value: &'a SecretString) -> Self {
+        Self(value.expose())
+    }
+}
+
 /// Constant-time equality of two byte strings (length may leak, content does
 /// not). Used wherever a presented secret is compared with a stored one
 /// outside argon2 (which compares its outputs in constant time itself).
@@ -60,8 +98,10 @@ mod tests {
     #[test]
     fn debug_never_shows_the_value() {
         let s = SecretString::from("kg_live_supersecret");
-        let printed = format!("{s:?} {:?}", Some(&s));
+        let borrowed = SecretStr::from(&s);
+        let printed = format!("{s:?} {:?} {borrowed:?}", Some(&s));
         assert!(!printed.contains("supersecret"), "{printed}");
+        assert_eq!(borrowed.to_secret_string().expose(), "kg_live_supersecret");
         assert!(printed.contains("redacted"));
     }
 

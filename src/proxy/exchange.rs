@@ -40,7 +40,7 @@ use super::gate::{Decision, identify, refusal};
 use crate::auth::Principal;
 use crate::auth::token::{record_from_session, session_from_record, store_reason};
 use crate::clock::SharedClock;
-use crate::keys::{Key, KeyState, SecretString};
+use crate::keys::{Key, KeyState, SecretStr, SecretString};
 use crate::problem::{Code, Problem};
 use crate::store::{Actor, SessionWrite, SharedStore, StoreError};
 use crate::token::claims::format_scope;
@@ -325,8 +325,8 @@ impl Exchange {
             Some(_) => return Err(bad_field(decision, "session_id must be a string.")),
         };
         let principal = self.key_principal(state, api_key, decision).await?;
-        let key = &principal.key;
-        let plan = state.gate.check_plan(key, decision)?;
+        let key = principal.key();
+        let plan = state.gate.check_plan(&key.plan, decision)?;
         state.gate.check_limits(key, plan, decision).await?;
         let request = LoginRequest {
             key_id: key.id.clone(),
@@ -381,7 +381,7 @@ impl Exchange {
             Failure::OAuth(e)
         })?;
         let principal = self.key_principal(state, secret, decision).await?;
-        let key = &principal.key;
+        let key = principal.key();
         if key.id.as_str() != client_id {
             decision.reason = Some("client_id is not the key's id");
             return Err(Failure::OAuth(OAuthError::invalid_client(
@@ -389,7 +389,7 @@ impl Exchange {
                 Code::InvalidKey,
             )));
         }
-        let plan = state.gate.check_plan(key, decision)?;
+        let plan = state.gate.check_plan(&key.plan, decision)?;
         let scopes = narrow_scopes(&key.scopes, form.get("scope")).map_err(|e| {
             decision.reason = Some("scope not granted");
             Failure::OAuth(OAuthError::new(
@@ -463,7 +463,7 @@ impl Exchange {
                 Redemption::Rotated(rotation) => {
                     check_key_state(&key, now, decision)?;
                     if !charged {
-                        let plan = state.gate.check_plan(&key, decision)?;
+                        let plan = state.gate.check_plan(&key.plan, decision)?;
                         state.gate.check_limits(&key, plan, decision).await?;
                         charged = true;
                     }
@@ -532,7 +532,7 @@ impl Exchange {
         let principal = state
             .gate
             .authenticator()
-            .authenticate_key(&presented)
+            .authenticate_key(SecretStr::from(&presented))
             .await
             .map_err(|e| Failure::Problem(refusal(e, decision)))?;
         identify(decision, &principal);

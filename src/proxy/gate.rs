@@ -169,28 +169,30 @@ impl Gate {
         };
         let principal = self
             .authenticator
-            .authenticate(&presented)
+            .authenticate(presented)
             .await
             .map_err(|error| refusal(error, decision))?;
-        let key = &principal.key;
         identify(decision, &principal);
-        let plan = self.check_plan(key, decision)?;
-        if let Some(missing) = scopes::first_missing(required, principal.scopes()) {
+        // The identity's hot record answers the plan and scope checks; the
+        // key's own data is read only by a limited plan.
+        let plan = self.check_plan(principal.identity.plan(), decision)?;
+        if let Some(missing) = principal.first_missing_scope(required) {
             decision.reason = Some("scope missing");
             return Err(Problem::insufficient_scope(missing));
         }
-        self.check_limits(key, plan, decision).await?;
+        self.check_limits(principal.key(), plan, decision).await?;
         Ok(Authorized {
             principal: Some(principal),
             path,
         })
     }
 
-    /// The key's plan, or `plan_forbidden` unless it has API access. The
+    /// The key's plan (named `plan`), or `plan_forbidden` unless it has API
+    /// access. The
     /// plan goes on to [`Gate::check_limits`], so a request looks it up
     /// once.
-    pub fn check_plan(&self, key: &Key, decision: &mut Decision<'_>) -> Result<&PlanSettings, Problem> {
-        match self.plans.get(&key.plan) {
+    pub fn check_plan(&self, plan: &str, decision: &mut Decision<'_>) -> Result<&PlanSettings, Problem> {
+        match self.plans.get(plan) {
             Some(plan) if scopes::plan_allows(Some(plan)) => Ok(plan),
             _ => {
                 decision.reason = Some("plan without API access");

@@ -137,7 +137,10 @@ async fn pipeline<'a>(
             .ok()
             .and_then(|path| exchange.endpoint(path.as_str()));
         if let Some(endpoint) = endpoint {
-            return exchange.handle(state, endpoint, parts, body, decision).await;
+            // Boxed: the exchange's state machine is large and rare, and
+            // unboxed it would size (and be copied with) every request's
+            // future.
+            return Box::pin(exchange.handle(state, endpoint, parts, body, decision)).await;
         }
     }
 
