@@ -592,6 +592,7 @@ mod tests {
     use chrono::{Duration, TimeZone};
 
     use super::*;
+    use crate::auth::IdentityHeader;
     use crate::keys::{KeyHash, KeySource, KeyStatus};
 
     fn t(secs: i64) -> DateTime<Utc> {
@@ -633,24 +634,44 @@ mod tests {
         key.owner = Some("acme".into());
         key.scopes = ["orders:read", "orders:write"].map(String::from).into();
         let identity = crate::auth::Identity::of(Arc::new(key.clone()));
-        let text = |v: &Option<http::HeaderValue>| v.as_ref().map(|v| v.to_str().unwrap().to_owned());
-        assert_eq!(text(&identity.key_id_header).as_deref(), Some(key.id.as_str()));
-        assert_eq!(text(&identity.owner_header).as_deref(), Some("acme"));
+        let text = |which| {
+            identity
+                .header(which)
+                .map(|v: http::HeaderValue| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(text(IdentityHeader::KeyId).as_deref(), Some(key.id.as_str()));
+        assert_eq!(text(IdentityHeader::Owner).as_deref(), Some("acme"));
         assert_eq!(
-            text(&identity.scopes_header).as_deref(),
+            text(IdentityHeader::Scopes).as_deref(),
             Some("orders:read,orders:write")
         );
-        assert_eq!(text(&identity.plan_header).as_deref(), Some("free"));
+        assert_eq!(text(IdentityHeader::Plan).as_deref(), Some("free"));
 
         key.owner = Some("bad\r\nx-evil: 1".into());
         key.scopes = BTreeSet::new();
         let identity = crate::auth::Identity::of(Arc::new(key.clone()));
-        assert_eq!(identity.owner_header, None, "not a legal header value: left out");
-        assert_eq!(text(&identity.scopes_header).as_deref(), Some(""));
+        let text = |which| {
+            identity
+                .header(which)
+                .map(|v: http::HeaderValue| v.to_str().unwrap().to_owned())
+        };
         assert_eq!(
-            text(&identity.plan_header).as_deref(),
+            text(IdentityHeader::Owner),
+            None,
+            "not a legal header value: left out"
+        );
+        assert_eq!(text(IdentityHeader::Scopes).as_deref(), Some(""));
+        assert_eq!(
+            text(IdentityHeader::Plan).as_deref(),
             Some("free"),
             "the rest unaffected"
+        );
+        key.owner = None;
+        let identity = crate::auth::Identity::of(Arc::new(key));
+        assert_eq!(
+            identity.header(IdentityHeader::Owner),
+            None,
+            "no owner: no header"
         );
     }
 

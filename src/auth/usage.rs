@@ -174,7 +174,10 @@ impl UsageRecorder {
         // after a flush took the counter always finds `queued` cleared and
         // queues the identity again.
         counter.count.fetch_add(1, Ordering::SeqCst);
-        if !counter.queued.swap(true, Ordering::SeqCst) {
+        // The load spares a write to the flag while the identity is queued
+        // (every request but the first of a flush period); a flush that
+        // cleared the flag before taking the count is seen by it as well.
+        if !counter.queued.load(Ordering::SeqCst) && !counter.queued.swap(true, Ordering::SeqCst) {
             lock(&self.queued).push(Arc::clone(identity));
         }
     }

@@ -25,6 +25,7 @@ use thiserror::Error;
 use super::Peer;
 use super::gate::Authorized;
 use super::upstream::{PoolSettings, Upstream, UpstreamError};
+use crate::auth::IdentityHeader;
 
 /// Settings of the forwarder (`[upstream]` and the credential header names).
 #[derive(Debug, Clone)]
@@ -143,13 +144,13 @@ impl Forwarder {
             // Built once per cached key (auth::Identity): clones share bytes.
             let identity = &principal.identity;
             for (name, value) in [
-                (&KEY_ID, identity.key_id_header.as_ref()),
-                (&OWNER, identity.owner_header.as_ref()),
+                (&KEY_ID, identity.header(IdentityHeader::KeyId)),
+                (&OWNER, identity.header(IdentityHeader::Owner)),
                 (&SCOPES, principal.scopes_header()),
-                (&PLAN, identity.plan_header.as_ref()),
+                (&PLAN, identity.header(IdentityHeader::Plan)),
             ] {
                 if let Some(value) = value {
-                    headers.insert(name.clone(), value.clone());
+                    headers.insert(name.clone(), value);
                 }
             }
         }
@@ -162,13 +163,13 @@ impl Forwarder {
         *request.uri_mut() = uri;
         *request.version_mut() = http::Version::HTTP_11;
 
-        let sent_at = tokio::time::Instant::from_std(sent_at);
+        let started = tokio::time::Instant::from_std(sent_at);
         // A timeout too long to add is as good as none (what tokio's own
         // `timeout` does too).
-        let deadline = sent_at
+        let deadline = started
             .checked_add(self.settings.timeout)
-            .unwrap_or_else(|| sent_at + FAR_FUTURE);
-        let response = match tokio::time::timeout_at(deadline, self.upstream.send(request)).await {
+            .unwrap_or_else(|| started + FAR_FUTURE);
+        let response = match tokio::time::timeout_at(deadline, self.upstream.send(request, sent_at)).await {
             Err(_) => return Err(ForwardError::Timeout(self.settings.timeout)),
             Ok(Err(e)) => {
                 if is_body_limit(&e) {

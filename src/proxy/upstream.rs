@@ -115,9 +115,15 @@ impl Upstream {
     /// Sends `request` (origin-form URI, `Host` set) on an idle connection
     /// or a new one, and returns the response head; the body streams from
     /// the connection, which goes back to the pool when the body ends.
-    pub async fn send(&self, mut request: Request<Body>) -> Result<Response<PooledBody>, UpstreamError> {
+    /// `now` is the caller's reading of the clock (it decides which idle
+    /// connections have expired), so a request reads it once.
+    pub async fn send(
+        &self,
+        mut request: Request<Body>,
+        now: Instant,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
         loop {
-            let (mut sender, reused) = match self.pool.checkout() {
+            let (mut sender, reused) = match self.pool.checkout(now) {
                 Some(sender) => (sender, true),
                 None => (self.pool.connect().await?, false),
             };
@@ -153,8 +159,7 @@ impl Pool {
     /// The most recently used idle connection that is ready. Closed and
     /// expired ones are dropped; busy ones (the upstream answered before the
     /// request body ended) wait for readiness off to the side.
-    fn checkout(self: &Arc<Self>) -> Option<SendRequest<Body>> {
-        let now = Instant::now();
+    fn checkout(self: &Arc<Self>, now: Instant) -> Option<SendRequest<Body>> {
         let mut busy = Vec::new();
         let found = {
             let mut idle = self.idle();
@@ -391,7 +396,7 @@ mod tests {
         let (addr, connections) = upstream(usize::MAX).await;
         let pool = Upstream::new(settings(addr));
         for _ in 0..5 {
-            let response = pool.send(get("/x", addr)).await.unwrap();
+            let response = pool.send(get("/x", addr), Instant::now()).await.unwrap();
             let body = response.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"ok");
         }
@@ -403,7 +408,7 @@ mod tests {
     async fn a_body_dropped_unread_takes_its_connection_along() {
         let (addr, connections) = upstream(usize::MAX).await;
         let pool = Upstream::new(settings(addr));
-        let response = pool.send(get("/x", addr)).await.unwrap();
+        let response = pool.send(get("/x", addr), Instant::now()).await.unwrap();
         // Content-Length 2 not yet read: the connection cannot be reused.
         let unread = response.into_body();
         let ended = unread.is_end_stream();
@@ -411,7 +416,7 @@ mod tests {
         if !ended {
             assert_eq!(pool.idle_count(), 0);
         }
-        let response = pool.send(get("/x", addr)).await.unwrap();
+        let response = pool.send(get("/x", addr), Instant::now()).await.unwrap();
         response.into_body().collect().await.unwrap();
         assert!(connections.load(Ordering::SeqCst) <= 2);
     }
@@ -423,7 +428,7 @@ mod tests {
         let (addr, connections) = upstream(1).await;
         let pool = Upstream::new(settings(addr));
         for _ in 0..3 {
-            let response = pool.send(get("/x", addr)).await.unwrap();
+            let response = pool.send(get("/x", addr), Instant::now()).await.unwrap();
             response.into_body().collect().await.unwrap();
             // Let the close arrive while the connection sits idle.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -437,12 +442,12 @@ mod tests {
         let mut short = settings(addr);
         short.idle_timeout = Duration::from_millis(100);
         let pool = Upstream::new(short);
-        let response = pool.send(get("/x", addr)).await.unwrap();
+        let response = pool.send(get("/x", addr), Instant::now()).await.unwrap();
         response.into_body().collect().await.unwrap();
         assert_eq!(pool.idle_count(), 1);
         tokio::time::sleep(Duration::from_millis(700)).await;
         assert_eq!(pool.idle_count(), 0, "the sweep dropped it");
-        let response = pool.send(get("/x", addr)).await.unwrap();
+        let response = pool.send(get("/x", addr), Instant::now()).await.unwrap();
         response.into_body().collect().await.unwrap();
         assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
@@ -453,7 +458,7 @@ mod tests {
         let pool = Upstream::new(settings(addr));
         let mut open = Vec::new();
         for _ in 0..6 {
-            open.push(pool.send(get("/x", addr)).await.unwrap());
+            open.push(pool.send(get("/x", addr), Instant::now()).await.unwrap());
         }
         for response in open {
             response.into_body().collect().await.unwrap();
@@ -467,7 +472,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let pool = Upstream::new(settings(addr));
-        let err = pool.send(get("/x", addr)).await.unwrap_err();
+        let err = pool.send(get("/x", addr), Instant::now()).await.unwrap_err();
         assert!(matches!(err, UpstreamError::Connect { .. }), "{err}");
     }
 }
