@@ -94,12 +94,7 @@ impl SqliteStore {
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
-            .busy_timeout(settings.statement_timeout)
-            // 32 MiB of page cache a connection (SQLite's default is 2 MiB),
-            // taken only as pages are read: the usage flush updates every
-            // active key, and with 10,000 keys the default cache made it
-            // read ~60,000 pages from the file per flush.
-            .pragma("cache_size", "-32768");
+            .busy_timeout(settings.statement_timeout);
         let path = options.get_filename().to_path_buf();
         let pool_options = SqlitePoolOptions::new()
             .max_connections(settings.max_connections.max(1))
