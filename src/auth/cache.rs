@@ -667,12 +667,25 @@ mod tests {
             "the rest unaffected"
         );
         key.owner = None;
-        let identity = crate::auth::Identity::of(Arc::new(key));
+        let identity = crate::auth::Identity::of(Arc::new(key.clone()));
         assert_eq!(
             identity.header(IdentityHeader::Owner),
             None,
             "no owner: no header"
         );
+
+        // A long value shares the one buffer like the short ones.
+        let owner = "o".repeat(300);
+        key.owner = Some(owner.clone());
+        let identity = crate::auth::Identity::of(Arc::new(key.clone()));
+        let text = |which| {
+            identity
+                .header(which)
+                .map(|v: http::HeaderValue| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(text(IdentityHeader::Owner), Some(owner));
+        assert_eq!(text(IdentityHeader::KeyId).as_deref(), Some(key.id.as_str()));
+        assert_eq!(text(IdentityHeader::Plan).as_deref(), Some("free"));
     }
 
     #[test]
