@@ -689,6 +689,13 @@ mod tests {
     }
 
     #[test]
+    fn the_identity_hot_fields_fit_in_two_cache_lines() {
+        // An `Arc` puts its two counts first; the cold fields start at `key`.
+        let hot_end = 2 * std::mem::size_of::<usize>() + std::mem::offset_of!(crate::auth::Identity, key);
+        assert!(hot_end <= 128, "the hot fields end at byte {hot_end}");
+    }
+
+    #[test]
     fn the_hot_record_answers_as_the_key_does() {
         use crate::keys::{KeyState, KeyStatus};
         use crate::policy::scopes::first_missing;
