@@ -188,9 +188,8 @@ impl Gate {
     }
 
     /// The key's plan (named `plan`), or `plan_forbidden` unless it has API
-    /// access. The
-    /// plan goes on to [`Gate::check_limits`], so a request looks it up
-    /// once.
+    /// access. The plan goes on to [`Gate::check_limits`], so a request
+    /// looks it up once.
     pub fn check_plan(&self, plan: &str, decision: &mut Decision<'_>) -> Result<&PlanSettings, Problem> {
         match self.plans.get(plan) {
             Some(plan) if scopes::plan_allows(Some(plan)) => Ok(plan),
