@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 
 use super::cache::{DigestKey, DigestMap};
 use super::{AuthError, AuthFailure, Grant, Identity, InvalidReason, Principal, scopes_header};
-use crate::keys::{Key, KeyId, KeyState};
+use crate::keys::{KeyId, KeyState};
 use crate::store::{SessionRecord, SessionRevokeReason, SharedStore, StoreError};
 use crate::token::{
     AccessClaims, RevokeReason, Session, SessionId, TokenDigest, TokenError, Tokens, effective_scopes,
@@ -54,13 +54,6 @@ struct VerifiedToken {
     claims: Arc<AccessClaims>,
     scopes: Arc<BTreeSet<String>>,
     scopes_header: Option<http::HeaderValue>,
-}
-
-/// A cached key and its identity.
-#[derive(Debug, Clone)]
-struct CachedKey {
-    key: Arc<Key>,
-    identity: Arc<Identity>,
 }
 
 /// A cached store read: fresh until `fresh_until`, servable while the store
@@ -151,7 +144,7 @@ pub(super) struct TokenAuth {
     cache_ttl: Duration,
     stale_if_error: Duration,
     verified: RwLock<DigestMap<Arc<VerifiedToken>>>,
-    keys: ReadCache<KeyId, CachedKey>,
+    keys: ReadCache<KeyId, Arc<Identity>>,
     sessions: ReadCache<SessionId, Option<Arc<Session>>>,
     /// Bumped by every invalidation, before entries go (see
     /// [`ReadCache::insert`]).
@@ -214,7 +207,7 @@ impl TokenAuth {
             }
         };
         session.admits(claims).map_err(|e| refused(&e, claims))?;
-        let CachedKey { key, identity } = match self.key(store, &claims.sub, now).await {
+        let identity = match self.key(store, &claims.sub, now).await {
             Lookup::Found(Some(cached)) => cached,
             Lookup::Found(None) => {
                 return Err(AuthError::invalid(
@@ -227,8 +220,9 @@ impl TokenAuth {
                 return Err(AuthError::new(AuthFailure::Unavailable, None));
             }
         };
+        let key = &identity.key;
         let short = Some(key.short_prefix.as_str());
-        match key.state_at(now) {
+        match identity.state_at(now) {
             KeyState::Active => {}
             KeyState::Revoked => return Err(AuthError::invalid(InvalidReason::Revoked, short)),
             KeyState::Inactive => return Err(AuthError::new(AuthFailure::Inactive, short)),
@@ -329,7 +323,12 @@ impl TokenAuth {
         }
     }
 
-    async fn key(&self, store: &SharedStore, id: &KeyId, now: DateTime<Utc>) -> Lookup<Option<CachedKey>> {
+    async fn key(
+        &self,
+        store: &SharedStore,
+        id: &KeyId,
+        now: DateTime<Utc>,
+    ) -> Lookup<Option<Arc<Identity>>> {
         let epoch = self.epoch.load(Ordering::Acquire);
         let cached = self.keys.get(id);
         if let Some(entry) = &cached {
@@ -339,11 +338,7 @@ impl TokenAuth {
         }
         match store.get_key(id).await {
             Ok(key) => {
-                let identity = Arc::new(Identity::of(Arc::new(key)));
-                let cached = CachedKey {
-                    key: Arc::clone(&identity.key),
-                    identity,
-                };
+                let cached = Arc::new(Identity::of(Arc::new(key)));
                 self.keys.insert(
                     id.clone(),
                     self.entry(cached.clone(), now),

@@ -36,7 +36,7 @@ use super::{AuthError, AuthFailure, AuthSettings, AuthStats, InvalidReason, Prin
 use crate::clock::SharedClock;
 use crate::keys::format::{self, KeyFormatError, MAX_KEY_LEN};
 use crate::keys::hash::ScratchPool;
-use crate::keys::{KeyState, SecretStr};
+use crate::keys::{KeyState, SecretRecord, SecretStr};
 use crate::store::rows::{ACTION_CREATED, ACTION_IMPORTED, ACTION_ROTATED};
 use crate::store::{Candidate, PageRequest, SharedStore, StoreError};
 use crate::token::{SessionId, Tokens};
@@ -745,7 +745,7 @@ fn verified_from(candidate: Candidate) -> Verified {
 fn admit(verified: &Verified, now: DateTime<Utc>) -> Result<Principal, AuthError> {
     let short = Some(verified.secret.short_prefix.as_str());
     // The entry and the identity only: the key's other data is cold.
-    if verified.secret_valid_until.is_some_and(|until| now >= until) {
+    if !SecretRecord::usable_until(verified.secret_valid_until, now) {
         return Err(AuthError::invalid(InvalidReason::GraceOver, short));
     }
     match verified.identity.state_at(now) {

@@ -307,7 +307,13 @@ pub struct SecretRecord {
 impl SecretRecord {
     /// Whether this secret may authenticate at `now`.
     pub fn usable_at(&self, now: DateTime<Utc>) -> bool {
-        self.valid_until.is_none_or(|until| now < until)
+        Self::usable_until(self.valid_until, now)
+    }
+
+    /// Whether a secret valid until `valid_until` (`None`: no end) may
+    /// authenticate at `now`.
+    pub fn usable_until(valid_until: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+        valid_until.is_none_or(|until| now < until)
     }
 }
 
