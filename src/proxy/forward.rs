@@ -65,10 +65,11 @@ pub enum ForwardError {
     Build(String),
 }
 
-/// The forwarder: cheap to clone (the connection pool is shared).
+/// The forwarder: builds the upstream request and sends it on the
+/// connection pool it is given (each serving thread has its own, see
+/// [`Forwarder::pool`]). Cheap to clone.
 #[derive(Clone)]
 pub struct Forwarder {
-    upstream: Upstream,
     settings: Arc<ForwardSettings>,
     upstream_host: HeaderValue,
 }
@@ -93,27 +94,36 @@ static SCOPES: HeaderName = HeaderName::from_static("x-keygate-scopes");
 static PLAN: HeaderName = HeaderName::from_static("x-keygate-plan");
 
 impl Forwarder {
-    /// A forwarder with its own connection pool.
+    /// A forwarder for `settings`.
     pub fn new(settings: ForwardSettings) -> Result<Self, ForwardError> {
         let upstream_host =
             HeaderValue::from_str(&settings.authority).map_err(|e| ForwardError::Build(e.to_string()))?;
-        let upstream = Upstream::new(PoolSettings {
-            authority: settings.authority.clone(),
-            connect_timeout: settings.connect_timeout,
-            max_idle: settings.pool_max_idle_per_host,
-            idle_timeout: settings.pool_idle_timeout,
-        });
         Ok(Self {
-            upstream,
             settings: Arc::new(settings),
             upstream_host,
         })
     }
 
-    /// Forwards `authorized` with the client's body, returning the upstream's
+    /// A new, empty connection pool for one of `of` serving threads, to be
+    /// created and used on that thread only: its connections' tasks run on
+    /// the runtime that opened them. The idle limit
+    /// (`upstream.pool_max_idle_per_host`) is shared out among the pools,
+    /// so it holds for the gateway as a whole.
+    pub fn pool(&self, of: usize) -> Upstream {
+        Upstream::new(PoolSettings {
+            authority: self.settings.authority.clone(),
+            connect_timeout: self.settings.connect_timeout,
+            max_idle: self.settings.pool_max_idle_per_host.div_ceil(of.max(1)),
+            idle_timeout: self.settings.pool_idle_timeout,
+        })
+    }
+
+    /// Forwards `authorized` with the client's body on a connection of
+    /// `upstream` (the serving thread's pool), returning the upstream's
     /// response (body streamed). `upstream.timeout` runs from `sent_at`.
     pub async fn forward(
         &self,
+        upstream: &Upstream,
         authorized: Authorized,
         mut parts: http::request::Parts,
         body: Incoming,
@@ -169,7 +179,7 @@ impl Forwarder {
         let deadline = started
             .checked_add(self.settings.timeout)
             .unwrap_or_else(|| started + FAR_FUTURE);
-        let response = match tokio::time::timeout_at(deadline, self.upstream.send(request, sent_at)).await {
+        let response = match tokio::time::timeout_at(deadline, upstream.send(request, sent_at)).await {
             Err(_) => return Err(ForwardError::Timeout(self.settings.timeout)),
             Ok(Err(e)) => {
                 if is_body_limit(&e) {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 
+use self::upstream::Upstream;
 use crate::auth::usage::UsageRecorder;
 use crate::problem::{Problem, ProblemRenderer};
 use crate::ratelimit::{RateLimitHeaders, WindowStatus};
@@ -107,9 +108,31 @@ impl ProxyState {
         response.extensions_mut().insert(problem.code);
         response
     }
+}
+
+/// What the requests of one client connection share: the gateway's state,
+/// the client's address, and the upstream pool of the serving thread the
+/// connection runs on (each thread has its own, so a request never leaves
+/// its thread). Built once per connection.
+#[derive(Debug)]
+pub struct Connection {
+    state: Arc<ProxyState>,
+    peer: Peer,
+    upstream: Upstream,
+}
+
+impl Connection {
+    /// The connection from `client`, served with `upstream`'s connections.
+    pub fn new(state: Arc<ProxyState>, client: SocketAddr, upstream: Upstream) -> Self {
+        Self {
+            state,
+            peer: Peer::new(client),
+            upstream,
+        }
+    }
 
     /// Handles one request (see [`stack::handle`]).
-    pub async fn handle(&self, req: http::Request<hyper::body::Incoming>, client: &Peer) -> Response<Body> {
-        stack::handle(self, req, client).await
+    pub async fn handle(&self, req: http::Request<hyper::body::Incoming>) -> Response<Body> {
+        stack::handle(&self.state, req, &self.peer, &self.upstream).await
     }
 }

@@ -34,13 +34,19 @@ use tracing::Instrument;
 use super::forward::ForwardError;
 use super::gate::Decision;
 use super::sniff::AmbiguousFraming;
+use super::upstream::Upstream;
 use super::{Peer, ProxyState};
 use crate::policy::path::normalize;
 use crate::problem::{Code, Problem};
 
 /// Handles one proxied request end to end; never fails (every failure is a
 /// problem response).
-pub async fn handle(state: &ProxyState, req: Request<Incoming>, client: &Peer) -> Response<Body> {
+pub async fn handle(
+    state: &ProxyState,
+    req: Request<Incoming>,
+    client: &Peer,
+    upstream: &Upstream,
+) -> Response<Body> {
     let started = Instant::now();
     let span = tracing::info_span!("request", method = %req.method(), client = %client.addr().ip());
     async move {
@@ -49,7 +55,7 @@ pub async fn handle(state: &ProxyState, req: Request<Incoming>, client: &Peer) -
             route: "-",
             ..Decision::default()
         };
-        let mut response = pipeline(state, req, client, &mut decision).await;
+        let mut response = pipeline(state, req, client, upstream, &mut decision).await;
         if let (Some(names), Some(window)) = (&state.rate_limit_headers, &decision.rate) {
             names.apply(response.headers_mut(), window);
         }
@@ -95,6 +101,7 @@ async fn pipeline<'a>(
     state: &'a ProxyState,
     req: Request<Incoming>,
     client: &Peer,
+    upstream: &Upstream,
     decision: &mut Decision<'a>,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
@@ -154,7 +161,7 @@ async fn pipeline<'a>(
     let forwarded_at = Instant::now();
     let forwarded = state
         .forwarder
-        .forward(authorized, parts, body, client, forwarded_at)
+        .forward(upstream, authorized, parts, body, client, forwarded_at)
         .await;
     let answered_at = Instant::now();
     decision.upstream = Some(answered_at.duration_since(forwarded_at));

@@ -5,7 +5,9 @@
 //! proxies), and pays for it on every request — a hashed pool key, a
 //! checkout future, and a task spawned per request to hand the connection
 //! back once the response ends. keygate talks to one upstream, so the pool
-//! is a stack of idle senders behind an uncontended lock:
+//! is a stack of idle senders behind an uncontended lock, one pool per
+//! serving thread (`app`'s lanes: a connection's task runs on the runtime
+//! that opened it, and a request never leaves its thread):
 //!
 //! - **checkout** pops the most recently used idle connection (its socket
 //!   and buffers are the warmest) that is ready; a connection still busy

@@ -435,6 +435,52 @@ async fn health_and_readiness() {
     gw.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_the_requests_in_flight_then_refuses_connections() {
+    let gw = TestGateway::start(DEFAULT_ROUTES).await;
+    let issued = gw.key(&["can_read_order"], "pro").await;
+    let key = issued.secret.expose().to_owned();
+    let proxy = gw.proxy();
+    // Concurrent slow requests, each on its own connection, so every
+    // serving thread holds some when the shutdown starts.
+    let in_flight: Vec<_> = (0..6)
+        .map(|_| {
+            let key = key.clone();
+            tokio::spawn(async move {
+                let client =
+                    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                        .build_http();
+                crate::support::gateway::send(
+                    &client,
+                    proxy,
+                    Method::GET,
+                    "/v1/orders/delay/400",
+                    &[("x-api-key", &key)],
+                    "",
+                )
+                .await
+            })
+        })
+        .collect();
+    // Let every request reach the upstream.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let stopped_at = std::time::Instant::now();
+    gw.stop().await;
+    let stopped_after = stopped_at.elapsed();
+    for request in in_flight {
+        let reply = request.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    assert!(
+        stopped_after < std::time::Duration::from_secs(2),
+        "the drain waited for the requests, not for the grace period: {stopped_after:?}"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(proxy).await.is_err(),
+        "a stopped gateway still accepts connections"
+    );
+}
+
 #[tokio::test]
 async fn usage_is_counted_by_outcome_and_flushed_on_shutdown() {
     let gw = TestGateway::start(DEFAULT_ROUTES).await;
