@@ -4,7 +4,11 @@
 #
 #   upstream    straight to the upstream nginx (what the hardware gives)
 #   bare        through a bare hyper reverse proxy (examples/bare_proxy.rs):
-#               the cost of any Rust proxy at all
+#               the cost of any Rust proxy at all (tokio's default
+#               multi-thread runtime: the target's yardstick)
+#   bare-ct     the same proxy on a current-thread runtime, as keygate's
+#               serving threads run (a reference: how much of keygate's
+#               standing against `bare` is the runtime)
 #   nginx-map   through nginx with a `map` of the same keys, 401 when not
 #               mapped (what a user would put there instead of keygate)
 #   keygate     through keygate: auth + scope check + plan lookup on cached
@@ -78,10 +82,11 @@ ex="$PWD/target/release/examples"
 make_work proxy
 w="$BENCH_WORK"
 mkdir -p "$w/up" "$w/map"
-mapfile -t ports < <(free_ports 13)
+mapfile -t ports < <(free_ports 14)
 P_UP="${ports[0]}" P_BARE="${ports[1]}" P_MAP="${ports[2]}" P_KG="${ports[3]}" P_ADMIN="${ports[4]}"
 P_KGB="${ports[5]}" P_ADMINB="${ports[6]}" P_KGL="${ports[7]}" P_ADMINL="${ports[8]}"
 P_KGR="${ports[9]}" P_ADMINR="${ports[10]}" P_KGT="${ports[11]}" P_ADMINT="${ports[12]}"
+P_BARECT="${ports[13]}"
 kgb="${KEYGATE_B_BIN:-}"
 [[ -z "$kgb" || -x "$kgb" ]] || die "no keygate binary at KEYGATE_B_BIN=$kgb"
 on_server=(taskset -c "$SERVER_CPU")
@@ -287,6 +292,9 @@ UP_WORKER="$(nginx_worker "$LAST_PID")"
 start bare "${on_server[@]}" "$ex/bare_proxy" "127.0.0.1:$P_BARE" "127.0.0.1:$P_UP"
 BARE_PID="$LAST_PID"
 wait_port "$P_BARE" "$BARE_PID" bare
+start bare-ct "${on_server[@]}" "$ex/bare_proxy" "127.0.0.1:$P_BARECT" "127.0.0.1:$P_UP" current-thread
+BARECT_PID="$LAST_PID"
+wait_port "$P_BARECT" "$BARECT_PID" bare-ct
 start nginx-map "${on_server[@]}" "$nginx_bin" -p "$w/map" -e "$w/map/error.log" -c "$w/map/nginx.conf"
 wait_port "$P_MAP" "$LAST_PID" nginx-map
 MAP_WORKER="$(nginx_worker "$LAST_PID")"
@@ -354,14 +362,14 @@ if [[ -n "$with_redis" ]]; then
 fi
 
 # --- sanity: every row answers 200 with a key; the gates 401 without one -----
-declare -A PORT=([upstream]="$P_UP" [bare]="$P_BARE" [nginx-map]="$P_MAP" [keygate]="$P_KG" [keygate-b]="$P_KGB"
+declare -A PORT=([upstream]="$P_UP" [bare]="$P_BARE" [bare-ct]="$P_BARECT" [nginx-map]="$P_MAP" [keygate]="$P_KG" [keygate-b]="$P_KGB"
     [keygate-local]="$P_KGL" [keygate-redis]="$P_KGR" [keygate-token]="$P_KGT")
 # The process whose CPU time each row's proxy costs ("-": none).
-declare -A PROXY_PID=([upstream]="" [bare]="$BARE_PID" [nginx-map]="$MAP_WORKER" [keygate]="$KG_PID"
+declare -A PROXY_PID=([upstream]="" [bare]="$BARE_PID" [bare-ct]="$BARECT_PID" [nginx-map]="$MAP_WORKER" [keygate]="$KG_PID"
     [keygate-b]="${KGB_PID:-}" [keygate-local]="$KGL_PID" [keygate-redis]="${KGR_PID:-}" [keygate-token]="$KGT_PID")
 # What each row's requests carry in X-API-Key (keys unless said here).
 declare -A CREDS=([keygate-token]="$w/tokens.txt")
-ROWS=(upstream bare nginx-map keygate keygate-local keygate-token)
+ROWS=(upstream bare bare-ct nginx-map keygate keygate-local keygate-token)
 [[ -z "$with_redis" ]] || ROWS+=(keygate-redis)
 [[ -z "$kgb" ]] || ROWS+=(keygate-b)
 first_key="$(head -1 "$w/keys.txt")"
@@ -485,6 +493,7 @@ rows = rows.split()
 labels = {
     "upstream": "upstream (nginx, direct)",
     "bare": "bare hyper proxy",
+    "bare-ct": "bare, current-thread",
     "nginx-map": "nginx + map of keys",
     "keygate": "keygate",
     "keygate-local": "keygate + local limits",
@@ -537,6 +546,7 @@ kb = med["keygate"]["rps"] / med["bare"]["rps"]
 kn = med["keygate"]["rps"] / med["nginx-map"]["rps"]
 print()
 print(f"target keygate >= 0.90x bare proxy: {kb:.2f}x -> {'met' if kb >= 0.9 else 'NOT met'}; keygate vs nginx+map: {kn:.2f}x")
+print(f"keygate vs the bare proxy on a current-thread runtime (keygate's kind): {med['keygate']['rps'] / med['bare-ct']['rps']:.2f}x")
 for r in ("keygate-local", "keygate-redis"):
     if r in med:
         cost = 1 - med[r]["rps"] / med["keygate"]["rps"]

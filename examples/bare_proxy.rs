@@ -1,11 +1,16 @@
 //! Bench helper: the floor cost of any Rust reverse proxy. A minimal hyper 1
 //! proxy (auto server builder, hyper-util legacy client with a keep-alive
-//! pool, multi-thread tokio runtime) that forwards every request to one
-//! upstream with no authentication and no header hygiene beyond what HTTP
-//! requires (`Host`, an absolute URI for the client). `bench/proxy.sh`
+//! pool, tokio's default multi-thread runtime) that forwards every request
+//! to one upstream with no authentication and no header hygiene beyond what
+//! HTTP requires (`Host`, an absolute URI for the client). `bench/proxy.sh`
 //! compares keygate against it.
 //!
-//! Usage: `bare_proxy LISTEN_ADDR UPSTREAM_ADDR` (both `ip:port`).
+//! With `current-thread`, the same proxy runs on a current-thread runtime
+//! instead, as keygate's serving threads do (a reference row: how much of
+//! keygate's standing is the runtime).
+//!
+//! Usage: `bare_proxy LISTEN_ADDR UPSTREAM_ADDR [current-thread]` (addresses
+//! as `ip:port`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,12 +30,17 @@ use tokio::net::TcpListener;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() != 2 {
-        bail!("usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR");
-    }
+    let mut runtime = match args.get(2).map(String::as_str) {
+        None if args.len() == 2 => tokio::runtime::Builder::new_multi_thread(),
+        Some("current-thread") if args.len() == 3 => tokio::runtime::Builder::new_current_thread(),
+        _ => bail!("usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR [current-thread]"),
+    };
+    runtime.enable_all().build()?.block_on(serve(&args))
+}
+
+async fn serve(args: &[String]) -> Result<()> {
     let listen: SocketAddr = args[0].parse().context("LISTEN_ADDR")?;
     let upstream: SocketAddr = args[1].parse().context("UPSTREAM_ADDR")?;
     let authority = upstream.to_string();
