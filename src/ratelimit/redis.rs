@@ -2,7 +2,9 @@
 //!
 //! It owns a small fixed pool of multiplexed connections (each pipelines any
 //! number of concurrent requests over one socket, so no request opens a
-//! connection) and the Lua script that checks and counts all of a subject's
+//! connection), one more connection for each thread that checks from a
+//! current-thread runtime (the proxy's serving threads; see
+//! [`RedisBackend::connection`]), and the Lua script that checks and counts all of a subject's
 //! windows in one atomic round trip. It does not decide what to do when
 //! Redis fails: every failure comes back as a [`RedisFailure`], and `mod.rs`
 //! falls back to local counters, logs, and asks for [`RedisBackend::connect`]
@@ -18,9 +20,11 @@
 //! Time comes from Redis `TIME` inside the script, not from the replica:
 //! replicas with skewed clocks still agree on which window a request is in.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
@@ -99,6 +103,12 @@ pub(super) struct RedisBackend {
     // across an await.
     pool: RwLock<Vec<MultiplexedConnection>>,
     next: AtomicUsize,
+    /// Each current-thread runtime's own connection, by thread, with the
+    /// [`Self::generation`] it was opened in (std RwLock, like `pool`).
+    local: RwLock<HashMap<ThreadId, (u64, MultiplexedConnection)>>,
+    /// How many pools [`Self::connect`] has installed: a local connection
+    /// from an earlier one may be dead, so it is opened again.
+    generation: AtomicU64,
     /// SHA1 of [`CHECK_SCRIPT`], for `EVALSHA`.
     sha: String,
     key_prefix: String,
@@ -135,6 +145,8 @@ impl RedisBackend {
             config,
             pool: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
+            local: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
             sha: Script::new(CHECK_SCRIPT).get_hash().to_owned(),
             key_prefix: settings.key_prefix.clone(),
             pool_size: settings.pool_size.max(1),
@@ -178,13 +190,15 @@ impl RedisBackend {
             .await
             .map_err(|_| RedisFailure(format!("no connection within {bound:?}")))??;
         *self.pool.write().unwrap_or_else(PoisonError::into_inner) = conns;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.local.write().unwrap_or_else(PoisonError::into_inner).clear();
         Ok(())
     }
 
     /// Checks and counts `subject` against `limits` in one round trip,
     /// bounded by the response timeout.
     pub(super) async fn check(&self, subject: &str, limits: &[PlanLimit]) -> Result<Verdict, RedisFailure> {
-        let mut conn = self.connection()?;
+        let mut conn = self.connection().await?;
         let keys: Vec<String> = limits.iter().map(|l| self.key(subject, l)).collect();
         let args: Vec<u64> = limits
             .iter()
@@ -196,8 +210,51 @@ impl RedisBackend {
         parse_reply(&reply, limits)
     }
 
+    /// The connection a check uses. On a current-thread runtime (the
+    /// proxy's serving threads), the thread's own, opened on its first check
+    /// after each [`Self::connect`]: a multiplexed connection's driver task
+    /// runs on the runtime that opened it, and one driven from another
+    /// thread costs every check two thread hops (`bench/proxy.sh`'s Redis
+    /// row lost 17% of its throughput to them). Elsewhere, one from the
+    /// pool, round robin. Nothing is opened before `connect` has proved the
+    /// server, so a check while disconnected fails at once, as before.
+    async fn connection(&self) -> Result<MultiplexedConnection, RedisFailure> {
+        let thread = std::thread::current().id();
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some((opened_in, conn)) = self
+            .local
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&thread)
+        {
+            if *opened_in == generation {
+                return Ok(conn.clone());
+            }
+        }
+        let own_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        let pooled = self.pooled()?;
+        if !own_thread {
+            return Ok(pooled);
+        }
+        let bound = self.connect_timeout.saturating_add(self.timeout);
+        let conn = tokio::time::timeout(
+            bound,
+            self.client
+                .get_multiplexed_async_connection_with_config(&self.config),
+        )
+        .await
+        .map_err(|_| RedisFailure(format!("no connection within {bound:?}")))??;
+        // A `connect` meanwhile makes this entry stale by its generation.
+        self.local
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(thread, (generation, conn.clone()));
+        Ok(conn)
+    }
+
     /// A connection from the pool, round robin.
-    fn connection(&self) -> Result<MultiplexedConnection, RedisFailure> {
+    fn pooled(&self) -> Result<MultiplexedConnection, RedisFailure> {
         let pool = self.pool.read().unwrap_or_else(PoisonError::into_inner);
         if pool.is_empty() {
             return Err(RedisFailure("not connected".into()));
@@ -243,10 +300,22 @@ impl RedisBackend {
 
 #[cfg(test)]
 impl RedisBackend {
+    /// Local connections held, and how many of them the current pool
+    /// generation opened.
+    pub(super) fn local_connections(&self) -> (usize, usize) {
+        let generation = self.generation.load(Ordering::Acquire);
+        let local = self.local.read().unwrap_or_else(PoisonError::into_inner);
+        let current = local
+            .values()
+            .filter(|(opened_in, _)| *opened_in == generation)
+            .count();
+        (local.len(), current)
+    }
+
     /// Deletes every key under this backend's prefix (tests clean up after
     /// themselves; their windows would otherwise linger until they end).
     pub(super) async fn delete_prefixed_keys(&self) -> Result<(), RedisFailure> {
-        let mut conn = self.connection()?;
+        let mut conn = self.connection().await?;
         let pattern = format!("{}*", self.key_prefix);
         let mut cursor = 0u64;
         loop {
@@ -270,7 +339,7 @@ impl RedisBackend {
 
     /// Empties the server's script cache, so the next check meets `NOSCRIPT`.
     pub(super) async fn flush_scripts(&self) -> Result<(), RedisFailure> {
-        let mut conn = self.connection()?;
+        let mut conn = self.connection().await?;
         Ok(redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await?)
     }
 }

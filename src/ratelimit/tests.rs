@@ -399,6 +399,73 @@ async fn redis_reloads_a_flushed_script() {
     cleanup(&limiter).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_checks_on_a_current_thread_runtime_use_that_threads_own_connection() {
+    let Some(url) = test_redis("redis_checks_on_a_current_thread_runtime_use_that_threads_own_connection")
+    else {
+        return;
+    };
+    let limiter = redis_limiter(&url, &unique_prefix()).await;
+    let link = limiter.redis.as_ref().unwrap();
+    let limits = [limit(100, DAY)];
+    // A multi-thread runtime's checks share the pool.
+    assert!(limiter.check("k", &limits).await.is_allowed());
+    assert_eq!(link.backend.local_connections(), (0, 0));
+
+    // Two threads each running a current-thread runtime (as the proxy's
+    // serving threads do): one connection each, kept across checks.
+    let lanes: Vec<_> = (0..2)
+        .map(|_| {
+            let limiter = Arc::clone(&limiter);
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    for _ in 0..3 {
+                        assert!(limiter.check("k", &limits).await.is_allowed());
+                    }
+                });
+                // Keep the runtime (and the connection's driver) alive
+                // until the test has looked.
+                runtime
+            })
+        })
+        .collect();
+    let runtimes: Vec<_> = lanes.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(link.backend.local_connections(), (2, 2));
+    let v = limiter.check("k", &limits).await;
+    assert_eq!(
+        v.window().map(|w| w.remaining),
+        Some(100 - 8),
+        "every check counted once: {v:?}"
+    );
+
+    // A reconnect (the probe's, after a failure) retires them: the next
+    // check on such a thread opens a fresh one.
+    link.backend.connect().await.unwrap();
+    assert_eq!(link.backend.local_connections(), (0, 0));
+    let limiter_on_lane = Arc::clone(&limiter);
+    let reopened = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let allowed = runtime.block_on(async { limiter_on_lane.check("k", &limits).await.is_allowed() });
+        (allowed, runtime)
+    })
+    .join()
+    .unwrap();
+    assert!(reopened.0);
+    assert_eq!(link.backend.local_connections(), (1, 1));
+    for runtime in runtimes.into_iter().chain([reopened.1]) {
+        // (A runtime may not be dropped, blocking, inside another.)
+        runtime.shutdown_background();
+    }
+    cleanup(&limiter).await;
+}
+
 /// Log output captured for one test. The subscriber is installed per
 /// thread, so tests that read it run on a current-thread runtime.
 #[derive(Clone, Default)]
