@@ -4,8 +4,8 @@
 //! number of concurrent requests over one socket, so no request opens a
 //! connection), one more connection for each thread that checks from a
 //! current-thread runtime (the proxy's serving threads; see
-//! [`RedisBackend::connection`]), and the Lua script that checks and counts all of a subject's
-//! windows in one atomic round trip. It does not decide what to do when
+//! [`RedisBackend::connection`]), and the Lua script that checks and counts
+//! all of a subject's windows in one atomic round trip. It does not decide what to do when
 //! Redis fails: every failure comes back as a [`RedisFailure`], and `mod.rs`
 //! falls back to local counters, logs, and asks for [`RedisBackend::connect`]
 //! again from its probe.
