@@ -309,10 +309,10 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Ap
 /// Why not the multi-thread runtime the rest of the gateway runs on: a
 /// proxied request is a chain of wake-ups between the client connection's
 /// task and the upstream connection's task, and on one thread the same
-/// request path costs less. Measured with `bench/proxy.sh`'s setup (proxy
-/// and upstream sharing one CPU): 14.2 against 16.6 us of CPU a request,
-/// and the proxy preempted by the upstream 0.58 against 0.90 times a
-/// request (a bare hyper proxy shows the same difference). Each lane runs
+/// request path costs less. Measured with `bench/proxy.sh` (proxy and
+/// upstream sharing one CPU): 14.1 against 16.9 us of CPU a request, and
+/// the proxy preempted by the upstream 0.58 against 0.90 times a request
+/// (a bare hyper proxy shows the same difference). Each lane runs
 /// whole connections and owns its upstream pool, so a request stays on its
 /// thread; every lane accepts from the one listening socket, so a
 /// connection goes to whichever lane is free to take it first.

@@ -108,7 +108,8 @@ impl Forwarder {
     /// created and used on that thread only: its connections' tasks run on
     /// the runtime that opened them. The idle limit
     /// (`upstream.pool_max_idle_per_host`) is shared out among the pools,
-    /// so it holds for the gateway as a whole.
+    /// rounded up so that no thread is left without keep-alive: the gateway
+    /// keeps at most the limit plus `of - 1` idle connections.
     pub fn pool(&self, of: usize) -> Upstream {
         Upstream::new(PoolSettings {
             authority: self.settings.authority.clone(),
@@ -404,6 +405,29 @@ fn error_chain(e: &UpstreamError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_idle_limit_is_shared_out_among_the_serving_threads() {
+        let forwarder = |limit| {
+            Forwarder::new(ForwardSettings {
+                authority: "127.0.0.1:9".into(),
+                base_path: String::new(),
+                timeout: Duration::from_secs(1),
+                connect_timeout: Duration::from_secs(1),
+                pool_max_idle_per_host: limit,
+                pool_idle_timeout: Duration::from_secs(1),
+                max_body_bytes: None,
+                credential_headers: Vec::new(),
+            })
+            .unwrap()
+        };
+        assert_eq!(forwarder(256).pool(1).max_idle(), 256);
+        assert_eq!(forwarder(256).pool(4).max_idle(), 64);
+        assert_eq!(forwarder(256).pool(3).max_idle(), 86, "rounded up");
+        assert_eq!(forwarder(1).pool(8).max_idle(), 1, "every thread keeps one");
+        assert_eq!(forwarder(0).pool(8).max_idle(), 0, "none means none");
+        assert_eq!(forwarder(10).pool(0).max_idle(), 10, "no threads counts as one");
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();

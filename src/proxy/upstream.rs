@@ -151,6 +151,12 @@ impl Upstream {
     fn idle_count(&self) -> usize {
         self.pool.idle().len()
     }
+
+    /// The most idle connections this pool keeps (for tests).
+    #[cfg(test)]
+    pub(super) fn max_idle(&self) -> usize {
+        self.pool.settings.max_idle
+    }
 }
 
 impl Pool {
