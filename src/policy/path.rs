@@ -13,7 +13,38 @@
 //!    as are raw backslashes and control characters.
 //! 4. Duplicate slashes are folded; `.` and `..` segments are resolved (`..`
 //!    never climbs above the root).
+//! 5. Segments that some upstream server would resolve differently from
+//!    keygate are refused rather than guessed at (see [`PathError`]):
+//!    - a dot segment carrying path parameters (`..;x`, `.;`, `..%3B`):
+//!      Tomcat, Jetty and Spring strip `;…` from each segment *before*
+//!      resolving dot segments, so `/public/..;/v1/orders/1` is
+//!      `/v1/orders/1` to them while it looks like `/public/..;/…` here;
+//!    - a segment ending in `.` or a space (`admin.`, `...`, `admin%20`):
+//!      Windows servers (IIS, Kestrel on Windows file providers) strip
+//!      trailing dots and spaces, so `/admin./x` would be served as
+//!      `/admin/x` after matching no `/admin/**` route here;
+//!    - characters that Unicode compatibility folding (NFKC) or Windows
+//!      "best fit" code-page mapping turn into `.`, `/` or `\`
+//!      (fullwidth `．` `／` `＼`, one- and two-dot leaders, the division
+//!      slash, …): a server that folds them would see new dot segments or
+//!      separators;
+//!    - double-encoded structural characters (`%252e`, `%252f`, `%255c`,
+//!      `%2500`, `%253b`): a server that decodes twice would see `.`, `/`,
+//!      `\`, NUL or `;`.
+//!
+//! Route matching ([`NormalizedPath::routing_view`]) ignores the path
+//! parameters of every segment, as Tomcat, Jetty and Spring do, so
+//! `/v1/orders;x/1` falls under the `/v1/orders/**` route it reaches there;
+//! the upstream still receives the path with its parameters.
+//!
+//! Letter case is kept and routes match it exactly (RFC 3986 §6.2.2.1:
+//! paths are case-sensitive). Against an upstream that folds case (IIS,
+//! ASP.NET on Windows), `/V1/Admin` matches no `/v1/admin/**` route and
+//! falls to `auth.default_scopes`; the README says to make that default the
+//! strictest rule for such upstreams rather than keygate guessing which
+//! upstream folds.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use thiserror::Error;
@@ -33,6 +64,20 @@ pub enum PathError {
     /// `%2F`, `%5C`, `%00`, a raw backslash or a control character.
     #[error("the path contains an encoded slash, backslash, NUL or control character")]
     Forbidden,
+    /// A `.` or `..` segment with path parameters (`..;x`, `.;`, `..%3B`).
+    #[error(
+        "a '.' or '..' segment with ';' parameters is ambiguous (servers that strip parameters resolve it as a dot segment)"
+    )]
+    DotSegmentParams,
+    /// A segment ending in `.` or a space (`admin.`, `...`, `admin%20`).
+    #[error("a path segment may not end in '.' or a space (Windows servers strip them)")]
+    TrailingDot,
+    /// A character that compatibility folding turns into `.`, `/` or `\`.
+    #[error("the path contains a look-alike of '.', '/' or '\\' (e.g. a fullwidth dot or slash)")]
+    Lookalike,
+    /// `%25` followed by the escape of `.`, `/`, `\`, NUL or `;`.
+    #[error("the path contains a double-encoded '.', '/', '\\', NUL or ';' (%25 followed by its escape)")]
+    DoubleEncoded,
 }
 
 /// A normalised request path: route on it, forward it.
@@ -44,7 +89,49 @@ impl NormalizedPath {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The path routes are matched on: the normalised path with every
+    /// segment's parameters (`;…`, or `%3B…` for servers that decode before
+    /// they strip) removed, because Tomcat, Jetty and Spring serve
+    /// `/v1/orders;x/1` as `/v1/orders/1`, and the route that guards that
+    /// resource must guard this spelling too. Borrowed (free) for the paths
+    /// without parameters, which are nearly all of them.
+    pub fn routing_view(&self) -> Cow<'_, str> {
+        let path = self.0.as_str();
+        if !path.contains(';') && !path.contains("%3B") {
+            return Cow::Borrowed(path);
+        }
+        let mut out = String::with_capacity(path.len());
+        for (i, segment) in path.split('/').enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            out.push_str(params_start(segment).map_or(segment, |at| &segment[..at]));
+        }
+        Cow::Owned(out)
+    }
 }
+
+/// Where a segment's parameters start: its first `;` or `%3B` (any case).
+fn params_start(segment: &str) -> Option<usize> {
+    let bytes = segment.as_bytes();
+    (0..bytes.len()).find(|&i| {
+        bytes[i] == b';'
+            || (bytes[i] == b'%'
+                && bytes.get(i + 1) == Some(&b'3')
+                && matches!(bytes.get(i + 2), Some(b'B' | b'b')))
+    })
+}
+
+/// Characters that NFKC folding or Windows best-fit mapping turn into `.`,
+/// `/` or `\\` (or runs of dots): FULLWIDTH FULL STOP, SOLIDUS and REVERSE
+/// SOLIDUS, ONE and TWO DOT LEADER, HORIZONTAL ELLIPSIS, SMALL FULL STOP,
+/// SMALL REVERSE SOLIDUS, FRACTION SLASH, DIVISION SLASH, SET MINUS,
+/// REVERSE SOLIDUS OPERATOR, BIG SOLIDUS and BIG REVERSE SOLIDUS.
+const LOOKALIKES: [char; 14] = [
+    '\u{FF0E}', '\u{FF0F}', '\u{FF3C}', '\u{2024}', '\u{2025}', '\u{2026}', '\u{FE52}', '\u{FE68}',
+    '\u{2044}', '\u{2215}', '\u{2216}', '\u{29F5}', '\u{29F8}', '\u{29F9}',
+];
 
 impl fmt::Display for NormalizedPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -93,6 +180,9 @@ pub fn normalize(presented_path: &str) -> Result<NormalizedPath, PathError> {
             if matches!(decoded, b'/' | b'\\' | 0) || decoded.is_ascii_control() {
                 return Err(PathError::Forbidden);
             }
+            if decoded == b'%' && is_double_encoded(raw.get(i + 3..i + 5)) {
+                return Err(PathError::DoubleEncoded);
+            }
             fully.push(decoded);
             if is_unreserved(decoded) {
                 partly.push(char::from(decoded));
@@ -111,8 +201,10 @@ pub fn normalize(presented_path: &str) -> Result<NormalizedPath, PathError> {
             i += 1;
         }
     }
-    if std::str::from_utf8(&fully).is_err() {
-        return Err(PathError::BadUtf8);
+    match std::str::from_utf8(&fully) {
+        Err(_) => return Err(PathError::BadUtf8),
+        Ok(text) if !text.is_ascii() && text.contains(LOOKALIKES) => return Err(PathError::Lookalike),
+        Ok(_) => {}
     }
     // Pass 2: fold slashes and resolve dot segments.
     let trailing_slash = partly.len() > 1 && partly.ends_with('/');
@@ -120,6 +212,7 @@ pub fn normalize(presented_path: &str) -> Result<NormalizedPath, PathError> {
     let mut last_was_dot = false;
     for segment in partly.split('/') {
         last_was_dot = false;
+        check_segment(segment)?;
         match segment {
             "" => {}
             "." => last_was_dot = true,
@@ -143,17 +236,55 @@ pub fn normalize(presented_path: &str) -> Result<NormalizedPath, PathError> {
     Ok(NormalizedPath(out))
 }
 
+/// Refuses a segment (unreserved escapes decoded, others kept) that some
+/// server would resolve differently: a dot segment with parameters, or a
+/// name ending in `.` or a space. Plain `.` and `..` pass (they are
+/// resolved).
+fn check_segment(segment: &str) -> Result<(), PathError> {
+    let Some(at) = params_start(segment) else {
+        return match segment {
+            "." | ".." => Ok(()),
+            s if ends_in_dot_or_space(s) => Err(PathError::TrailingDot),
+            _ => Ok(()),
+        };
+    };
+    match &segment[..at] {
+        "." | ".." => Err(PathError::DotSegmentParams),
+        head if ends_in_dot_or_space(head) => Err(PathError::TrailingDot),
+        _ => Ok(()),
+    }
+}
+
+fn ends_in_dot_or_space(name: &str) -> bool {
+    name.ends_with(['.', ' ']) || name.ends_with("%20")
+}
+
+/// Whether the two hex digits after a `%25` spell the escape of `.`, `/`,
+/// `\\`, NUL or `;` (a double-encoded structural character).
+fn is_double_encoded(next: Option<&[u8]>) -> bool {
+    let Some(&[h, l]) = next else {
+        return false;
+    };
+    match (hex(h), hex(l)) {
+        (Some(h), Some(l)) => matches!((h << 4) | l, b'.' | b'/' | b'\\' | 0 | b';'),
+        _ => false,
+    }
+}
+
 /// Whether the two passes below would return `raw` unchanged: printable
 /// ASCII without escapes or backslashes, no empty segment but the leading
-/// one (and a trailing slash), no `.` or `..` segment. Most requests'
-/// paths are, and then normalising costs one scan and one copy.
+/// one (and a trailing slash), and no segment whose part before its
+/// parameters ends in `.` (which covers `.` and `..`, the refused `..;x`
+/// and the refused trailing dots). Most requests' paths are, and then
+/// normalising costs one scan and one copy.
 fn is_already_normal(raw: &[u8]) -> bool {
     raw.iter()
         .all(|&b| b.is_ascii_graphic() && b != b'%' && b != b'\\')
         && !raw.windows(2).any(|w| w == b"//")
-        && raw
-            .split(|&b| b == b'/')
-            .all(|segment| segment != b"." && segment != b"..")
+        && raw.split(|&b| b == b'/').all(|segment| {
+            let head = segment.split(|&b| b == b';').next().unwrap_or(segment);
+            head.last() != Some(&b'.')
+        })
 }
 
 #[cfg(test)]
@@ -235,6 +366,74 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(normalize(input), Err(want), "{input}");
         }
+    }
+
+    /// Issue 18: `..;` and its siblings reach a resource other than the
+    /// one routed on when the upstream strips parameters, trailing dots,
+    /// folds look-alikes or decodes twice; each is refused.
+    #[test]
+    fn ambiguous_segments_are_refused() {
+        let cases = [
+            ("/public/..;/v1/orders/1", PathError::DotSegmentParams),
+            ("/public/..;x=1/v1/orders/1", PathError::DotSegmentParams),
+            ("/public/%2e%2e;/v1/orders/1", PathError::DotSegmentParams),
+            ("/public/%2E%2E;jsessionid=1/v1", PathError::DotSegmentParams),
+            ("/public/.%2e;/v1", PathError::DotSegmentParams),
+            ("/public/.;/v1", PathError::DotSegmentParams),
+            ("/public/..%3B/v1/orders/1", PathError::DotSegmentParams),
+            ("/public/..%3b/v1/orders/1", PathError::DotSegmentParams),
+            ("/public/..;", PathError::DotSegmentParams),
+            ("/v1/admin./users", PathError::TrailingDot),
+            ("/v1/admin%2e/users", PathError::TrailingDot),
+            ("/v1/.../admin", PathError::TrailingDot),
+            ("/v1/admin%20/users", PathError::TrailingDot),
+            ("/v1/admin.;x/users", PathError::TrailingDot),
+            ("/v1/admin.", PathError::TrailingDot),
+            ("/v1/%EF%BC%8E%EF%BC%8E/admin", PathError::Lookalike),
+            ("/v1/%EF%BC%8Fadmin", PathError::Lookalike),
+            ("/v1/%EF%BC%BCadmin", PathError::Lookalike),
+            ("/v1/%E2%80%A5/admin", PathError::Lookalike),
+            ("/v1/%E2%88%95admin", PathError::Lookalike),
+            ("/v1/%252e%252e/admin", PathError::DoubleEncoded),
+            ("/v1/%252F", PathError::DoubleEncoded),
+            ("/v1/%255c", PathError::DoubleEncoded),
+            ("/v1/%2500", PathError::DoubleEncoded),
+            ("/v1/..%253B/x", PathError::DoubleEncoded),
+        ];
+        for (input, want) in cases {
+            assert_eq!(normalize(input), Err(want), "{input}");
+            assert!(!is_already_normal(input.as_bytes()), "{input}");
+        }
+        // What stays allowed: parameters on ordinary segments, names with
+        // inner or leading dots, a literal percent sign, other non-ASCII.
+        for ok in [
+            "/v1/orders;jsessionid=1/1",
+            "/v1/a.b/.well-known/x",
+            "/v1/..a/.b",
+            "/v1/100%25",
+            "/v1/%2541",
+            "/caf%C3%A9/%E3%80%82",
+        ] {
+            assert!(normalize(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn routing_ignores_segment_parameters() {
+        let view = |p: &str| normalize(p).unwrap().routing_view().into_owned();
+        assert_eq!(view("/v1/orders;x=1/1"), "/v1/orders/1");
+        assert_eq!(view("/v1/orders%3Bx/1;y"), "/v1/orders/1");
+        assert_eq!(view("/v1/;x/1"), "/v1//1");
+        assert_eq!(view("/v1/orders/1"), "/v1/orders/1");
+        assert!(matches!(
+            normalize("/v1/orders").unwrap().routing_view(),
+            Cow::Borrowed(_)
+        ));
+        // Forwarded as normalised: the parameters stay.
+        assert_eq!(
+            normalize("/v1/orders;x=1/1").unwrap().as_str(),
+            "/v1/orders;x=1/1"
+        );
     }
 
     #[test]

@@ -399,11 +399,14 @@ impl RouteTable {
         Self { routes, default }
     }
 
-    /// Decides for one request. Allocation-free: the answer borrows from
-    /// the table.
+    /// Decides for one request, on the path's routing view (segment
+    /// parameters removed, see [`NormalizedPath::routing_view`]).
+    /// Allocation-free for paths without parameters: the answer borrows
+    /// from the table.
     pub fn decide(&self, method: &Method, path: &NormalizedPath) -> Access<'_> {
         let class = MethodClass::of(method);
-        let (method, path) = (method.as_str(), path.as_str());
+        let view = path.routing_view();
+        let (method, path) = (method.as_str(), view.as_ref());
         self.routes
             .iter()
             .find(|(route, _)| route.matches(method, path))

@@ -122,3 +122,70 @@ async fn a_streamed_body_over_the_limit_is_refused() {
     assert!(status_line(&response).contains(" 413 "), "{response}");
     assert!(response.contains("payload_too_large"), "{response}");
 }
+
+/// Issue 18: `/public/..;/v1/orders/1` was forwarded as is and answered
+/// 200 without a credential; a Tomcat, Jetty or Spring upstream strips
+/// `;…` before resolving `..` and serves `/v1/orders/1`. Every spelling of
+/// that trick, and its siblings, is refused before the upstream sees it.
+#[tokio::test]
+async fn path_parameter_traversal_and_its_siblings_are_refused() {
+    let gw = TestGateway::start(DEFAULT_ROUTES).await;
+    let targets = [
+        "/public/..;/v1/orders/1",
+        "/public/..;x=1/v1/orders/1",
+        "/public/%2e%2e;/v1/orders/1",
+        "/public/%2E%2E;jsessionid=0/v1/orders/1",
+        "/public/..%3B/v1/orders/1",
+        "/public/.;/../v1/orders/1",
+        "/public/x/..;/..;/v1/orders/1",
+        "/public/%252e%252e/v1/orders/1",
+        "/public/%EF%BC%8E%EF%BC%8E/v1/orders/1",
+        "/public/%EF%BC%8Fv1/orders/1",
+        "/public/..%EF%BC%BCv1/orders/1",
+        "/v1/admin./users",
+        "/v1/admin%20/users",
+        "/public/.../v1/orders/1",
+    ];
+    for target in targets {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let response = raw(gw.proxy(), request.as_bytes()).await;
+        assert!(status_line(&response).contains(" 400 "), "{target}: {response}");
+        assert!(response.contains("bad_request"), "{target}: {response}");
+        assert!(
+            !response.contains("\"method\""),
+            "{target}: forwarded to the upstream: {response}"
+        );
+    }
+}
+
+/// Path parameters on an ordinary segment are forwarded as sent, but the
+/// route that guards the resource a parameter-stripping upstream serves
+/// guards this spelling too.
+#[tokio::test]
+async fn routes_match_without_segment_parameters() {
+    let gw = TestGateway::start(DEFAULT_ROUTES).await;
+    let reader = gw.key(&["can_read_order"], "pro").await;
+    let other = gw.key(&["something_else"], "pro").await;
+    for target in ["/v1/orders;x=1/1", "/v1/orders%3Bx/1", "/v1;v=2/orders/1"] {
+        let get = |key: &str| {
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n")
+        };
+        let response = raw(gw.proxy(), get(other.secret.expose()).as_bytes()).await;
+        assert!(status_line(&response).contains(" 403 "), "{target}: {response}");
+        assert!(response.contains("insufficient_scope"), "{target}: {response}");
+        let response = raw(gw.proxy(), get(reader.secret.expose()).as_bytes()).await;
+        assert!(status_line(&response).contains(" 200 "), "{target}: {response}");
+        assert!(
+            response.contains(&format!("\"path\":\"{target}\"")),
+            "forwarded as sent: {response}"
+        );
+    }
+    // Without a credential, a parameter on a public prefix stays public
+    // only for what it names.
+    let response = raw(
+        gw.proxy(),
+        b"GET /public;x/../v1/orders/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status_line(&response).contains(" 401 "), "{response}");
+}
