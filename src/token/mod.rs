@@ -204,8 +204,15 @@ impl Tokens {
     }
 
     /// Seconds until `claims` expire at `now` (the `expires_in` of a token
-    /// response), zero if already past.
+    /// response), zero if already past. Counted in the token's own whole
+    /// seconds: `iat` and `exp` are whole seconds and `iat` is `now`
+    /// without its fraction, so a fresh token reports exactly the lifetime
+    /// it was issued with (`exp - iat`, 7200 by default), never a second
+    /// less because `now` had a fraction; a reused one reports what is
+    /// left, never more than it was issued with.
     pub fn expires_in(claims: &AccessClaims, now: DateTime<Utc>) -> u64 {
-        u64::try_from((claims.exp - now).num_seconds()).unwrap_or(0)
+        let issued = claims.exp.timestamp().saturating_sub(claims.iat.timestamp());
+        let left = claims.exp.timestamp().saturating_sub(now.timestamp());
+        u64::try_from(left.min(issued)).unwrap_or(0)
     }
 }

@@ -1011,3 +1011,36 @@ fn tokens_checks_settings_and_verifies_with_them() {
         Err(TokenConfigError::Key(KeyError::NoKeys))
     ));
 }
+
+/// Issue 18: `now` with a fraction of a second made a fresh token report
+/// one second less than it was issued for (7199 for the default 2 h, 1 for
+/// `access_ttl = "2s"`), while the JWT's `exp - iat` was right.
+#[test]
+fn expires_in_reports_the_lifetime_issued() {
+    let mut settings = TokenSettings::new(vec![hs("hs", HS_SECRET)]);
+    for (ttl, want) in [
+        (std::time::Duration::from_secs(7200), 7200),
+        (std::time::Duration::from_secs(2), 2),
+    ] {
+        settings.access_ttl = ttl;
+        let tokens = Tokens::new(&settings).unwrap();
+        for fraction_ms in [0, 1, 500, 999] {
+            let at = now() + Duration::milliseconds(fraction_ms);
+            let login = tokens.policy().login(None, login_request(), at, &mut rng());
+            let claims = &login.access;
+            assert_eq!((claims.exp - claims.iat).num_seconds(), want);
+            assert_eq!(
+                Tokens::expires_in(claims, at),
+                u64::try_from(want).unwrap(),
+                "{fraction_ms} ms"
+            );
+            // Later in the token's life: what is left, counted the same way.
+            let later = at + Duration::seconds(1);
+            assert_eq!(
+                Tokens::expires_in(claims, later),
+                u64::try_from(want - 1).unwrap()
+            );
+            assert_eq!(Tokens::expires_in(claims, at + Duration::days(1)), 0);
+        }
+    }
+}

@@ -1143,3 +1143,51 @@ async fn the_served_binary_logs_why_a_token_failed_and_never_a_token() {
     assert_eq!(requests[1]["key_id"], created["id"]);
     assert_eq!(requests[4]["session_id"], sid.as_str());
 }
+
+/// Issue 18: with the clock inside a second (as a real clock nearly always
+/// is), every token response reported one second less than the lifetime
+/// it issued (`"expires_in": 7199`). Login, refresh and `/oauth/token` now
+/// report `exp - iat` of the token they return.
+#[tokio::test]
+async fn every_token_response_reports_the_lifetime_it_issued() {
+    let gw = gateway("").await;
+    gw.clock.advance(chrono::Duration::milliseconds(731));
+    let issued = gw.key(&["can_read_order"], "pro").await;
+    let key = issued.secret.expose();
+    let id = issued.key.id.as_str();
+    let lifetime = |body: &Value| {
+        let claims = decode_part(&access_token(body), 1);
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap()
+    };
+
+    let first = login_ok(&gw, key, Some("fraction")).await;
+    assert_eq!(first["expires_in"], 7200, "{first}");
+    assert_eq!(lifetime(&first), 7200);
+
+    gw.clock.advance(chrono::Duration::milliseconds(1_500));
+    let refresh = first["refresh_token"].as_str().unwrap();
+    let reply = post_json(&gw, "/auth/refresh", &json!({ "refresh_token": refresh })).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let refreshed = reply.json();
+    assert_eq!(refreshed["expires_in"], 7200, "{refreshed}");
+    assert_eq!(lifetime(&refreshed), 7200);
+
+    let reply = gw
+        .send(
+            Method::POST,
+            "/oauth/token",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            &serde_urlencoded::to_string([
+                ("grant_type", "client_credentials"),
+                ("client_id", id),
+                ("client_secret", key),
+            ])
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let oauth = reply.json();
+    assert_eq!(oauth["expires_in"], 7200, "{oauth}");
+    assert_eq!(lifetime(&oauth), 7200);
+    gw.stop().await;
+}
