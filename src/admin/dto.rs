@@ -33,10 +33,11 @@ pub const MAX_LIMIT: u32 = 500;
 
 /// A JSON request body, parsed with every failure as a problem: a body that
 /// is not JSON (or not sent as JSON) is 400 `bad_request`; JSON of the wrong
-/// shape (unknown field, wrong type, missing field) is 422
-/// `validation_failed` naming the field.
+/// shape (unknown field, wrong type, missing field) is held in the
+/// [`Shaped`] value, so that the handler's rule checks of the other fields
+/// are answered in the same 422 `validation_failed`.
 #[derive(Debug)]
-pub struct AdminJson<T>(pub T);
+pub struct AdminJson<T>(pub Shaped<T>);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AdminJson<T> {
     type Rejection = AdminError;
@@ -53,7 +54,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AdminJson<T> {
 /// Like [`AdminJson`], but an empty body is `T::default()` (for bodies
 /// whose every field is optional, e.g. rotate's).
 #[derive(Debug)]
-pub struct OptionalJson<T>(pub T);
+pub struct OptionalJson<T>(pub Shaped<T>);
 
 impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
     type Rejection = AdminError;
@@ -64,14 +65,62 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
             AdminError::BadRequest(format!("Cannot read the request body: {}.", e.body_text()))
         })?;
         if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Self(T::default()));
+            return Ok(Self(Shaped::valid(T::default())));
         }
         parse_json(&headers, &body).map(Self)
     }
 }
 
-/// Parses a JSON body sent with a JSON content type.
-pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, AdminError> {
+/// A request body deserialised as far as its JSON allows, with the fields
+/// that did not fit. Fields of the wrong type hold a placeholder, so the
+/// value is only reachable through [`Shaped::check`], which answers every
+/// problem — the shape errors and the rule errors of the other fields —
+/// and never hands out a value built from placeholders.
+#[derive(Debug)]
+pub struct Shaped<T> {
+    value: Option<T>,
+    errors: Errors,
+}
+
+impl<T> Shaped<T> {
+    fn valid(value: T) -> Self {
+        Self {
+            value: Some(value),
+            errors: Errors::default(),
+        }
+    }
+
+    /// Runs `rules` on the value (they add rule errors; those about a field
+    /// that already failed its shape are dropped), then answers the value
+    /// if no field is bad, or every bad field as one
+    /// [`AdminError::Validation`].
+    pub fn check<R>(self, rules: impl FnOnce(T, &mut Errors) -> R) -> Result<R, AdminError> {
+        let mut errors = self.errors;
+        match self.value {
+            Some(value) => {
+                let checked = rules(value, &mut errors);
+                errors.finish(checked)
+            }
+            None => Err(errors.into_error()),
+        }
+    }
+}
+
+/// JSON values tried, in order, in place of a field whose own value does not
+/// fit, until the rest of the body deserialises: one of them fits every
+/// field type of the admin API's bodies.
+const PLACEHOLDERS: [fn() -> serde_json::Value; 6] = [
+    || serde_json::Value::Null,
+    || serde_json::Value::String(String::new()),
+    || serde_json::Value::Array(Vec::new()),
+    || serde_json::Value::Object(serde_json::Map::new()),
+    || serde_json::Value::from(0),
+    || serde_json::Value::Bool(false),
+];
+
+/// Parses a JSON body sent with a JSON content type: syntax problems are
+/// 400 `bad_request`; every field of the wrong shape is collected.
+pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<Shaped<T>, AdminError> {
     let json_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -90,13 +139,65 @@ pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Resu
     // object, or an object with bad fields, is the client's data to fix.
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| AdminError::BadRequest(format!("The request body is not valid JSON: {e}.")))?;
-    if !value.is_object() {
+    let serde_json::Value::Object(object) = value else {
         return Err(AdminError::field("body", "the body must be a JSON object"));
+    };
+    Ok(deserialize_collecting(object))
+}
+
+/// Deserialises `object` as `T`, collecting every field serde refuses:
+/// serde stops at the first, so each refused field is named, then removed
+/// (unknown fields) or replaced by the first [`PLACEHOLDERS`] entry that
+/// fits, and deserialising starts again. Every round retires a field or
+/// tries its next placeholder, so the loop is bounded by the body's size.
+fn deserialize_collecting<T: DeserializeOwned>(
+    mut object: serde_json::Map<String, serde_json::Value>,
+) -> Shaped<T> {
+    let mut errors = Errors::default();
+    // Per bad field: the next placeholder to try.
+    let mut tries: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    let rounds = (object.len() + 8) * (PLACEHOLDERS.len() + 1);
+    for _ in 0..rounds {
+        let error = match serde_path_to_error::deserialize(serde_json::Value::Object(object.clone())) {
+            Ok(value) => {
+                return Shaped {
+                    value: Some(value),
+                    errors,
+                };
+            }
+            Err(error) => error,
+        };
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let unknown = inner.to_string().starts_with("unknown field");
+        let field_error = json_field_error(&path, &inner);
+        let top = top_level(&field_error.field).to_owned();
+        if top == "body" {
+            errors.push(field_error);
+            break;
+        }
+        if !tries.contains_key(&top) {
+            errors.push(field_error);
+        }
+        if unknown {
+            object.remove(&top);
+            tries.insert(top, PLACEHOLDERS.len());
+            continue;
+        }
+        let next = tries.entry(top.clone()).or_insert(0);
+        let Some(placeholder) = PLACEHOLDERS.get(*next) else {
+            break;
+        };
+        *next += 1;
+        object.insert(top, placeholder());
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        json_field_error(&path, &e.into_inner())
-    })
+    Shaped { value: None, errors }
+}
+
+/// The body member a field path starts with: `scopes` of `scopes[1]`,
+/// `credits` of `credits.refill.amount`.
+fn top_level(field: &str) -> &str {
+    field.split(['.', '[']).next().unwrap_or(field)
 }
 
 /// `application/json` or `application/<anything>+json`, parameters allowed.
@@ -108,7 +209,7 @@ fn is_json_media_type(value: &str) -> bool {
 /// A serde data error as a field error: the path serde reached (or, for a
 /// missing or unknown field at that level, the field it names), and serde's
 /// message.
-fn json_field_error(path: &str, error: &serde_json::Error) -> AdminError {
+fn json_field_error(path: &str, error: &serde_json::Error) -> FieldError {
     let message = error.to_string();
     let named = ["missing field `", "unknown field `"]
         .iter()
@@ -121,23 +222,48 @@ fn json_field_error(path: &str, error: &serde_json::Error) -> AdminError {
         (path, Some(name)) if message.starts_with("missing") => format!("{path}.{name}"),
         (path, _) => path.to_owned(),
     };
-    AdminError::field(field, message)
+    FieldError::new(field, message)
 }
 
-/// Field errors so far; turns into one [`AdminError::Validation`].
+/// Field errors so far; turns into one [`AdminError::Validation`]. A field
+/// whose JSON did not fit its type is named once, by that shape error: the
+/// rule errors a placeholder in its place would draw are dropped.
 #[derive(Debug, Default)]
-struct Errors(Vec<FieldError>);
+pub struct Errors {
+    list: Vec<FieldError>,
+    /// Body members that failed their shape.
+    misshapen: BTreeSet<String>,
+}
 
 impl Errors {
-    fn add(&mut self, field: impl Into<String>, message: impl ToString) {
-        self.0.push(FieldError::new(field, message.to_string()));
+    /// Adds a rule error, unless `field`'s member already failed its shape.
+    pub fn add(&mut self, field: impl Into<String>, message: impl ToString) {
+        let field = field.into();
+        if !self.misshapen.contains(top_level(&field)) {
+            self.list.push(FieldError::new(field, message.to_string()));
+        }
+    }
+
+    /// Adds a shape error.
+    fn push(&mut self, error: FieldError) {
+        self.misshapen.insert(top_level(&error.field).to_owned());
+        self.list.push(error);
+    }
+
+    /// Whether no field is bad so far.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn into_error(self) -> AdminError {
+        AdminError::Validation(self.list)
     }
 
     fn finish<T>(self, value: T) -> Result<T, AdminError> {
-        if self.0.is_empty() {
+        if self.list.is_empty() {
             Ok(value)
         } else {
-            Err(AdminError::Validation(self.0))
+            Err(self.into_error())
         }
     }
 }
@@ -147,6 +273,7 @@ impl Errors {
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     /// Human name (1 to 200 characters).
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
     pub name: String,
     /// Granted scopes (letters, digits and `_ . : - / *`).
     #[serde(default)]
@@ -158,11 +285,14 @@ pub struct CreateKeyRequest {
     /// `"never"`, or null (never, the default).
     #[serde(default)]
     pub expires_at: Option<String>,
-    /// Owner (account / tenant).
+    /// Owner (account / tenant; 1 to 200 characters).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
     pub owner: Option<String>,
-    /// Key prefix, e.g. `sk_live_`; default `keys.default_prefix`.
+    /// Key prefix, e.g. `sk_live_`: letters and digits in groups, each
+    /// group ending with `_`; default `keys.default_prefix`.
     #[serde(default)]
+    #[schema(min_length = 2, max_length = 24, pattern = "^([A-Za-z0-9]+_)+$")]
     pub prefix: Option<String>,
     /// Free-form JSON object.
     #[serde(default)]
@@ -171,9 +301,8 @@ pub struct CreateKeyRequest {
 }
 
 impl CreateKeyRequest {
-    /// The create request, or every bad field.
-    pub fn parse(self, manager: &KeyManager, now: DateTime<Utc>) -> Result<CreateKey, AdminError> {
-        let mut errors = Errors::default();
+    /// The create request; every bad field goes to `errors`.
+    pub fn check(self, manager: &KeyManager, now: DateTime<Utc>, errors: &mut Errors) -> CreateKey {
         if let Err(e) = validate_text("name", &self.name) {
             errors.add("name", e);
         }
@@ -182,9 +311,9 @@ impl CreateKeyRequest {
                 errors.add("owner", e);
             }
         }
-        let scopes = scopes(&self.scopes, &mut errors);
+        let scopes = scopes(&self.scopes, errors);
         if let Some(plan) = &self.plan {
-            plan_error(manager, plan, &mut errors);
+            plan_error(manager, plan, errors);
         }
         let expires_at = match self.expires_at.as_deref() {
             None => None,
@@ -198,8 +327,8 @@ impl CreateKeyRequest {
                 errors.add("prefix", e);
             }
         }
-        metadata_error(self.metadata.as_ref(), &mut errors);
-        errors.finish(CreateKey {
+        metadata_error(self.metadata.as_ref(), errors);
+        CreateKey {
             name: self.name,
             owner: self.owner,
             scopes,
@@ -207,7 +336,7 @@ impl CreateKeyRequest {
             expires_at,
             prefix: self.prefix,
             metadata: self.metadata,
-        })
+        }
     }
 }
 
@@ -215,8 +344,9 @@ impl CreateKeyRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKeyRequest {
-    /// New name.
+    /// New name (1 to 200 characters).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
     pub name: Option<String>,
     /// New scopes (replaces the set).
     #[serde(default)]
@@ -244,9 +374,8 @@ pub struct UpdateKeyRequest {
 }
 
 impl UpdateKeyRequest {
-    /// The patch, or every bad field.
-    pub fn parse(self, manager: &KeyManager, now: DateTime<Utc>) -> Result<KeyPatch, AdminError> {
-        let mut errors = Errors::default();
+    /// The patch; every bad field goes to `errors`.
+    pub fn check(self, manager: &KeyManager, now: DateTime<Utc>, errors: &mut Errors) -> KeyPatch {
         if let Some(name) = &self.name {
             if let Err(e) = validate_text("name", name) {
                 errors.add("name", e);
@@ -257,9 +386,9 @@ impl UpdateKeyRequest {
                 errors.add("owner", e);
             }
         }
-        let scopes = self.scopes.as_deref().map(|s| scopes(s, &mut errors));
+        let scopes = self.scopes.as_deref().map(|s| scopes(s, errors));
         if let Some(plan) = &self.plan {
-            plan_error(manager, plan, &mut errors);
+            plan_error(manager, plan, errors);
         }
         let expires_at = match &self.expires_at {
             None => None,
@@ -288,7 +417,7 @@ impl UpdateKeyRequest {
                 None
             }
         };
-        metadata_error(self.metadata.as_ref(), &mut errors);
+        metadata_error(self.metadata.as_ref(), errors);
         let patch = KeyPatch {
             name: self.name,
             owner: self.owner,
@@ -298,13 +427,13 @@ impl UpdateKeyRequest {
             status,
             metadata: self.metadata,
         };
-        if errors.0.is_empty() && patch.is_empty() {
+        if errors.is_empty() && patch.is_empty() {
             errors.add(
                 "body",
                 "the patch changes nothing: set at least one of name, scopes, plan, expires_at, status, owner, metadata",
             );
         }
-        errors.finish(patch)
+        patch
     }
 }
 
@@ -319,11 +448,14 @@ pub struct RotateKeyRequest {
 }
 
 impl RotateKeyRequest {
-    /// The grace period, or the bad field.
-    pub fn parse(&self) -> Result<chrono::Duration, AdminError> {
+    /// The grace period; a bad one goes to `errors`.
+    pub fn check(&self, errors: &mut Errors) -> chrono::Duration {
         match self.grace_period.as_deref() {
-            None => Ok(chrono::Duration::zero()),
-            Some(text) => parse_duration(text).map_err(|e| AdminError::field("grace_period", e.to_string())),
+            None => chrono::Duration::zero(),
+            Some(text) => parse_duration(text).unwrap_or_else(|e| {
+                errors.add("grace_period", e);
+                chrono::Duration::zero()
+            }),
         }
     }
 }
@@ -646,12 +778,33 @@ mod tests {
             ("[1]", "body"),
         ];
         for (body, field) in cases {
-            let e = parse_json::<CreateKeyRequest>(&h, body.as_bytes()).unwrap_err();
+            let e = parse_json::<CreateKeyRequest>(&h, body.as_bytes())
+                .and_then(|shaped| shaped.check(|_, _| ()))
+                .unwrap_err();
             let got = fields(e);
             assert_eq!(got.len(), 1, "{body}");
             assert_eq!(got[0].0, field, "{body}: {got:?}");
             assert!(!got[0].1.contains("line 1"), "{got:?}");
         }
+        // Every field of the wrong shape is named, each once, and the rule
+        // checks never see a placeholder's value.
+        let e = parse_json::<UpdateKeyRequest>(
+            &h,
+            br#"{"name":7,"scopes":"x","expires_at":5,"status":[],"nope":1,"owner":{}}"#,
+        )
+        .and_then(|shaped| {
+            shaped.check(|patch, errors| {
+                assert_eq!(patch.name, None);
+                errors.add("name", "a rule error about a placeholder is dropped");
+                errors.add("plan", "a rule error of another field is kept");
+            })
+        })
+        .unwrap_err();
+        let named: Vec<String> = fields(e).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            named,
+            ["expires_at", "name", "nope", "owner", "scopes", "status", "plan"]
+        );
         assert!(is_json_media_type("application/merge-patch+json"));
         assert!(!is_json_media_type("text/json"));
     }

@@ -38,7 +38,8 @@ pub async fn create_key(
     Extension(caller): Extension<AdminPrincipal>,
     AdminJson(body): AdminJson<CreateKeyRequest>,
 ) -> Result<(StatusCode, Json<IssuedKey>), AdminError> {
-    let request = body.parse(&state.manager, state.manager.now())?;
+    let now = state.manager.now();
+    let request = body.check(|body, errors| body.check(&state.manager, now, errors))?;
     let issued = state.manager.create(request, &caller.actor()).await?;
     Ok((
         StatusCode::CREATED,
@@ -155,7 +156,8 @@ pub async fn update_key(
     Path(id): Path<String>,
     AdminJson(body): AdminJson<UpdateKeyRequest>,
 ) -> Result<Json<KeyView>, AdminError> {
-    let patch = body.parse(&state.manager, state.manager.now())?;
+    let now = state.manager.now();
+    let patch = body.check(|body, errors| body.check(&state.manager, now, errors))?;
     let key = state.manager.update(&id, patch, &caller.actor()).await?;
     Ok(Json(KeyView::new(&key, state.manager.now())))
 }
@@ -205,7 +207,7 @@ pub async fn rotate_key(
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<RotateKeyRequest>,
 ) -> Result<Json<IssuedKey>, AdminError> {
-    let grace = body.parse()?;
+    let grace = body.check(|body, errors| body.check(errors))?;
     let issued = state.manager.rotate(&id, grace, &caller.actor()).await?;
     Ok(Json(IssuedKey::new(&issued, state.manager.now())))
 }
