@@ -27,11 +27,16 @@ pub enum AdminError {
     /// The key's state forbids the change (409 `conflict`).
     #[error("{0}")]
     Conflict(String),
-    /// The key store is unreachable (503 `auth_unavailable`): retrying
-    /// later may work. The cause goes to the log, never to the client.
+    /// The path exists but not with this method (405, code `bad_request`
+    /// as on the proxy listener; the router adds `Allow`).
+    #[error("method {0} not allowed")]
+    MethodNotAllowed(http::Method),
+    /// The key store is unreachable or could not complete the call (503
+    /// `auth_unavailable`): retrying later may work. The cause goes to the
+    /// log, never to the client.
     #[error("{0}")]
     Unavailable(String),
-    /// The store or hashing failed otherwise (500 `internal_error`); the
+    /// Anything else failed (500 `internal_error`): hashing, or a bug. The
     /// cause goes to the log, never to the client.
     #[error("{0}")]
     Internal(String),
@@ -74,8 +79,14 @@ impl AdminError {
             }
             Self::NotFound(message) => Problem::new(Code::NotFound).with_message(sentence(message)),
             Self::Conflict(message) => Problem::new(Code::Conflict).with_message(sentence(message)),
-            Self::Unavailable(_) => Problem::new(Code::AuthUnavailable)
-                .with_message("The key store is unreachable. Retry once it is back; /readyz says when."),
+            Self::MethodNotAllowed(method) => Problem::new(Code::BadRequest)
+                .with_message(format!(
+                    "This endpoint does not accept {method}; the Allow header lists the methods it does."
+                ))
+                .with_status(http::StatusCode::METHOD_NOT_ALLOWED),
+            Self::Unavailable(_) => Problem::new(Code::AuthUnavailable).with_message(
+                "The key store could not complete the request. Retry once it is back; /readyz says when.",
+            ),
             Self::Internal(_) => Problem::new(Code::InternalError),
         }
     }
@@ -85,9 +96,8 @@ impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         match &self {
             Self::Internal(cause) => tracing::error!(error = %cause, "admin request failed"),
-            // An outage is logged where it is noticed (the change-feed poller).
             Self::Unavailable(cause) => {
-                tracing::warn!(error = %cause, "admin request failed: key store unreachable")
+                tracing::warn!(error = %cause, "admin request failed: the key store could not answer")
             }
             _ => {}
         }
@@ -112,7 +122,17 @@ impl From<ManageError> for AdminError {
             ManageError::NotFound(id) => Self::NotFound(format!("No key has the id {id}.")),
             ManageError::SessionNotFound(id) => Self::NotFound(format!("No session has the id {id}.")),
             ManageError::Conflict(message) => Self::Conflict(message),
-            ManageError::Store(e @ StoreError::Unavailable(_)) => Self::Unavailable(e.to_string()),
+            // Every failure of the store itself is the store's state, not
+            // the request's: an outage, a lock held too long, but also a
+            // schema or row the store cannot serve (a table dropped or
+            // migrated by hand). The client can only retry later; 503 says
+            // so, where a 500 would blame the gateway.
+            ManageError::Store(
+                e @ (StoreError::Unavailable(_)
+                | StoreError::Database(_)
+                | StoreError::Corrupt(_)
+                | StoreError::Migration(_)),
+            ) => Self::Unavailable(e.to_string()),
             other @ (ManageError::Import(_) | ManageError::Store(_) | ManageError::Hash(_)) => {
                 Self::Internal(other.to_string())
             }
@@ -162,7 +182,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_unreachable_store_is_a_503_and_other_store_failures_a_500() {
+    fn every_store_failure_is_a_503() {
         let down = AdminError::from(ManageError::Store(StoreError::Unavailable(
             "connection refused".into(),
         )));
@@ -173,8 +193,18 @@ mod tests {
             !format!("{:?}", problem.message).contains("connection refused"),
             "cause not shown"
         );
-        let broken = AdminError::from(ManageError::Store(StoreError::Corrupt("bad row".into())));
-        assert_eq!(broken.problem().code, Code::InternalError);
+        for broken in [
+            StoreError::Corrupt("bad row".into()),
+            StoreError::Database("no such table: audit_log".into()),
+            StoreError::Migration("schema newer".into()),
+        ] {
+            let problem = AdminError::from(ManageError::Store(broken)).problem();
+            assert_eq!(problem.code, Code::AuthUnavailable);
+            assert!(
+                !format!("{:?}", problem.message).contains("audit_log"),
+                "cause not shown"
+            );
+        }
     }
 
     #[test]

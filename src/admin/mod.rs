@@ -143,6 +143,7 @@ pub fn router(state: AdminState) -> Router {
     protected
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .merge(open)
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)
 }
@@ -259,6 +260,13 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 )]
 async fn openapi_json() -> Response {
     axum::Json(openapi::ApiDoc::openapi()).into_response()
+}
+
+/// A known path with a method it does not serve: the problem shape, with
+/// the `Allow` header axum adds from the path's routes. Answered before the
+/// admin token is checked, as an unknown path is.
+async fn method_not_allowed(method: Method) -> Response {
+    AdminError::MethodNotAllowed(method).into_response()
 }
 
 async fn not_found() -> Response {

@@ -147,7 +147,7 @@ async fn list_len(gw: &TestGateway) -> usize {
 #[tokio::test]
 async fn bad_fields_are_named() {
     let gw = TestGateway::with_admin_token(DEFAULT_ROUTES).await;
-    let cases: [(&str, Value, &[&str]); 9] = [
+    let cases: [(&str, Value, &[&str]); 11] = [
         (
             "unknown field",
             json!({"name": "k", "colour": "red"}),
@@ -185,6 +185,17 @@ async fn bad_fields_are_named() {
             json!({"name": "", "scopes": ["a b", "ok", "c d"], "plan": "platinum", "metadata": [1]}),
             &["name", "scopes[0]", "scopes[2]", "plan", "metadata"],
         ),
+        // Issue 18: type errors no longer hide the fields after them.
+        (
+            "type and rule errors together",
+            json!({"name": 7, "owner": "o", "scopes": "x", "expires_at": "soon"}),
+            &["name", "scopes", "expires_at"],
+        ),
+        (
+            "type errors beside unknown and missing fields",
+            json!({"owner": 1, "plan": "platinum", "colour": "red", "prefix": "no"}),
+            &["colour", "owner", "name", "plan", "prefix"],
+        ),
     ];
     let mut seen = Vec::new();
     for (case, body, want) in cases {
@@ -200,6 +211,29 @@ async fn bad_fields_are_named() {
         "lists the configured plans: {message}"
     );
     assert_eq!(list_len(&gw).await, 0, "nothing was created");
+
+    // PATCH: each bad field named, and nothing changes.
+    let id = new_key(&gw).await;
+    let before = api(&gw, Method::GET, &format!("/v1/keys/{id}"), "").await.json();
+    let reply = api(
+        &gw,
+        Method::PATCH,
+        &format!("/v1/keys/{id}"),
+        r#"{"name":7,"status":"paused"}"#,
+    )
+    .await;
+    problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(field_names(&reply), ["name", "status"]);
+    let reply = api(
+        &gw,
+        Method::PATCH,
+        &format!("/v1/keys/{id}"),
+        r#"{"name":"renamed","scopes":"x","plan":"platinum","expires_at":[]}"#,
+    )
+    .await;
+    assert_eq!(field_names(&reply), ["expires_at", "scopes", "plan"]);
+    let after = api(&gw, Method::GET, &format!("/v1/keys/{id}"), "").await.json();
+    assert_eq!(before, after, "a rejected patch changes nothing");
     gw.stop().await;
 }
 
@@ -353,5 +387,78 @@ async fn state_changes_a_key_forbids_are_refused_whole() {
             "bad grace period": bad_grace,
         })
     );
+    gw.stop().await;
+}
+
+/// Issue 18: a method an endpoint does not serve is a 405 in the problem
+/// shape with `Allow`, on open and token-protected paths alike.
+#[tokio::test]
+async fn wrong_methods_are_405_problems_with_allow() {
+    let gw = TestGateway::with_admin_token(DEFAULT_ROUTES).await;
+    let id = new_key(&gw).await;
+    let cases = [
+        (Method::PUT, "/v1/keys".to_owned(), &["GET", "POST"][..]),
+        (Method::DELETE, format!("/v1/keys/{id}"), &["GET", "PATCH"][..]),
+        (Method::GET, format!("/v1/keys/{id}/revoke"), &["POST"][..]),
+        (Method::POST, "/healthz".to_owned(), &["GET"][..]),
+        (
+            Method::GET,
+            "/v1/sessions/ses_01jd3m5k7r9t2v4w6x8y0z1a2b".to_owned(),
+            &["DELETE"][..],
+        ),
+    ];
+    for (method, path, allowed) in cases {
+        for token in [Some(ADMIN_TOKEN), None] {
+            let reply = gw.admin_send(method.clone(), &path, token, "").await;
+            let body = problem(&reply, StatusCode::METHOD_NOT_ALLOWED, "bad_request");
+            assert_eq!(body["status"], 405, "{method} {path}");
+            assert!(
+                body["detail"].as_str().unwrap().contains(method.as_str()),
+                "{method} {path}: {body}"
+            );
+            let allow = reply.header("allow").unwrap_or_default();
+            for m in allowed {
+                assert!(allow.contains(m), "{method} {path}: Allow: {allow}");
+            }
+        }
+    }
+    gw.stop().await;
+}
+
+/// Issue 18: a store that cannot complete an admin call (here a table
+/// renamed behind the gateway's back) answers 503 `auth_unavailable`, never
+/// 500 `internal_error`, and the API recovers once the store does.
+#[tokio::test]
+async fn a_store_failure_during_an_admin_call_is_a_503() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("store.db");
+    let text = format!(
+        "{DEFAULT_ROUTES}\n[database]\nurl = \"sqlite://{}?mode=rwc\"\n[keys]\ndefault_plan = \"pro\"\n",
+        file.display()
+    );
+    let no_env = std::collections::BTreeMap::<String, String>::new();
+    let mut config = keygate::config::load_str(&text, "test", &no_env).unwrap();
+    config.admin.env_token = Some(keygate::keys::SecretString::from(ADMIN_TOKEN));
+    let gw = TestGateway::start_config_on_its_database(config).await;
+    new_key(&gw).await;
+
+    let url = format!("sqlite://{}", file.display());
+    let mut side = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("ALTER TABLE audit_log RENAME TO audit_log_away")
+        .execute(&mut side)
+        .await
+        .unwrap();
+    let reply = api(&gw, Method::POST, "/v1/keys", r#"{"name":"k"}"#).await;
+    let body = problem(&reply, StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable");
+    assert!(!body.to_string().contains("audit_log"), "no internals: {body}");
+
+    sqlx::query("ALTER TABLE audit_log_away RENAME TO audit_log")
+        .execute(&mut side)
+        .await
+        .unwrap();
+    let reply = api(&gw, Method::POST, "/v1/keys", r#"{"name":"k"}"#).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    assert_eq!(list_len(&gw).await, 2, "the refused create wrote nothing");
     gw.stop().await;
 }
