@@ -20,7 +20,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin;
@@ -43,8 +43,43 @@ use crate::store::{self, SharedStore, StoreError, redact_url};
 use crate::telemetry::metrics::{Metrics, MetricsError};
 use crate::token::{TokenConfigError, Tokens};
 
-/// Longest a client may take to send a request head (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Streams one HTTP/2 client connection may have open at once. A proxied
+/// request holds an upstream connection, so this also bounds what one
+/// client connection can make the gateway open upstream.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Streams a client may open and reset before the gateway accepted them
+/// (the "rapid reset" attack, CVE-2023-44487): past it the connection gets
+/// GOAWAY `ENHANCE_YOUR_CALM`, so a flood costs the attacker a connection
+/// per 20 resets, not the gateway a request each.
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the gateway may reset because of the client's protocol errors
+/// before it closes the connection ("MadeYouReset", CVE-2025-8671).
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// How often an idle HTTP/2 connection is pinged, and how long the answer
+/// may take before the connection is closed: a client that went away does
+/// not hold a connection slot (`server.max_connections`) for ever.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the lanes serve client connections, from `[server]`.
+#[derive(Debug, Clone)]
+struct LaneSettings {
+    /// How long in-flight requests may finish after shutdown begins.
+    grace: Duration,
+    /// hyper's HTTP/1 read buffer (above `max_header_bytes`, see `start`).
+    max_buf: usize,
+    /// `server.max_header_bytes`, also HTTP/2's `SETTINGS_MAX_HEADER_LIST_SIZE`:
+    /// a header block (CONTINUATION frames included) past it ends the
+    /// stream before it is buffered whole.
+    max_header_bytes: usize,
+    /// `server.header_read_timeout`.
+    header_read_timeout: Duration,
+    /// One permit per open client connection, shared by every lane
+    /// (`server.max_connections`).
+    connections: Arc<Semaphore>,
+    /// `server.max_connections`, for the log line when it is reached.
+    max_connections: usize,
+}
 
 /// Why the gateway could not start.
 #[derive(Debug, Error)]
@@ -173,7 +208,14 @@ impl Gateway {
         // hyper refuses heads beyond its buffer on its own (a bare 431); keep
         // that buffer above our limit so the gateway answers first, in the
         // problem shape.
-        let max_buf = (config.server.max_header_bytes * 2 + 8192).max(8192);
+        let lane_settings = LaneSettings {
+            grace,
+            max_buf: (config.server.max_header_bytes * 2 + 8192).max(8192),
+            max_header_bytes: config.server.max_header_bytes,
+            header_read_timeout: config.server.header_read_timeout,
+            connections: Arc::new(Semaphore::new(config.server.max_connections)),
+            max_connections: config.server.max_connections,
+        };
         let mut tasks = vec![
             authenticator.spawn_change_poller(shutdown_rx.clone()),
             usage.spawn_flusher(shutdown_rx.clone()),
@@ -199,7 +241,7 @@ impl Gateway {
                 grace,
             )),
         ];
-        tasks.extend(start_lanes(proxy_listener, proxy_addr, &state, &shutdown_rx, grace, max_buf).await?);
+        tasks.extend(start_lanes(proxy_listener, proxy_addr, &state, &shutdown_rx, &lane_settings).await?);
         if tokens.is_some() {
             tasks.push(tokio::spawn(sweep_sessions(
                 store.clone(),
@@ -352,8 +394,7 @@ async fn start_lanes(
     addr: SocketAddr,
     state: &Arc<ProxyState>,
     shutdown: &watch::Receiver<bool>,
-    grace: Duration,
-    max_buf: usize,
+    settings: &LaneSettings,
 ) -> Result<Vec<JoinHandle<()>>, AppError> {
     let lanes = lanes()?;
     let listener = listener
@@ -376,8 +417,7 @@ async fn start_lanes(
             Arc::clone(state),
             lanes.len(),
             shutdown.clone(),
-            grace,
-            max_buf,
+            settings.clone(),
         )));
     }
     Ok(tasks)
@@ -390,8 +430,7 @@ async fn serve_lane(
     state: Arc<ProxyState>,
     lanes: usize,
     mut shutdown: watch::Receiver<bool>,
-    grace: Duration,
-    max_buf: usize,
+    settings: LaneSettings,
 ) {
     let upstream = state.forwarder.pool(lanes);
     let graceful = GracefulShutdown::new();
@@ -399,9 +438,41 @@ async fn serve_lane(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(max_buf);
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_buf);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+    let mut warned_full_at: Option<std::time::Instant> = None;
     loop {
+        // A connection slot first: at `server.max_connections`, further
+        // clients wait in the kernel's listen backlog (not in memory here)
+        // until a connection closes.
+        let permit = match Arc::clone(&settings.connections).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if warned_full_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(
+                        max_connections = settings.max_connections,
+                        "server.max_connections client connections are open; new ones wait until one closes"
+                    );
+                    warned_full_at = Some(std::time::Instant::now());
+                }
+                tokio::select! {
+                    permit = Arc::clone(&settings.connections).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    _ = shutdown.changed() => break,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, client) = match accepted {
@@ -434,6 +505,7 @@ async fn serve_lane(
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, "connection closed with an error");
                     }
+                    drop(permit);
                 });
             }
             _ = shutdown.changed() => break,
@@ -442,7 +514,7 @@ async fn serve_lane(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => tracing::debug!("proxy lane drained"),
-        () = tokio::time::sleep(grace) => tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown grace elapsed; closing the remaining connections"),
+        () = tokio::time::sleep(settings.grace) => tracing::warn!(grace_ms = settings.grace.as_millis() as u64, "shutdown grace elapsed; closing the remaining connections"),
     }
 }
 

@@ -399,6 +399,10 @@ pub struct RawServer {
     pub max_header_bytes: Lenient<u64>,
     /// Largest request body accepted, in bytes (absent = unlimited).
     pub max_body_bytes: Lenient<u64>,
+    /// Most client connections open at once on the proxy listener.
+    pub max_connections: Lenient<u64>,
+    /// Longest a client may take to send a request head (HTTP/1).
+    pub header_read_timeout: Lenient<String>,
 }
 
 /// `[database]`.

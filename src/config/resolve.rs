@@ -41,6 +41,10 @@ use crate::token::{Algorithm, KeyError, KeySpec, SigningKeys, TokenConfigError, 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 /// `server.admin_listen` default: loopback.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8081);
+/// `server.max_connections` default: far above what one gateway serves
+/// (it bounds memory under a connection flood, not normal traffic), and
+/// below the usual container file limit (1,048,576).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// `database.url` default: the embedded SQLite store, created if missing.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate.db?mode=rwc";
 /// `upstream.url` default.
@@ -417,6 +421,18 @@ impl Resolver {
                 1024..=1024 * 1024,
             ),
             max_body_bytes,
+            max_connections: self.number(
+                "server.max_connections",
+                &s.max_connections,
+                DEFAULT_MAX_CONNECTIONS,
+                1..=10_000_000,
+            ),
+            header_read_timeout: self.duration(
+                "server.header_read_timeout",
+                &s.header_read_timeout,
+                10 * SECOND,
+                Duration::from_millis(100)..=Duration::from_secs(3600),
+            ),
         }
     }
 

@@ -56,6 +56,15 @@ pub struct ServerSettings {
     /// Largest request body accepted, in bytes; more answers 413. `None` =
     /// unlimited, streamed (`server.max_body_bytes`).
     pub max_body_bytes: Option<u64>,
+    /// Most client connections the proxy listener keeps open at once; past
+    /// it, new connections wait in the listen backlog until one closes
+    /// (`server.max_connections`).
+    pub max_connections: usize,
+    /// Longest a client may take to send a request head on HTTP/1 (from
+    /// the connection's start or the end of its previous response), then
+    /// the connection is closed: the slowloris guard
+    /// (`server.header_read_timeout`).
+    pub header_read_timeout: Duration,
 }
 
 /// `[upstream]`: the API keygate stands in front of.

@@ -116,6 +116,16 @@ fn value_checks_table() {
         ),
         ("server.max_body_bytes = 0", "server.max_body_bytes", "refuse"),
         (
+            "server.max_connections = 0",
+            "server.max_connections",
+            "out of range",
+        ),
+        (
+            "server.header_read_timeout = \"10ms\"",
+            "server.header_read_timeout",
+            "too short",
+        ),
+        (
             "server.shutdown_grace = \"soon\"",
             "server.shutdown_grace",
             "invalid duration",
@@ -369,6 +379,8 @@ fn missing_sections_take_the_defaults() {
     assert_eq!(config.server.shutdown_grace, Duration::from_secs(30));
     assert_eq!(config.server.max_header_bytes, 16384);
     assert_eq!(config.server.max_body_bytes, None);
+    assert_eq!(config.server.max_connections, 10_000);
+    assert_eq!(config.server.header_read_timeout, Duration::from_secs(10));
     assert_eq!(config.database.url, "sqlite://keygate.db?mode=rwc");
     assert!(config.database.auto_migrate);
     assert_eq!(config.database.max_connections, 10);

@@ -13,6 +13,7 @@ mod admin_openapi;
 mod admin_sessions;
 mod cli_check_config;
 mod cli_keys;
+mod connections;
 mod error_shapes;
 mod metrics;
 mod outage;
