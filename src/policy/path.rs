@@ -362,6 +362,10 @@ mod tests {
             ("/v1/%E0%80%AE", PathError::BadUtf8),
             // Truncated sequence.
             ("/v1/%C3", PathError::BadUtf8),
+            // IIS's %u escapes are not percent-encoding.
+            ("/v1/%u002e%u002e/admin", PathError::BadEscape),
+            // Overlong backslash.
+            ("/v1/..%C0%5Cadmin", PathError::Forbidden),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), Err(want), "{input}");

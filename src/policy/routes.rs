@@ -146,6 +146,11 @@ impl PathGlob {
                 "path glob {pattern:?} contains {c:?}: globs match the path only (no query, fragment, spaces or backslashes)"
             ));
         }
+        if pattern.contains(';') || pattern.contains("%3B") {
+            return Err(format!(
+                "path glob {pattern:?} contains ';': routes match the path without its segment parameters (/v1/orders;v=2/1 is matched as /v1/orders/1), so write the glob without them"
+            ));
+        }
         check_escapes(pattern)?;
         let parts: Vec<&str> = rest.split('/').collect();
         let last = parts.len() - 1;
@@ -520,6 +525,8 @@ mod tests {
             "/%41bc",
             "/a%2Fb",
             "/a%",
+            "/v1/orders;v=2/**",
+            "/v1/orders%3Bv/**",
         ] {
             assert!(PathGlob::new(bad).is_err(), "{bad}");
         }
