@@ -369,7 +369,8 @@ COUNTERS = {"keygate_requests_total", "keygate_auth_cache_hits_total", "keygate_
             "keygate_auth_throttled_total", "keygate_store_errors_total",
             "keygate_ratelimit_redis_fallbacks_total", "keygate_usage_dropped_total"}
 GAUGES = {"keygate_auth_cache_entries", "keygate_argon2_queue_depth", "keygate_auth_flood",
-          "keygate_store_up", "keygate_change_feed_lag_seconds", "keygate_ratelimit_backend"}
+          "keygate_store_up", "keygate_change_feed_lag_seconds", "keygate_ratelimit_backend",
+          "keygate_proxy_connections"}
 HISTOGRAMS = {"keygate_request_duration_seconds", "keygate_gateway_duration_seconds",
               "keygate_upstream_duration_seconds"}
 LABELS = {"keygate_requests_total": {"outcome", "route"}, "keygate_ratelimit_backend": {"state"}}

@@ -235,6 +235,10 @@ impl Gateway {
                         authenticator: authenticator.clone(),
                         limiter: limiter.clone(),
                         usage: usage.clone(),
+                        connection_slots: (
+                            Arc::clone(&lane_settings.connections),
+                            lane_settings.max_connections,
+                        ),
                     },
                 ),
                 shutdown_rx.clone(),

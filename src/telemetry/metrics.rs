@@ -21,7 +21,8 @@
 //! `keygate_argon2_queue_depth`, `keygate_auth_throttled_total`,
 //! `keygate_auth_flood`, `keygate_store_up`, `keygate_store_errors_total`,
 //! `keygate_change_feed_lag_seconds`, `keygate_ratelimit_backend{state}`,
-//! `keygate_ratelimit_redis_fallbacks_total`, `keygate_usage_dropped_total`.
+//! `keygate_ratelimit_redis_fallbacks_total`, `keygate_usage_dropped_total`,
+//! `keygate_proxy_connections`.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -83,6 +84,9 @@ pub struct Snapshot {
     pub redis_fallbacks: u64,
     /// Usage counts dropped because the store kept refusing them (cumulative).
     pub usage_dropped: u64,
+    /// Client connections open on the proxy listener now (at most
+    /// `server.max_connections`).
+    pub proxy_connections: u64,
 }
 
 /// One gateway's metrics. Share it as an `Arc`; every method takes `&self`.
@@ -120,6 +124,7 @@ struct Mirrored {
     rate_limit_backend: IntGaugeVec,
     redis_fallbacks: IntCounter,
     usage_dropped: IntCounter,
+    proxy_connections: IntGauge,
 }
 
 impl Metrics {
@@ -207,6 +212,10 @@ impl Metrics {
                 "keygate_usage_dropped_total",
                 "Usage counts dropped because the store kept refusing them",
             )?,
+            proxy_connections: gauge(
+                "keygate_proxy_connections",
+                "Client connections open on the proxy listener (at most server.max_connections)",
+            )?,
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(requests.clone()),
@@ -227,6 +236,7 @@ impl Metrics {
             Box::new(mirrored.rate_limit_backend.clone()),
             Box::new(mirrored.redis_fallbacks.clone()),
             Box::new(mirrored.usage_dropped.clone()),
+            Box::new(mirrored.proxy_connections.clone()),
         ];
         for collector in collectors {
             registry.register(collector)?;
@@ -279,6 +289,7 @@ impl Metrics {
         }
         mirror(&m.redis_fallbacks, snapshot.redis_fallbacks);
         mirror(&m.usage_dropped, snapshot.usage_dropped);
+        set(&m.proxy_connections, snapshot.proxy_connections);
 
         let mut out = Vec::new();
         // Encoding into a Vec fails only for metric families the registry

@@ -80,6 +80,11 @@ async fn past_max_connections_new_clients_wait_for_a_free_slot() {
     let mut buf = [0u8; 64];
     let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
     assert!(early.is_err(), "the third client was served past max_connections");
+    let metrics = gw.admin_get("/metrics").await.text();
+    assert!(
+        metrics.lines().any(|line| line == "keygate_proxy_connections 2"),
+        "the gauge shows the full listener"
+    );
 
     // One slot frees: the waiting client is served.
     drop(held.pop());
