@@ -273,7 +273,11 @@ impl Errors {
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     /// Human name (1 to 200 characters).
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub name: String,
     /// Granted scopes (letters, digits and `_ . : - / *`).
     #[serde(default)]
@@ -287,7 +291,11 @@ pub struct CreateKeyRequest {
     pub expires_at: Option<String>,
     /// Owner (account / tenant; 1 to 200 characters).
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub owner: Option<String>,
     /// Key prefix, e.g. `sk_live_`: letters and digits in groups, each
     /// group ending with `_`; default `keys.default_prefix`.
@@ -346,7 +354,11 @@ impl CreateKeyRequest {
 pub struct UpdateKeyRequest {
     /// New name (1 to 200 characters).
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub name: Option<String>,
     /// New scopes (replaces the set).
     #[serde(default)]
