@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -55,10 +56,10 @@ const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// Streams the gateway may reset because of the client's protocol errors
 /// before it closes the connection ("MadeYouReset", CVE-2025-8671).
 const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
-/// How often an idle HTTP/2 connection is pinged, and how long the answer
-/// may take before the connection is closed: a client that went away does
-/// not hold a connection slot (`server.max_connections`) for ever.
+/// How often an idle HTTP/2 connection is pinged: a client that went away
+/// does not hold a connection slot (`server.max_connections`) for ever.
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long the answer to that ping may take before the connection closes.
 const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the lanes serve client connections, from `[server]`.
@@ -75,10 +76,14 @@ struct LaneSettings {
     /// `server.header_read_timeout`.
     header_read_timeout: Duration,
     /// One permit per open client connection, shared by every lane
-    /// (`server.max_connections`).
+    /// (`server.max_connections`). A lane takes its permit before it
+    /// accepts, so idle lanes hold one each: the count of open connections
+    /// is `open`, not the permits taken.
     connections: Arc<Semaphore>,
     /// `server.max_connections`, for the log line when it is reached.
     max_connections: usize,
+    /// Client connections open now (`keygate_proxy_connections`).
+    open: Arc<AtomicU64>,
 }
 
 /// Why the gateway could not start.
@@ -215,6 +220,7 @@ impl Gateway {
             header_read_timeout: config.server.header_read_timeout,
             connections: Arc::new(Semaphore::new(config.server.max_connections)),
             max_connections: config.server.max_connections,
+            open: Arc::new(AtomicU64::new(0)),
         };
         let mut tasks = vec![
             authenticator.spawn_change_poller(shutdown_rx.clone()),
@@ -235,10 +241,7 @@ impl Gateway {
                         authenticator: authenticator.clone(),
                         limiter: limiter.clone(),
                         usage: usage.clone(),
-                        connection_slots: (
-                            Arc::clone(&lane_settings.connections),
-                            lane_settings.max_connections,
-                        ),
+                        proxy_connections: Arc::clone(&lane_settings.open),
                     },
                 ),
                 shutdown_rx.clone(),
@@ -505,10 +508,13 @@ async fn serve_lane(
                 });
                 let connection = builder.serve_connection(io, service).into_owned();
                 let connection = graceful.watch(connection);
+                let open = Arc::clone(&settings.open);
+                open.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, "connection closed with an error");
                     }
+                    open.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 });
             }

@@ -5,11 +5,11 @@
 //! admin token, and nothing here names a key or a secret.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::Semaphore;
 
 use super::AdminState;
 use crate::auth::Authenticator;
@@ -28,10 +28,8 @@ pub struct MetricsSources {
     pub limiter: Arc<RateLimiter>,
     /// Usage counts dropped.
     pub usage: Arc<UsageRecorder>,
-    /// The proxy listener's connection slots (one permit per connection
-    /// that may still open) and how many there are in all
-    /// (`server.max_connections`).
-    pub connection_slots: (Arc<Semaphore>, usize),
+    /// Client connections open on the proxy listener now.
+    pub proxy_connections: Arc<AtomicU64>,
 }
 
 impl MetricsSources {
@@ -53,12 +51,7 @@ impl MetricsSources {
             rate_limit_state: self.limiter.state().as_str(),
             redis_fallbacks: self.limiter.fallbacks(),
             usage_dropped: self.usage.dropped(),
-            proxy_connections: u64::try_from(
-                self.connection_slots
-                    .1
-                    .saturating_sub(self.connection_slots.0.available_permits()),
-            )
-            .unwrap_or(u64::MAX),
+            proxy_connections: self.proxy_connections.load(Ordering::Relaxed),
         }
     }
 }

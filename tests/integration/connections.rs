@@ -65,6 +65,15 @@ async fn past_max_connections_new_clients_wait_for_a_free_slot() {
         config.server.max_connections = 2;
     })
     .await;
+    let gauge = |text: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("keygate_proxy_connections "))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        gauge(&gw.admin_get("/metrics").await.text()).as_deref(),
+        Some("0")
+    );
     let request = b"GET /public/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     // Two open connections (each has sent half a head) take both slots.
     let mut held = Vec::new();
@@ -80,9 +89,9 @@ async fn past_max_connections_new_clients_wait_for_a_free_slot() {
     let mut buf = [0u8; 64];
     let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
     assert!(early.is_err(), "the third client was served past max_connections");
-    let metrics = gw.admin_get("/metrics").await.text();
-    assert!(
-        metrics.lines().any(|line| line == "keygate_proxy_connections 2"),
+    assert_eq!(
+        gauge(&gw.admin_get("/metrics").await.text()).as_deref(),
+        Some("2"),
         "the gauge shows the full listener"
     );
 
