@@ -250,8 +250,12 @@ pub fn split_imported(key: &str, named_prefix: Option<&str>) -> Result<KeyParts,
 
 /// The prefix an imported key gets when its line names none.
 pub fn default_imported_prefix(key: &str) -> &str {
-    let window = &key[..key.len().min(IMPORTED_PREFIX_WINDOW)];
-    match window.rfind('_') {
+    // The window is cut as bytes: a `str` cut through a multi-byte
+    // character would panic (found by the `key_format` fuzz target; the
+    // callers check for printable ASCII first, but this is public). `_` is
+    // ASCII, so the cut just after it is always a character boundary.
+    let window = &key.as_bytes()[..key.len().min(IMPORTED_PREFIX_WINDOW)];
+    match window.iter().rposition(|&b| b == b'_') {
         Some(i) => &key[..=i],
         None => "",
     }
@@ -406,6 +410,14 @@ mod tests {
             assert_eq!(parts.short_prefix, want_short, "{key}");
         }
         assert_eq!(split_imported("sk_live_abc", None), Err(KeyFormatError::TooShort));
+        // Not ASCII across the end of the window: no panic (issue 18, found
+        // by the key_format fuzz target), and the characters check refuses it.
+        assert_eq!(default_imported_prefix("abcdefghijklmno\u{e9}_xyz"), "");
+        assert_eq!(default_imported_prefix("ab_defghijklmno\u{e9}_xyz"), "ab_");
+        assert_eq!(
+            split_imported("abcdefghijklmno\u{e9}_xyz", None),
+            Err(KeyFormatError::BadCharacters)
+        );
         assert_eq!(
             split_imported("sk_live_abcdefghij", Some("pk_")),
             Err(KeyFormatError::PrefixMismatch("pk_".into()))

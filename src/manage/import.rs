@@ -171,58 +171,8 @@ impl KeyManager {
 
     /// Parses and validates one line.
     fn check_line(&self, raw: &str, now: DateTime<Utc>) -> Result<Checked, String> {
-        let line: ImportLine =
-            serde_json::from_str(raw).map_err(|e| format!("not a valid import object: {e}"))?;
-        let secret = SecretString::new(line.key);
-        let parts = split_imported(secret.expose(), line.prefix.as_deref()).map_err(|e| e.to_string())?;
-        let name = line.name.unwrap_or_else(|| "imported".to_owned());
-        validate_text("name", &name).map_err(|e| e.to_string())?;
-        if let Some(owner) = &line.owner {
-            validate_text("owner", owner).map_err(|e| e.to_string())?;
-        }
-        let scopes: BTreeSet<String> = line.scopes.unwrap_or_default().into_iter().collect();
-        for scope in &scopes {
-            validate_scope(scope).map_err(|e| e.to_string())?;
-        }
-        let plan = line.plan.unwrap_or_else(|| self.settings.default_plan.clone());
-        self.check_plan(&plan).map_err(|e| e.to_string())?;
-        let expires_at = match line.expires_at.as_deref() {
-            None => None,
-            Some(s) => Some(
-                DateTime::parse_from_rfc3339(s)
-                    .map_err(|_| {
-                        format!("expires_at {s:?} is not an RFC 3339 instant (e.g. 2027-01-31T00:00:00Z)")
-                    })?
-                    .with_timezone(&Utc),
-            ),
-        };
-        let status = match line.status.as_deref() {
-            None | Some("active") => KeyStatus::Active,
-            Some("inactive") => KeyStatus::Inactive,
-            Some(other) => {
-                return Err(format!(
-                    "status {other:?} cannot be imported: use \"active\" or \"inactive\""
-                ));
-            }
-        };
-        let metadata = check_metadata(line.metadata).map_err(|e| e.to_string())?;
-        let key = Key {
-            id: KeyId::generate(now),
-            name,
-            owner: line.owner,
-            scopes,
-            plan,
-            status,
-            expires_at,
-            prefix: parts.prefix,
-            short_prefix: parts.short_prefix,
-            source: KeySource::Imported,
-            metadata,
-            created_at: now,
-            updated_at: now,
-            last_used_at: None,
-            request_count: 0,
-        };
+        let check_plan = |plan: &str| self.check_plan(plan).map_err(|e| e.to_string());
+        let (secret, key) = check_import_line(raw, now, &self.settings.default_plan, &check_plan)?;
         Ok(Checked { line: 0, secret, key })
     }
 
@@ -259,4 +209,74 @@ impl KeyManager {
             .map_err(|e| ManageError::Hash(e.to_string()))?
             .map_err(|e| ManageError::Hash(e.to_string()))
     }
+}
+
+/// Parses and validates one import line as `keys import` does, without a
+/// store: the plain key and the key it would become at `now`, or the
+/// problem reported for the line. `default_plan` fills a missing `plan`;
+/// `check_plan` refuses unknown plans with the message to report.
+///
+/// The import command's own check; public (hidden) as the entry point of
+/// the `import_line` fuzz target, which has no store to build a
+/// [`KeyManager`] over.
+#[doc(hidden)]
+pub fn check_import_line(
+    raw: &str,
+    now: DateTime<Utc>,
+    default_plan: &str,
+    check_plan: &dyn Fn(&str) -> Result<(), String>,
+) -> Result<(SecretString, Key), String> {
+    let line: ImportLine =
+        serde_json::from_str(raw).map_err(|e| format!("not a valid import object: {e}"))?;
+    let secret = SecretString::new(line.key);
+    let parts = split_imported(secret.expose(), line.prefix.as_deref()).map_err(|e| e.to_string())?;
+    let name = line.name.unwrap_or_else(|| "imported".to_owned());
+    validate_text("name", &name).map_err(|e| e.to_string())?;
+    if let Some(owner) = &line.owner {
+        validate_text("owner", owner).map_err(|e| e.to_string())?;
+    }
+    let scopes: BTreeSet<String> = line.scopes.unwrap_or_default().into_iter().collect();
+    for scope in &scopes {
+        validate_scope(scope).map_err(|e| e.to_string())?;
+    }
+    let plan = line.plan.unwrap_or_else(|| default_plan.to_owned());
+    check_plan(&plan)?;
+    let expires_at = match line.expires_at.as_deref() {
+        None => None,
+        Some(s) => Some(
+            DateTime::parse_from_rfc3339(s)
+                .map_err(|_| {
+                    format!("expires_at {s:?} is not an RFC 3339 instant (e.g. 2027-01-31T00:00:00Z)")
+                })?
+                .with_timezone(&Utc),
+        ),
+    };
+    let status = match line.status.as_deref() {
+        None | Some("active") => KeyStatus::Active,
+        Some("inactive") => KeyStatus::Inactive,
+        Some(other) => {
+            return Err(format!(
+                "status {other:?} cannot be imported: use \"active\" or \"inactive\""
+            ));
+        }
+    };
+    let metadata = check_metadata(line.metadata).map_err(|e| e.to_string())?;
+    let key = Key {
+        id: KeyId::generate(now),
+        name,
+        owner: line.owner,
+        scopes,
+        plan,
+        status,
+        expires_at,
+        prefix: parts.prefix,
+        short_prefix: parts.short_prefix,
+        source: KeySource::Imported,
+        metadata,
+        created_at: now,
+        updated_at: now,
+        last_used_at: None,
+        request_count: 0,
+    };
+    Ok((secret, key))
 }

@@ -22,7 +22,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// No ambiguous request seen (yet).
 const NONE: usize = usize::MAX;
-/// Longest head the observer buffers; beyond it hyper refuses the request.
+/// Longest head the observer follows, in bytes; a longer one turns it off
+/// (hyper's own limits then decide). Applied to the head's length however
+/// the head was split across reads, so the verdict never depends on the
+/// delivery.
 const MAX_HEAD: usize = 256 * 1024;
 
 /// Shared between the observer and the connection's service: which request
@@ -57,13 +60,44 @@ enum State {
     /// Skipping a `Content-Length` body.
     Body(u64),
     /// In a chunked body: reading a chunk-size line.
-    ChunkSize(Vec<u8>),
+    ChunkSize(ChunkLine),
     /// In a chunked body: skipping chunk data plus its CRLF.
     ChunkData(u64),
     /// After the last chunk: trailer lines until an empty one.
-    Trailers(Vec<u8>),
+    Trailers(TrailerLine),
     /// Not observing any more.
     Off,
+}
+
+/// A chunk-size line read so far (`1a;ext=x\r\n`), parsed as it arrives
+/// rather than buffered: hyper accepts any number of leading zeros and up
+/// to 16 KiB of extensions, so a length cap here would let a client switch
+/// the observer off with a long line that hyper still follows (issue 18:
+/// the `http1_framing` fuzz target found the verdict depending on how such
+/// a line was split across reads).
+#[derive(Debug, Default)]
+struct ChunkLine {
+    /// The size so far (hex digits read).
+    size: u64,
+    /// Whether a hex digit was read.
+    digits: bool,
+    /// Whether whitespace followed the digits (no more digits allowed).
+    after_digits: bool,
+    /// Inside the extensions (after `;`): skipped to the end of the line.
+    extension: bool,
+}
+
+/// Where a trailer line stands: an empty line (`\n` or `\r\n`) ends the
+/// trailers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum TrailerLine {
+    /// At the start of a line.
+    #[default]
+    Start,
+    /// A `\r` at the start of a line.
+    Cr,
+    /// The line has content.
+    Content,
 }
 
 /// Follows request framing over the bytes read from a connection.
@@ -95,7 +129,7 @@ impl Observer {
                         // in one pass over its lines.
                         if let Some((end, framing)) = scan(bytes) {
                             bytes = &bytes[end..];
-                            self.state = self.decide(framing);
+                            self.state = self.decide_head(end, framing);
                             continue;
                         }
                     }
@@ -113,7 +147,7 @@ impl Observer {
                     let head = std::mem::take(buf);
                     bytes = &bytes[consumed_from_new..];
                     let framing = scan(&head[..end]).map_or(Framing::Unknown, |(_, framing)| framing);
-                    self.state = self.decide(framing);
+                    self.state = self.decide_head(end, framing);
                 }
                 State::Body(left) => {
                     let take = (*left).min(bytes.len() as u64);
@@ -123,44 +157,35 @@ impl Observer {
                         self.state = State::Head(Vec::new());
                     }
                 }
-                State::ChunkSize(line) => match take_line(line, &mut bytes) {
-                    None => {
-                        if line.len() > 1024 {
-                            self.state = State::Off;
-                        }
+                State::ChunkSize(line) => {
+                    if let Some(next) = chunk_size_line(line, &mut bytes) {
+                        self.state = next;
                     }
-                    Some(text) => {
-                        let size = text.split(|&b| b == b';').next().unwrap_or(&[]);
-                        let size = std::str::from_utf8(size)
-                            .ok()
-                            .map(str::trim)
-                            .and_then(|s| u64::from_str_radix(s, 16).ok());
-                        self.state = match size {
-                            Some(0) => State::Trailers(Vec::new()),
-                            Some(n) => State::ChunkData(n.saturating_add(2)),
-                            None => State::Off,
-                        };
-                    }
-                },
+                }
                 State::ChunkData(left) => {
                     let take = (*left).min(bytes.len() as u64);
                     *left -= take;
                     bytes = &bytes[usize::try_from(take).unwrap_or(bytes.len())..];
                     if *left == 0 {
-                        self.state = State::ChunkSize(Vec::new());
+                        self.state = State::ChunkSize(ChunkLine::default());
                     }
                 }
-                State::Trailers(line) => match take_line(line, &mut bytes) {
-                    None => {
-                        if line.len() > MAX_HEAD {
-                            self.state = State::Off;
-                        }
+                State::Trailers(line) => {
+                    if trailer_lines(line, &mut bytes) {
+                        self.state = State::Head(Vec::new());
                     }
-                    Some(text) if text.is_empty() => self.state = State::Head(Vec::new()),
-                    Some(_) => self.state = State::Trailers(Vec::new()),
-                },
+                }
             }
         }
+    }
+
+    /// The state after a complete head `len` bytes long: off past
+    /// [`MAX_HEAD`], whether the head came in one read or several.
+    fn decide_head(&mut self, len: usize, framing: Framing) -> State {
+        if len > MAX_HEAD {
+            return State::Off;
+        }
+        self.decide(framing)
     }
 
     /// The state after a complete head of this framing; records the
@@ -188,7 +213,7 @@ impl Observer {
         }
         match (transfer_encoding, chunked, content_length, upgrade) {
             (_, _, _, true) | (true, false, _, _) => State::Off,
-            (true, true, _, _) => State::ChunkSize(Vec::new()),
+            (true, true, _, _) => State::ChunkSize(ChunkLine::default()),
             (false, _, Some(n), _) if n > 0 => State::Body(n),
             _ => State::Head(Vec::new()),
         }
@@ -289,26 +314,69 @@ fn trim(value: &[u8]) -> &[u8] {
     &value[start..end]
 }
 
-/// Appends to `line` up to and including the next `\n`; returns the line
-/// without its CRLF once complete.
-fn take_line(line: &mut Vec<u8>, bytes: &mut &[u8]) -> Option<Vec<u8>> {
-    match bytes.iter().position(|&b| b == b'\n') {
-        Some(i) => {
-            line.extend_from_slice(&bytes[..=i]);
-            *bytes = &bytes[i + 1..];
-            let mut done = std::mem::take(line);
-            done.pop();
-            if done.last() == Some(&b'\r') {
-                done.pop();
+/// Reads `bytes` into a chunk-size line up to and including its `\n`;
+/// returns the state after the line once it is complete: the chunk's data
+/// (plus its CRLF), the trailers after the last chunk, or off for a line
+/// that is not a hex size (hyper refuses those too). Whitespace around the
+/// size and a CR before the LF are tolerated.
+fn chunk_size_line(line: &mut ChunkLine, bytes: &mut &[u8]) -> Option<State> {
+    while let Some((&b, rest)) = bytes.split_first() {
+        if line.extension {
+            // Skip the extensions to the end of the line in one search.
+            match memchr::memchr(b'\n', bytes) {
+                Some(at) => *bytes = &bytes[at..],
+                None => {
+                    *bytes = &[];
+                    return None;
+                }
             }
-            Some(done)
+            line.extension = false;
+            continue;
         }
-        None => {
-            line.extend_from_slice(bytes);
-            *bytes = &[];
-            None
+        *bytes = rest;
+        match b {
+            b'\n' => {
+                return Some(match (line.digits, line.size) {
+                    (false, _) => State::Off,
+                    (true, 0) => State::Trailers(TrailerLine::Start),
+                    (true, n) => State::ChunkData(n.saturating_add(2)),
+                });
+            }
+            b';' => line.extension = true,
+            b' ' | b'\t' | b'\r' => line.after_digits = line.digits,
+            _ => {
+                let digit = char::from(b).to_digit(16).map(u64::from);
+                let size = digit
+                    .filter(|_| !line.after_digits)
+                    .and_then(|d| line.size.checked_mul(16)?.checked_add(d));
+                match size {
+                    Some(size) => {
+                        line.size = size;
+                        line.digits = true;
+                    }
+                    // Not a digit, a digit after whitespace, or over u64:
+                    // hyper refuses the body, so stop following it.
+                    None => return Some(State::Off),
+                }
+            }
         }
     }
+    None
+}
+
+/// Reads trailer lines from `bytes`; true (with `bytes` just past it) once
+/// the empty line that ends them is read.
+fn trailer_lines(line: &mut TrailerLine, bytes: &mut &[u8]) -> bool {
+    while let Some((&b, rest)) = bytes.split_first() {
+        *bytes = rest;
+        *line = match (*line, b) {
+            (TrailerLine::Start | TrailerLine::Cr, b'\n') => return true,
+            (TrailerLine::Content, b'\n') => TrailerLine::Start,
+            (TrailerLine::Start, b'\r') => TrailerLine::Cr,
+            _ => TrailerLine::Content,
+        };
+    }
+    false
 }
 
 /// Marks a request (in its extensions) whose head carried both
@@ -441,6 +509,63 @@ mod tests {
         // A body with bare LFs in it is still only a body.
         let body = b"POST / HTTP/1.1\nContent-Length: 48\n\nPOST / HTTP/1.1\nContent-Length: 1\nTransfer-Encoding: x\n\n".as_slice();
         assert_eq!(ambiguous_index(&[body]), None);
+    }
+
+    /// Issue 18 (found by the `http1_framing` fuzz target): a chunk-size
+    /// line longer than the old 1 KiB buffer cap (hyper takes any number of
+    /// leading zeros and 16 KiB of extensions) switched the observer off
+    /// when it arrived over several reads, so a smuggling pair after it
+    /// went unflagged; in one read it was flagged.
+    #[test]
+    fn long_chunk_size_lines_are_followed_however_they_arrive() {
+        let smuggle =
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".as_slice();
+        for line in [
+            format!("{}5", "0".repeat(1100)),
+            format!("5;{}", "x".repeat(5000)),
+            format!("5 ;{}", "e=1;".repeat(1000)),
+        ] {
+            let mut stream = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            stream.extend_from_slice(line.as_bytes());
+            stream.extend_from_slice(b"\r\nhello\r\n0\r\nTrailer: x\r\n\r\n");
+            stream.extend_from_slice(smuggle);
+            assert_eq!(ambiguous_index(&[&stream]), Some(1), "one read");
+            for size in [1, 7, 512] {
+                let chunks: Vec<&[u8]> = stream.chunks(size).collect();
+                assert_eq!(ambiguous_index(&chunks), Some(1), "{size} bytes at a time");
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_size_lines_and_trailers_table() {
+        // (chunk-size line and what follows it up to the next request,
+        // whether the observer still follows the connection after it)
+        let smuggle =
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".as_slice();
+        let cases: &[(&[u8], bool)] = &[
+            (b"3\r\nabc\r\n0\r\n\r\n", true),
+            (b"A\r\n0123456789\r\n0\r\n\r\n", true),
+            (b"a \t;x=1\r\n0123456789\r\n0\r\n\r\n", true),
+            (b" 3\r\nabc\r\n0\n\n", true),
+            (b"3\r\nabc\r\n0\r\nA: 1\r\nB: 2\n\r\n", true),
+            (b"3\r\nabc\r\n0\r\n\r\r\n\r\n", true),
+            (b"\r\n", false),
+            (b";x\r\n", false),
+            (b"3 4\r\n", false),
+            (b"+3\r\n", false),
+            (b"g\r\n", false),
+            (b"10000000000000000\r\n", false),
+        ];
+        for &(body, follows) in cases {
+            let mut stream = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            stream.extend_from_slice(body);
+            stream.extend_from_slice(smuggle);
+            let (want, name) = (follows.then_some(1), String::from_utf8_lossy(body));
+            assert_eq!(ambiguous_index(&[&stream]), want, "{name:?}");
+            let bytewise: Vec<&[u8]> = stream.chunks(1).collect();
+            assert_eq!(ambiguous_index(&bytewise), want, "{name:?} byte by byte");
+        }
     }
 
     #[test]
