@@ -1015,7 +1015,7 @@ impl Resolver {
             LogFormat::Text,
             &[("text", LogFormat::Text), ("json", LogFormat::Json)],
         );
-        let level = self.or("log.level", &l.level, DEFAULT_LOG_LEVEL.to_owned());
+        let level = trim_directives(&self.or("log.level", &l.level, DEFAULT_LOG_LEVEL.to_owned()));
         if let Err(message) = check_filter(&level) {
             self.err("log.level", message);
         }
@@ -1553,6 +1553,21 @@ fn unknown_placeholders(body: &str) -> Vec<String> {
     unknown
 }
 
+/// The filter with each `,`-separated directive trimmed and empty ones
+/// dropped: what tracing-subscriber means by it, spelt so that it reads it
+/// that way. Its parser trims a directive but then cuts the untrimmed text
+/// at the trimmed text's offsets, so `info, keygate=debug` lost a character
+/// of its target (a refusal, or a filter for target ` info`) and
+/// `" é=info"` panicked (issue 18, found by the `config_load` fuzz target).
+fn trim_directives(filter: &str) -> String {
+    let directives: Vec<&str> = filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    directives.join(",")
+}
+
 /// Checks a tracing filter: it must parse, and a bare word must be a level
 /// (a bare word is valid syntax for "this target at every level", which in a
 /// config file is almost always a misspelt level).
@@ -1582,6 +1597,33 @@ mod tests {
     use super::*;
 
     const DAY: Duration = Duration::from_secs(86_400);
+
+    /// Issue 18: tracing-subscriber's directive parser misreads directives
+    /// with leading spaces and panics when they hold non-ASCII text; the
+    /// resolved `log.level` hands it trimmed directives.
+    #[test]
+    fn log_filters_are_trimmed_before_tracing_reads_them() {
+        let cases = [
+            ("info, keygate=debug", "info,keygate=debug"),
+            (" info", "info"),
+            ("warn ,, keygate::proxy=trace ", "warn,keygate::proxy=trace"),
+            (" \u{e9}=info", "\u{e9}=info"),
+            // The fuzz target's input, as its lossy UTF-8 reading.
+            (
+                " erZKEYGATE\u{fffd}= \u{789}\u{fffd}\u{fffd}Z)bose",
+                "erZKEYGATE\u{fffd}= \u{789}\u{fffd}\u{fffd}Z)bose",
+            ),
+        ];
+        for (raw, want) in cases {
+            let trimmed = trim_directives(raw);
+            assert_eq!(trimmed, want, "{raw:?}");
+            // Checking never panics; these parse, but the last.
+            let checked = check_filter(&trimmed);
+            assert_eq!(checked.is_ok(), !want.starts_with("erZ"), "{raw:?}: {checked:?}");
+        }
+        assert_eq!(trim_directives(" , "), "");
+        assert!(check_filter(&trim_directives(" , ")).is_err());
+    }
 
     #[test]
     fn upstream_urls() {

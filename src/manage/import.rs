@@ -226,6 +226,12 @@ pub fn check_import_line(
     default_plan: &str,
     check_plan: &dyn Fn(&str) -> Result<(), String>,
 ) -> Result<(SecretString, Key), String> {
+    // serde reads a struct from an array of its fields too (`["sk_…"]`);
+    // a line is one JSON object (issue 18: found by the `import_line` fuzz
+    // target). JSON that starts with `{` can only be an object.
+    if !raw.trim_start().starts_with('{') {
+        return Err("not a valid import object: a line must be one JSON object, {\"key\": ...}".to_owned());
+    }
     let line: ImportLine =
         serde_json::from_str(raw).map_err(|e| format!("not a valid import object: {e}"))?;
     let secret = SecretString::new(line.key);
@@ -279,4 +285,45 @@ pub fn check_import_line(
         request_count: 0,
     };
     Ok((secret, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(raw: &str) -> Result<(SecretString, Key), String> {
+        let now = DateTime::from_timestamp(1_795_000_000, 0).unwrap();
+        check_import_line(raw, now, "free", &|plan| {
+            if plan == "free" {
+                Ok(())
+            } else {
+                Err(format!("unknown plan {plan:?}"))
+            }
+        })
+    }
+
+    /// Issue 18 (found by the `import_line` fuzz target): serde accepts a
+    /// struct written as the array of its fields, so `["sk_live_…"]` was
+    /// imported as a key; a line must be an object.
+    #[test]
+    fn a_line_is_one_json_object() {
+        let (secret, key) = check(r#"  {"key": "sk_live_abcdefgh0001"}"#).unwrap();
+        assert_eq!(secret.expose(), "sk_live_abcdefgh0001");
+        assert_eq!(
+            (key.prefix.as_str(), key.short_prefix.as_str()),
+            ("sk_live_", "abcdefgh")
+        );
+        for bad in [
+            r#"["sk_live_abcdefgh0001"]"#,
+            r#"["sk_live_abcdefgh0001", "name", ["read"], "free"]"#,
+            r#""sk_live_abcdefgh0001""#,
+            "not json",
+        ] {
+            let problem = check(bad).map(|_| ()).unwrap_err();
+            assert!(
+                problem.starts_with("not a valid import object"),
+                "{bad}: {problem}"
+            );
+        }
+    }
 }
