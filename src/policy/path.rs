@@ -28,9 +28,10 @@
 //!      (fullwidth `．` `／` `＼`, one- and two-dot leaders, the division
 //!      slash, …): a server that folds them would see new dot segments or
 //!      separators;
-//!    - double-encoded structural characters (`%252e`, `%252f`, `%255c`,
-//!      `%2500`, `%253b`): a server that decodes twice would see `.`, `/`,
-//!      `\`, NUL or `;`.
+//!    - double-encoded structural or unreserved characters (`%252e`,
+//!      `%252f`, `%255c`, `%2500`, `%253b`, `%2561`): a server that decodes
+//!      twice would see `.`, `/`, `\`, NUL or `;`, or a name (`/v1/%2561dmin`
+//!      is `/v1/admin` to it) that no route here matched.
 //!
 //! Route matching ([`NormalizedPath::routing_view`]) ignores the path
 //! parameters of every segment, as Tomcat, Jetty and Spring do, so
@@ -75,8 +76,11 @@ pub enum PathError {
     /// A character that compatibility folding turns into `.`, `/` or `\`.
     #[error("the path contains a look-alike of '.', '/' or '\\' (e.g. a fullwidth dot or slash)")]
     Lookalike,
-    /// `%25` followed by the escape of `.`, `/`, `\`, NUL or `;`.
-    #[error("the path contains a double-encoded '.', '/', '\\', NUL or ';' (%25 followed by its escape)")]
+    /// `%25` followed by the escape of `.`, `/`, `\`, NUL, `;` or an
+    /// unreserved character (a letter, digit, `-`, `_` or `~`).
+    #[error(
+        "the path contains a double-encoded character ('%25' followed by the escape of '.', '/', '\\', NUL, ';', a letter, digit, '-', '_' or '~'); servers that decode twice would see another path"
+    )]
     DoubleEncoded,
 }
 
@@ -266,13 +270,18 @@ fn ends_in_dot_or_space(name: &str) -> bool {
 }
 
 /// Whether the two hex digits after a `%25` spell the escape of `.`, `/`,
-/// `\\`, NUL or `;` (a double-encoded structural character).
+/// `\\`, NUL, `;` or an unreserved character: a server that decodes twice
+/// would see a separator, a dot segment, or a name routing never saw
+/// (`%2561dmin` is `admin` to it).
 fn is_double_encoded(next: Option<&[u8]>) -> bool {
     let Some(&[h, l]) = next else {
         return false;
     };
     match (hex(h), hex(l)) {
-        (Some(h), Some(l)) => matches!((h << 4) | l, b'.' | b'/' | b'\\' | 0 | b';'),
+        (Some(h), Some(l)) => {
+            let byte = (h << 4) | l;
+            matches!(byte, b'/' | b'\\' | 0 | b';') || is_unreserved(byte)
+        }
         _ => false,
     }
 }
@@ -415,6 +424,10 @@ mod tests {
             ("/v1/%252%65%252%65/admin", PathError::DoubleEncoded),
             ("/v1/%25%32e", PathError::DoubleEncoded),
             ("/v1/%25%32%46", PathError::DoubleEncoded),
+            // Double-encoded letters: `/v1/admin` to a server decoding twice.
+            ("/v1/%2561dmin", PathError::DoubleEncoded),
+            ("/v1/%2541", PathError::DoubleEncoded),
+            ("/v1/x%257E", PathError::DoubleEncoded),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), Err(want), "{input}");
@@ -427,7 +440,8 @@ mod tests {
             "/v1/a.b/.well-known/x",
             "/v1/..a/.b",
             "/v1/100%25",
-            "/v1/%2541",
+            "/v1/100%25%20off",
+            "/v1/%25zz",
             "/caf%C3%A9/%E3%80%82",
         ] {
             assert!(normalize(ok).is_ok(), "{ok}");
