@@ -33,7 +33,7 @@ use crate::policy::{LimitScope, PathGlob, PlanLimit, PlanSettings, RouteSettings
 use crate::problem::{ErrorTemplate, TEMPLATE_PLACEHOLDERS};
 use crate::ratelimit::RedisSettings;
 use crate::store::{StoreSettings, redact_url};
-use crate::telemetry::LogFormat;
+use crate::telemetry::{LogFormat, trim_directives};
 use crate::token::keys::{MAX_KID_LEN, MIN_HMAC_SECRET_BYTES};
 use crate::token::{Algorithm, KeyError, KeySpec, SigningKeys, TokenConfigError, TokenSettings, Tokens};
 
@@ -1551,21 +1551,6 @@ fn unknown_placeholders(body: &str) -> Vec<String> {
         }
     }
     unknown
-}
-
-/// The filter with each `,`-separated directive trimmed and empty ones
-/// dropped: what tracing-subscriber means by it, spelt so that it reads it
-/// that way. Its parser trims a directive but then cuts the untrimmed text
-/// at the trimmed text's offsets, so `info, keygate=debug` lost a character
-/// of its target (a refusal, or a filter for target ` info`) and
-/// `" é=info"` panicked (issue 18, found by the `config_load` fuzz target).
-fn trim_directives(filter: &str) -> String {
-    let directives: Vec<&str> = filter
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .collect();
-    directives.join(",")
 }
 
 /// Checks a tracing filter: it must parse, and a bare word must be a level

@@ -23,7 +23,12 @@ pub enum LogFormat {
 /// twice is harmless (the second call does nothing), so tests and embedded
 /// uses can call it freely.
 pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
+    let from_env = std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .map(|raw| trim_directives(&raw))
+        .filter(|filter| !filter.is_empty());
+    let filter = from_env
+        .map_or_else(|| EnvFilter::try_new(level), EnvFilter::try_new)
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -34,4 +39,20 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// The filter with each `,`-separated directive trimmed and empty ones
+/// dropped: what tracing-subscriber means by it, spelt so that it reads it
+/// that way. Its parser trims a directive but then cuts the untrimmed text
+/// at the trimmed text's offsets, so `info, keygate=debug` lost a character
+/// of its target (a refusal, or a filter for target ` info`) and
+/// `" é=info"` panicked (issue 18, found by the `config_load` fuzz target).
+/// `log.level` and `RUST_LOG` both pass through it.
+pub fn trim_directives(filter: &str) -> String {
+    let directives: Vec<&str> = filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    directives.join(",")
 }

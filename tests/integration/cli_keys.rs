@@ -306,3 +306,17 @@ fn usage_errors_exit_2() {
         .expect(2);
     assert!(scope.stderr.contains("invalid scope"), "{}", scope.stderr);
 }
+
+#[test]
+fn rust_log_with_spaces_is_read_as_written() {
+    // tracing-subscriber's own parser panicked on `" é=info"` (its byte
+    // offsets skip the leading space): RUST_LOG passes through the same
+    // trimming as log.level (issue 18).
+    let sb = Sandbox::new("");
+    for filter in [" \u{e9}=info", "warn, keygate=debug", " , ", "not a filter[", "="] {
+        let run = sb
+            .run_with_env(&["migrate", "--json"], &[("RUST_LOG", filter)])
+            .expect(0);
+        assert!(!run.stderr.contains("panicked"), "{filter:?}: {}", run.stderr);
+    }
+}
