@@ -464,7 +464,10 @@ async fn serve_lane(
         let permit = match Arc::clone(&settings.connections).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                if warned_full_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                // Another lane idle in accept also holds a permit: only
+                // open connections at the limit are worth a warning.
+                let full = settings.open.load(Ordering::Relaxed) >= settings.max_connections as u64;
+                if full && warned_full_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
                     tracing::warn!(
                         max_connections = settings.max_connections,
                         "server.max_connections client connections are open; new ones wait until one closes"
