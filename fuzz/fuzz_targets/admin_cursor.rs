@@ -16,6 +16,9 @@ use keygate::admin::cursor::{CursorError, CursorSigner, Position};
 use keygate::keys::{KeyHash, KeyStatus, SecretString};
 use libfuzzer_sys::fuzz_target;
 
+mod common;
+use common::{Mode, take, take_str, take_u8};
+
 fn settings(env: &str) -> AdminSettings {
     AdminSettings {
         tokens: vec![KeyHash::from_phc(
@@ -25,40 +28,26 @@ fn settings(env: &str) -> AdminSettings {
     }
 }
 
-fn take<'a>(data: &mut &'a [u8], n: usize) -> &'a [u8] {
-    let n = n.min(data.len());
-    let (head, rest) = data.split_at(n);
-    *data = rest;
-    head
-}
-
-fn take_u8(data: &mut &[u8]) -> u8 {
-    take(data, 1).first().copied().unwrap_or(0)
-}
-
-fn take_str(data: &mut &[u8]) -> String {
-    let len = usize::from(take_u8(data) % 48);
-    String::from_utf8_lossy(take(data, len)).into_owned()
-}
-
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, mut rest)) = data.split_first() else {
+    let Some(mode) = common::mode(data) else {
         return;
     };
     let signer = CursorSigner::new(&settings("fuzz-admin-token"));
     let other = CursorSigner::new(&settings("another-admin-token"));
-    if mode & 1 == 0 {
-        let presented = String::from_utf8_lossy(rest);
-        if let Ok(position) = signer.verify(&presented) {
-            assert_eq!(
-                signer.sign(&position),
-                presented,
-                "a cursor we did not sign verifies"
-            );
-            assert_eq!(other.verify(&presented), Err(CursorError::Tampered));
+    let mut rest = match mode {
+        Mode::Presented(presented) => {
+            if let Ok(position) = signer.verify(&presented) {
+                assert_eq!(
+                    signer.sign(&position),
+                    presented,
+                    "a cursor we did not sign verifies"
+                );
+                assert_eq!(other.verify(&presented), Err(CursorError::Tampered));
+            }
+            return;
         }
-        return;
-    }
+        Mode::Generated { rest, .. } => rest,
+    };
 
     let kind = take_u8(&mut rest);
     let position = if kind & 1 == 0 {
@@ -71,8 +60,8 @@ fuzz_target!(|data: &[u8]| {
             Some(KeyStatus::Inactive),
             Some(KeyStatus::Revoked),
         ][usize::from(kind >> 1) % 4];
-        let after = take_str(&mut rest);
-        let owner = (kind & 8 != 0).then(|| take_str(&mut rest));
+        let after = take_str(&mut rest, 48);
+        let owner = (kind & 8 != 0).then(|| take_str(&mut rest, 48));
         Position::Keys { after, owner, status }
     };
     let cursor = signer.sign(&position);

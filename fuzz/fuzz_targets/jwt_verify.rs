@@ -27,6 +27,9 @@ use keygate::token::claims::parse_scope;
 use keygate::token::{AccessClaims, Algorithm, Expected, KeySpec, SigningKeys};
 use libfuzzer_sys::fuzz_target;
 
+mod common;
+use common::{Mode, take, take_str, take_u8};
+
 const HS_SECRET: &str = "fuzz-only-hs256-secret-0123456789abcdef";
 const NOW: i64 = 1_795_000_000;
 
@@ -127,43 +130,29 @@ fn check_verified(token: &str, claims: &AccessClaims) {
     }
 }
 
-fn take<'a>(data: &mut &'a [u8], n: usize) -> &'a [u8] {
-    let n = n.min(data.len());
-    let (head, rest) = data.split_at(n);
-    *data = rest;
-    head
-}
-
-fn take_u8(data: &mut &[u8]) -> u8 {
-    take(data, 1).first().copied().unwrap_or(0)
-}
-
-fn take_str(data: &mut &[u8]) -> String {
-    let len = usize::from(take_u8(data) % 32);
-    String::from_utf8_lossy(take(data, len)).into_owned()
-}
-
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, mut rest)) = data.split_first() else {
+    let Some(mode) = common::mode(data) else {
         return;
     };
     let keys = keys();
-    if mode & 1 == 0 {
-        let token = String::from_utf8_lossy(rest);
-        for expected in EXPECTATIONS {
-            if let Ok(claims) = keys.all.verify(&token, now(), expected) {
-                check_verified(&token, &claims);
+    let mut rest = match mode {
+        Mode::Presented(token) => {
+            for expected in EXPECTATIONS {
+                if let Ok(claims) = keys.all.verify(&token, now(), expected) {
+                    check_verified(&token, &claims);
+                }
             }
+            return;
         }
-        return;
-    }
+        Mode::Generated { rest, .. } => rest,
+    };
 
     // Claims from the input.
     let signer = &keys.single[usize::from(take_u8(&mut rest) % 3)];
     let flags = take_u8(&mut rest);
     let exp = i64::from(take_u8(&mut rest) as i8) * 60;
     let iat = i64::from(take_u8(&mut rest) as i8) * 2;
-    let scope: BTreeSet<String> = parse_scope(&take_str(&mut rest)).unwrap_or_default();
+    let scope: BTreeSet<String> = parse_scope(&take_str(&mut rest, 32)).unwrap_or_default();
     let claims = AccessClaims {
         iss: (flags & 1 != 0).then(|| "keygate".to_owned()),
         sub: "key_01jd3m5k7r9t2v4w6x8y0z1a2b".parse().expect("a key id"),
@@ -171,7 +160,7 @@ fuzz_target!(|data: &[u8]| {
         exp: now() + Duration::seconds(exp),
         nbf: (flags & 4 != 0).then(|| now() + Duration::seconds(iat / 2)),
         iat: now() + Duration::seconds(iat),
-        jti: take_str(&mut rest),
+        jti: take_str(&mut rest, 32),
         sid: "ses_01jd3m5k7r9t2v4w6x8y0z1a2c".parse().expect("a session id"),
         scope,
     };

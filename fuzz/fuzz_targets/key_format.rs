@@ -22,6 +22,9 @@ use libfuzzer_sys::fuzz_target;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+mod common;
+use common::Mode;
+
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// The documented checksum, written independently of the crate's.
@@ -93,13 +96,11 @@ fn check_presented(text: &str) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
+    let (mode, rest) = match common::mode(data) {
+        None => return,
+        Some(Mode::Presented(text)) => return check_presented(&text),
+        Some(Mode::Generated { flags, rest }) => (flags, rest),
     };
-    if mode & 1 == 0 {
-        check_presented(&String::from_utf8_lossy(rest));
-        return;
-    }
     // Generate from fuzz-chosen randomness and prefix, then change one
     // character: [seed: 32][position: 2][replacement: 1][prefix...].
     if rest.len() < 35 {

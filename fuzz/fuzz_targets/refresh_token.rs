@@ -22,6 +22,9 @@ use libfuzzer_sys::fuzz_target;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+mod common;
+use common::Mode;
+
 fn now() -> DateTime<Utc> {
     DateTime::from_timestamp(1_795_000_000, 0).expect("in range")
 }
@@ -62,13 +65,14 @@ fn check_presented(text: &str) -> Option<PresentedRefreshToken> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
+    let rest = match common::mode(data) {
+        None => return,
+        Some(Mode::Presented(text)) => {
+            check_presented(&text);
+            return;
+        }
+        Some(Mode::Generated { rest, .. }) => rest,
     };
-    if mode & 1 == 0 {
-        check_presented(&String::from_utf8_lossy(rest));
-        return;
-    }
     if rest.len() < 32 {
         return;
     }

@@ -8,6 +8,8 @@ use std::time::Duration;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::task::JoinHandle;
 
 use crate::support::gateway::{DEFAULT_ROUTES, TestGateway};
 
@@ -166,12 +168,37 @@ async fn goaway_then_close(mut reader: tokio::net::tcp::OwnedReadHalf) -> Option
     Some(goaway)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_h2_rapid_reset_flood_is_cut_off_and_others_are_served() {
-    let gw = TestGateway::start(DEFAULT_ROUTES).await;
+/// A raw HTTP/2 connection to the proxy with the preface sent, and a task
+/// reporting how the server ends it ([`goaway_then_close`]).
+async fn h2_attacker(gw: &TestGateway) -> (OwnedWriteHalf, JoinHandle<Option<bool>>) {
     let (reader, mut writer) = TcpStream::connect(gw.proxy()).await.unwrap().into_split();
     let watcher = tokio::spawn(goaway_then_close(reader));
     writer.write_all(&preface()).await.unwrap();
+    (writer, watcher)
+}
+
+/// After a flood: a normal client is served, and the attacker's connection
+/// was ended with a GOAWAY (`sent` says how much of the flood got out).
+async fn assert_cut_off(
+    gw: &TestGateway,
+    writer: OwnedWriteHalf,
+    watcher: JoinHandle<Option<bool>>,
+    sent: &str,
+) {
+    assert_eq!(gw.get("/public/fine", &[]).await.status, StatusCode::OK);
+    drop(writer);
+    let goaway = watcher.await.unwrap();
+    assert_eq!(
+        goaway,
+        Some(true),
+        "GOAWAY, then the connection closed (after {sent})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_rapid_reset_flood_is_cut_off_and_others_are_served() {
+    let gw = TestGateway::start(DEFAULT_ROUTES).await;
+    let (mut writer, watcher) = h2_attacker(&gw).await;
     let block = request_block();
     let mut sent_streams = 0u32;
     let mut stream_id = 1u32;
@@ -188,14 +215,7 @@ async fn an_h2_rapid_reset_flood_is_cut_off_and_others_are_served() {
         sent_streams += 100;
     }
     // The gateway serves a normal client beside the flood.
-    assert_eq!(gw.get("/public/fine", &[]).await.status, StatusCode::OK);
-    drop(writer);
-    let goaway = watcher.await.unwrap();
-    assert_eq!(
-        goaway,
-        Some(true),
-        "GOAWAY, then the connection closed (after {sent_streams} streams)"
-    );
+    assert_cut_off(&gw, writer, watcher, &format!("{sent_streams} streams")).await;
     assert!(sent_streams < 20_000, "the flood was cut off before it ended");
     assert_eq!(gw.get("/public/fine", &[]).await.status, StatusCode::OK);
     gw.stop().await;
@@ -204,9 +224,7 @@ async fn an_h2_rapid_reset_flood_is_cut_off_and_others_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_continuation_flood_is_cut_off_and_others_are_served() {
     let gw = TestGateway::start(DEFAULT_ROUTES).await;
-    let (reader, mut writer) = TcpStream::connect(gw.proxy()).await.unwrap().into_split();
-    let watcher = tokio::spawn(goaway_then_close(reader));
-    writer.write_all(&preface()).await.unwrap();
+    let (mut writer, watcher) = h2_attacker(&gw).await;
     writer
         .write_all(&frame(HEADERS, 0, 1, &request_block()))
         .await
@@ -227,14 +245,7 @@ async fn an_h2_continuation_flood_is_cut_off_and_others_are_served() {
         }
         sent += continuation.len();
     }
-    assert_eq!(gw.get("/public/fine", &[]).await.status, StatusCode::OK);
-    drop(writer);
-    let goaway = watcher.await.unwrap();
-    assert_eq!(
-        goaway,
-        Some(true),
-        "GOAWAY, then the connection closed (after {sent} bytes)"
-    );
+    assert_cut_off(&gw, writer, watcher, &format!("{sent} bytes")).await;
     assert!(
         sent < 4096 * continuation.len(),
         "the flood was cut off before it ended"
