@@ -2,9 +2,10 @@
 //! errors, Redis exactness across instances, all-or-nothing in the script,
 //! fallback and recovery.
 //!
-//! Redis tests run when `KEYGATE_TEST_REDIS` names a server (e.g.
-//! `redis://127.0.0.1:6379`), each under its own key prefix, and fail if it
-//! is set but unreachable; unset, they print why they skip. Their windows
+//! Redis tests are ignored unless asked for (`cargo test --
+//! --include-ignored`, as `.ci/run` does); then `KEYGATE_TEST_REDIS` must
+//! name a reachable server (e.g. `redis://127.0.0.1:6379`), and each test
+//! runs under its own key prefix. Their windows
 //! are a day or longer because Redis's clock cannot be moved: a test that
 //! straddled a window boundary would see its counts reset.
 
@@ -35,17 +36,16 @@ fn manual_clock() -> SharedClock {
     Arc::new(ManualClock::new(at))
 }
 
-/// The Redis URL under test, or `None` (with a printed reason) to skip.
-fn test_redis(test: &str) -> Option<String> {
+/// The Redis URL under test. The tests calling it are `#[ignore]`d (so a
+/// run without Redis says they did not run); run with `--include-ignored`,
+/// they need `KEYGATE_TEST_REDIS`, and fail without it.
+fn test_redis() -> String {
     match std::env::var("KEYGATE_TEST_REDIS") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            println!(
-                "skipped {test}: KEYGATE_TEST_REDIS is not set (set it to a Redis URL such as \
-                 redis://127.0.0.1:6379 to run the Redis tests)"
-            );
-            None
-        }
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => panic!(
+            "KEYGATE_TEST_REDIS is not set: set it to a Redis URL such as redis://127.0.0.1:6379 \
+             to run the Redis tests"
+        ),
     }
 }
 
@@ -323,10 +323,9 @@ async fn dropping_the_limiter_stops_its_probe() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Redis: set KEYGATE_TEST_REDIS"]
 async fn redis_is_exact_across_instances() {
-    let Some(url) = test_redis("redis_is_exact_across_instances") else {
-        return;
-    };
+    let url = test_redis();
     let prefix = unique_prefix();
     let a = redis_limiter(&url, &prefix).await;
     let b = redis_limiter(&url, &prefix).await;
@@ -347,10 +346,9 @@ async fn redis_is_exact_across_instances() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis: set KEYGATE_TEST_REDIS"]
 async fn redis_counts_all_windows_or_none() {
-    let Some(url) = test_redis("redis_counts_all_windows_or_none") else {
-        return;
-    };
+    let url = test_redis();
     let limiter = redis_limiter(&url, &unique_prefix()).await;
     let short = limit(2, DAY);
     let long = limit(5, 2 * DAY);
@@ -377,10 +375,9 @@ async fn redis_counts_all_windows_or_none() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis: set KEYGATE_TEST_REDIS"]
 async fn redis_reloads_a_flushed_script() {
-    let Some(url) = test_redis("redis_reloads_a_flushed_script") else {
-        return;
-    };
+    let url = test_redis();
     let limiter = redis_limiter(&url, &unique_prefix()).await;
     let limits = [limit(3, DAY)];
     assert!(limiter.check("k", &limits).await.is_allowed());
@@ -400,11 +397,9 @@ async fn redis_reloads_a_flushed_script() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: set KEYGATE_TEST_REDIS"]
 async fn redis_checks_on_a_current_thread_runtime_use_that_threads_own_connection() {
-    let Some(url) = test_redis("redis_checks_on_a_current_thread_runtime_use_that_threads_own_connection")
-    else {
-        return;
-    };
+    let url = test_redis();
     let limiter = redis_limiter(&url, &unique_prefix()).await;
     let link = limiter.redis.as_ref().unwrap();
     let limits = [limit(100, DAY)];
@@ -511,10 +506,9 @@ impl LogBuffer {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis: set KEYGATE_TEST_REDIS"]
 async fn redis_outage_falls_back_and_recovers() {
-    let Some(url) = test_redis("redis_outage_falls_back_and_recovers") else {
-        return;
-    };
+    let url = test_redis();
     let logs = LogBuffer::default();
     let _logging = logs.install();
     let prefix = unique_prefix();
@@ -565,10 +559,9 @@ async fn redis_outage_falls_back_and_recovers() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis: set KEYGATE_TEST_REDIS"]
 async fn redis_that_stops_answering_is_left_after_the_response_timeout() {
-    let Some(url) = test_redis("redis_that_stops_answering_is_left_after_the_response_timeout") else {
-        return;
-    };
+    let url = test_redis();
     let port = closed_port().await;
     let mut forwarder = Forwarder::new(port, host_port(&url));
     forwarder.restore().await;

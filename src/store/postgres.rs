@@ -1224,7 +1224,10 @@ mod tests {
     mod conformance_suite {
         use crate::store::conformance::{self, postgres_fixture};
 
-        conformance::conformance_tests!(postgres_fixture);
+        conformance::conformance_tests!(
+            postgres_fixture,
+            #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
+        );
     }
 
     /// Upper bound for a test step that must not hang (a leaked lock would).
@@ -1279,10 +1282,9 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
     async fn a_change_through_one_handle_wakes_the_listener_of_another() {
-        let Some(schema) = PgSchema::create().await else {
-            return;
-        };
+        let schema = PgSchema::create().await;
         let writer = schema.open().await;
         writer.migrate().await.unwrap();
         let follower = schema.open().await;
@@ -1310,10 +1312,9 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
     async fn a_listener_whose_connection_dies_reconnects_and_wakes_followers() {
-        let Some(schema) = PgSchema::create().await else {
-            return;
-        };
+        let schema = PgSchema::create().await;
         let writer = schema.open().await;
         writer.migrate().await.unwrap();
         let follower = schema.open().await;
@@ -1350,10 +1351,9 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
     async fn migrating_twice_applies_once_into_the_test_schema() {
-        let Some(schema) = PgSchema::create().await else {
-            return;
-        };
+        let schema = PgSchema::create().await;
         let store = schema.open().await;
         let first = store.migrate().await.unwrap();
         assert_eq!(
@@ -1385,10 +1385,9 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
     async fn replicas_migrating_at_once_both_succeed_and_apply_once() {
-        let Some(schema) = PgSchema::create().await else {
-            return;
-        };
+        let schema = PgSchema::create().await;
         let (a, b) = (schema.open().await, schema.open().await);
         let (ra, rb) = tokio::time::timeout(NO_HANG, async { tokio::join!(a.migrate(), b.migrate()) })
             .await
@@ -1409,10 +1408,9 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
     async fn a_newer_schema_is_refused_like_sqlite_and_leaves_no_lock() {
-        let Some(schema) = PgSchema::create().await else {
-            return;
-        };
+        let schema = PgSchema::create().await;
         let store = schema.open().await;
         store.migrate().await.unwrap();
         let newer = 29991231000001_i64;
@@ -1486,10 +1484,9 @@ mod tests {
     /// stores (two replicas): the row lock makes each read-modify-write see
     /// the others' committed changes, so none is lost.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
     async fn concurrent_updates_of_one_key_lose_no_change() {
-        let Some(schema) = PgSchema::create().await else {
-            return;
-        };
+        let schema = PgSchema::create().await;
         let first = Arc::new(schema.open().await);
         first.migrate().await.unwrap();
         let stores = [Arc::clone(&first), Arc::new(schema.open().await)];
@@ -1559,10 +1556,9 @@ mod tests {
     /// audit row is uncommitted waits for it, so its row commits later with
     /// a higher seq: no reader can see the later seq without the earlier.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
     async fn a_writer_waits_for_an_uncommitted_audit_row() {
-        let Some(schema) = PgSchema::create().await else {
-            return;
-        };
+        let schema = PgSchema::create().await;
         let first = schema.open().await;
         first.migrate().await.unwrap();
         let second = Arc::new(schema.open().await);
@@ -1624,10 +1620,9 @@ mod tests {
     /// trail as the change feed will (`seq > last seen`): it sees every row,
     /// in increasing seq order, none skipped.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
     async fn a_follower_of_the_audit_trail_misses_nothing_under_concurrent_writers() {
-        let Some(schema) = PgSchema::create().await else {
-            return;
-        };
+        let schema = PgSchema::create().await;
         let first = Arc::new(schema.open().await);
         first.migrate().await.unwrap();
         let stores = [Arc::clone(&first), Arc::new(schema.open().await)];
@@ -1696,10 +1691,9 @@ mod tests {
     /// cannot see the first's uncommitted secret, so the unique index stops
     /// it once the first commits.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
     async fn a_concurrent_create_of_a_taken_short_prefix_is_refused() {
-        let Some(schema) = PgSchema::create().await else {
-            return;
-        };
+        let schema = PgSchema::create().await;
         let first = schema.open().await;
         first.migrate().await.unwrap();
         let second = Arc::new(schema.open().await);
@@ -1725,10 +1719,9 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
     async fn a_statement_past_the_statement_timeout_is_unavailable() {
-        let Some(schema) = PgSchema::create().await else {
-            return;
-        };
+        let schema = PgSchema::create().await;
         let store = schema.open().await;
         store.migrate().await.unwrap();
         let mut short = schema.settings();
@@ -1767,10 +1760,9 @@ mod tests {
     /// Postgres quotes a failing row in its error detail; keygate keeps only
     /// the primary message, so a PHC hash never reaches an error.
     #[tokio::test]
+    #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
     async fn database_errors_never_carry_a_hash() {
-        let Some(schema) = PgSchema::create().await else {
-            return;
-        };
+        let schema = PgSchema::create().await;
         let store = schema.open().await;
         store.migrate().await.unwrap();
         let k = store
@@ -1814,10 +1806,9 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
     async fn store_open_connects_postgres_urls_and_debug_hides_the_password() {
-        let Some(schema) = PgSchema::create().await else {
-            return;
-        };
+        let schema = PgSchema::create().await;
         let mut with_password = schema.settings();
         // Trust authentication ignores the password; it must not be printed.
         with_password.url = with_password
@@ -1875,10 +1866,9 @@ mod tests {
 
     /// Session inserts and revocations are announced like key changes.
     #[tokio::test]
+    #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
     async fn session_changes_wake_the_listener() {
-        let Some(schema) = PgSchema::create().await else {
-            return;
-        };
+        let schema = PgSchema::create().await;
         let writer = schema.open().await;
         writer.migrate().await.unwrap();
         let k = writer
@@ -1905,10 +1895,9 @@ mod tests {
     /// A login inserting while another login's insert of the same key and
     /// client session is uncommitted waits for it, then conflicts.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
     async fn a_login_racing_an_uncommitted_login_conflicts() {
-        let Some(schema) = PgSchema::create().await else {
-            return;
-        };
+        let schema = PgSchema::create().await;
         let first = schema.open().await;
         first.migrate().await.unwrap();
         let second = Arc::new(schema.open().await);
@@ -1935,10 +1924,9 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
     async fn deleting_a_key_deletes_its_sessions_and_the_table_refuses_bad_rows() {
-        let Some(schema) = PgSchema::create().await else {
-            return;
-        };
+        let schema = PgSchema::create().await;
         let store = schema.open().await;
         store.migrate().await.unwrap();
         let k = store

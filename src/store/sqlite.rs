@@ -926,12 +926,12 @@ mod tests {
     mod conformance_suite {
         use super::*;
 
-        async fn fixture() -> Option<Fixture> {
+        async fn fixture() -> Fixture {
             let (store, dir) = migrated().await;
-            Some(Fixture {
+            Fixture {
                 store: Arc::new(store),
                 guard: Box::new(dir),
-            })
+            }
         }
 
         conformance::conformance_tests!(fixture);

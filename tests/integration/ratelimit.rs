@@ -305,10 +305,9 @@ async fn redis_gateway(url: &str, prefix: &str, limit: &str, database: Option<&s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Redis: set KEYGATE_TEST_REDIS"]
 async fn two_gateways_sharing_redis_admit_exactly_the_limit_in_total() {
-    let Some(url) = redis::url("Redis rate-limit tests") else {
-        return;
-    };
+    let url = redis::url();
     let prefix = redis::unique_prefix();
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite://{}?mode=rwc", dir.path().join("shared.db").display());
@@ -353,10 +352,9 @@ async fn two_gateways_sharing_redis_admit_exactly_the_limit_in_total() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Redis: set KEYGATE_TEST_REDIS"]
 async fn a_redis_outage_falls_back_to_local_limits_without_a_5xx_and_recovers() {
-    let Some(url) = redis::url("Redis rate-limit tests") else {
-        return;
-    };
+    let url = redis::url();
     let chaos = Chaos::start(redis::addr(&url)).await;
     let via = format!("redis://{}", chaos.addr());
     let prefix = redis::unique_prefix();

@@ -1,6 +1,6 @@
 //! A per-test Postgres schema on the `KEYGATE_TEST_PG` server (as in
-//! `replicas.rs`): unset, the test prints why and passes; set but
-//! unreachable, it fails.
+//! `replicas.rs`). The tests using it are `#[ignore = "needs Postgres: …"]`;
+//! run (`--include-ignored`) without the variable or the server, they fail.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,15 +18,12 @@ pub struct Schema {
 }
 
 impl Schema {
-    /// `None`, after printing why, when `KEYGATE_TEST_PG` is unset; `what`
-    /// names the tests for that line.
-    pub async fn create(prefix: &str, what: &str) -> Option<Self> {
+    /// Creates `<prefix>_<ulid>`; panics, saying what to set, when
+    /// `KEYGATE_TEST_PG` is unset or its server is unusable.
+    pub async fn create(prefix: &str) -> Self {
         let base_url = match std::env::var(PG_ENV) {
             Ok(url) if !url.trim().is_empty() => url,
-            _ => {
-                println!("skipped: set {PG_ENV}=postgres://… to run the {what}");
-                return None;
-            }
+            _ => panic!("{PG_ENV} is not set: set it to postgres://… to run the Postgres tests"),
         };
         let name = format!("{prefix}_{}", ulid::Ulid::new().to_string().to_lowercase());
         let mut admin = admin_connection(&base_url).await;
@@ -35,7 +32,7 @@ impl Schema {
             .await
             .unwrap_or_else(|e| panic!("cannot create the test schema {name}: {e}"));
         admin.close().await.unwrap();
-        Some(Self { base_url, name })
+        Self { base_url, name }
     }
 
     /// The server URL with this schema as the only search path; sessions

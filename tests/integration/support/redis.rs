@@ -1,19 +1,18 @@
-//! The `KEYGATE_TEST_REDIS` server for rate-limit tests: unset, the test
-//! prints why and passes; set but unreachable, the gateway under test falls
-//! back to local limits and the test's assertions on shared counts fail.
+//! The `KEYGATE_TEST_REDIS` server for rate-limit tests. Those tests are
+//! `#[ignore = "needs Redis: …"]`; run (`--include-ignored`) without the
+//! variable they fail, and with Redis unreachable the gateway under test
+//! falls back to local limits and their assertions on shared counts fail.
 
 use std::net::SocketAddr;
 
 pub const REDIS_ENV: &str = "KEYGATE_TEST_REDIS";
 
-/// The Redis URL, or `None` after printing why the `what` tests are skipped.
-pub fn url(what: &str) -> Option<String> {
+/// The Redis URL; panics, saying what to set, when `KEYGATE_TEST_REDIS` is
+/// unset.
+pub fn url() -> String {
     match std::env::var(REDIS_ENV) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            println!("skipped: set {REDIS_ENV}=redis://127.0.0.1:6379 to run the {what}");
-            None
-        }
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => panic!("{REDIS_ENV} is not set: set it to redis://127.0.0.1:6379 to run the Redis tests"),
     }
 }
 
