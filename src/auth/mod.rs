@@ -7,9 +7,9 @@
 //!   verified secrets, and on a miss the store's candidates and argon2 off
 //!   the runtime, throttled per short prefix and coalesced per secret.
 //! - `cache.rs` holds the verified and unknown entries and the failure
-//!   windows; the store's change feed (polled by the authenticator) keeps
-//!   them current, so a change made anywhere reaches this gateway within a
-//!   poll interval.
+//!   windows; `feed.rs` polls the store's typed change feed and drops what
+//!   each change makes stale, so a change made anywhere reaches this
+//!   gateway within a poll interval (at once on Postgres's notifications).
 //!
 //! This module decides *why* a key is refused; mapping that to a SPEC code,
 //! status and body is the edges' job (via [`AuthFailure::code`]). It uses
@@ -30,6 +30,7 @@ use crate::token::AccessClaims;
 
 mod cache;
 pub mod extract;
+mod feed;
 pub mod token;
 pub mod usage;
 mod verify;

@@ -17,18 +17,18 @@
 //! An entry past its TTL is refreshed by re-reading the candidates: if the
 //! same stored hash is still there the entry is renewed without argon2; if
 //! the store fails, it keeps serving up to `stale_if_error` past its TTL.
-//! Changes made elsewhere arrive through [`Authenticator::poll_changes`],
-//! which the change poller runs every `poll_interval` and, when the store
-//! pushes change notifications (Postgres), as soon as one arrives.
+//! Changes made elsewhere arrive through [`Authenticator::poll_changes`]
+//! (`feed.rs`), which the change poller runs every `poll_interval` and,
+//! when the store pushes change notifications (Postgres), as soon as one
+//! arrives.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
-use tokio::sync::{OnceCell, Semaphore, watch};
-use tokio::task::JoinHandle;
-use tracing::{debug, error, info, warn};
+use tokio::sync::{OnceCell, Semaphore};
+use tracing::{debug, error, warn};
 
 use super::cache::{AuthCache, Digest, DigestKey, DigestMap, FailureThrottle, Verified};
 use super::token::{TokenAuth, looks_like_jwt};
@@ -37,30 +37,19 @@ use crate::clock::SharedClock;
 use crate::keys::format::{self, KeyFormatError, MAX_KEY_LEN};
 use crate::keys::hash::ScratchPool;
 use crate::keys::{KeyState, SecretRecord, SecretStr};
-use crate::store::rows::{ACTION_CREATED, ACTION_IMPORTED, ACTION_ROTATED};
-use crate::store::{Candidate, PageRequest, SharedStore, StoreError};
-use crate::token::{SessionId, Tokens};
+use crate::store::{Candidate, SharedStore, StoreError};
+use crate::token::Tokens;
 
-/// Audit rows read per page while applying the change feed.
-const AUDIT_PAGE: u32 = 500;
-
-/// Audit actions of token-exchange sessions (`session_created`, …) start
-/// with this; they do not change the key's record.
-const SESSION_ACTION_PREFIX: &str = "session_";
 /// While the store fails, an entry served past its TTL asks the store again
 /// at most this often (instead of on every request, each waiting for the
 /// store's timeout).
 const STALE_RETRY: Duration = Duration::seconds(1);
-/// How often the poller drops entries that can no longer be served.
-const SWEEP_EVERY: StdDuration = StdDuration::from_secs(30);
-/// Floor for `poll_interval`, so a zero in settings cannot spin.
-const MIN_POLL_INTERVAL: StdDuration = StdDuration::from_millis(10);
 
 /// The outcome of one coalesced resolution, shared by its waiters.
 type Resolution = Result<Verified, AuthError>;
 
 #[derive(Debug, Default)]
-struct Counters {
+pub(super) struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
     hashes: AtomicU64,
@@ -69,28 +58,28 @@ struct Counters {
     stale_served: AtomicU64,
     store_errors: AtomicU64,
     /// Changes applied from the store's change feed.
-    changes_applied: AtomicU64,
+    pub(super) changes_applied: AtomicU64,
     /// Requests waiting for an argon2 permit right now.
     hash_waiting: AtomicU64,
     /// Milliseconds between the newest applied change's commit and its
     /// application here (the last batch's).
-    feed_lag_ms: AtomicU64,
+    pub(super) feed_lag_ms: AtomicU64,
     /// Whether the last change-feed poll failed.
-    feed_failing: AtomicBool,
+    pub(super) feed_failing: AtomicBool,
 }
 
 /// Checks presented keys against the store, with a verified-key cache kept
 /// current by the store's change feed. Share it as `Arc<Authenticator>`.
 pub struct Authenticator {
-    store: SharedStore,
-    clock: SharedClock,
-    settings: AuthSettings,
+    pub(super) store: SharedStore,
+    pub(super) clock: SharedClock,
+    pub(super) settings: AuthSettings,
     cache_ttl: Duration,
     negative_ttl: Duration,
     stale_if_error: Duration,
     digest_key: DigestKey,
-    cache: AuthCache,
-    throttle: FailureThrottle,
+    pub(super) cache: AuthCache,
+    pub(super) throttle: FailureThrottle,
     // std `Mutex`: held only to join or leave a flight, never across an
     // `.await` (the flight itself is awaited outside it).
     flights: Flights,
@@ -99,13 +88,13 @@ pub struct Authenticator {
     scratch: Arc<ScratchPool>,
     // std `RwLock` around an `Arc`: misses clone the `Arc` and let go at
     // once; the poller swaps in a new list after an import.
-    imported_prefixes: RwLock<Arc<[String]>>,
+    pub(super) imported_prefixes: RwLock<Arc<[String]>>,
     // tokio `Mutex`: held across the feed's store calls on purpose, so two
     // polls never interleave their cursor updates. Never on the request path.
-    last_seq: tokio::sync::Mutex<i64>,
-    counters: Counters,
+    pub(super) last_seq: tokio::sync::Mutex<i64>,
+    pub(super) counters: Counters,
     /// Access tokens as credentials, when `[tokens]` is on.
-    tokens: Option<TokenAuth>,
+    pub(super) tokens: Option<TokenAuth>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -253,174 +242,6 @@ impl Authenticator {
     /// Whether the store answers (for `/readyz`).
     pub async fn store_ready(&self) -> bool {
         self.store.ping().await.is_ok()
-    }
-
-    /// One step of the change feed: if the store's change sequence moved,
-    /// reads the new audit rows and drops every cached entry of each changed
-    /// key, the negative entries of short prefixes that gained a secret, and
-    /// reloads the imported prefixes after an import. Returns the number of
-    /// changes applied. On an error nothing is skipped: the next call
-    /// resumes after the last change applied.
-    pub async fn poll_changes(&self) -> Result<u64, StoreError> {
-        let mut last = self.last_seq.lock().await;
-        let seq = self.store.change_seq().await?;
-        if seq == *last {
-            return Ok(0);
-        }
-        if seq < *last {
-            // The store went back in time (restored from a backup, or
-            // replaced): nothing cached from it can be trusted.
-            warn!(
-                seen = *last,
-                now = seq,
-                "the key store's change sequence went backwards; dropping the whole auth cache"
-            );
-            self.reload_imported_prefixes().await?;
-            self.cache.clear();
-            if let Some(tokens) = &self.tokens {
-                tokens.clear();
-            }
-            *last = seq;
-            return Ok(0);
-        }
-        let mut applied = 0u64;
-        loop {
-            let page = self
-                .store
-                .audit(PageRequest {
-                    limit: AUDIT_PAGE,
-                    after: Some(*last),
-                })
-                .await?;
-            let Some(newest) = page.items.iter().map(|e| e.seq).max() else {
-                break;
-            };
-            let mut key_ids = Vec::with_capacity(page.items.len());
-            let mut session_ids: Vec<SessionId> = Vec::new();
-            let mut short_prefixes = Vec::new();
-            let mut imported = false;
-            for entry in &page.items {
-                let action = entry.action.as_str();
-                // A session change (token exchange) says nothing about the
-                // key's own record: dropping the key's cached entries for it
-                // would cost an argon2 re-check per login on every replica.
-                if action.starts_with(SESSION_ACTION_PREFIX) {
-                    if let Some(id) = entry.details.get("session_id").and_then(|v| v.as_str()) {
-                        if let Ok(id) = id.parse() {
-                            session_ids.push(id);
-                        }
-                    }
-                    continue;
-                }
-                key_ids.push(entry.key_id.clone());
-                if [ACTION_CREATED, ACTION_IMPORTED, ACTION_ROTATED].contains(&action) {
-                    if let Some(short) = entry.details.get("short_prefix").and_then(|v| v.as_str()) {
-                        short_prefixes.push(short.to_owned());
-                    }
-                }
-                imported |= action == ACTION_IMPORTED;
-            }
-            if imported {
-                // Before the negative entries go, so the new prefix is known
-                // when the next request for it arrives.
-                self.reload_imported_prefixes().await?;
-            }
-            self.cache.invalidate(&key_ids, &short_prefixes);
-            if let Some(tokens) = &self.tokens {
-                tokens.invalidate(&key_ids, &session_ids);
-            }
-            applied += page.items.len() as u64;
-            if let Some(newest_at) = page.items.iter().map(|e| e.at).max() {
-                let lag = (self.clock.now() - newest_at).num_milliseconds().max(0);
-                self.counters
-                    .feed_lag_ms
-                    .store(u64::try_from(lag).unwrap_or(0), Ordering::Relaxed);
-            }
-            *last = newest;
-            if page.next.is_none() {
-                break;
-            }
-        }
-        self.counters
-            .changes_applied
-            .fetch_add(applied, Ordering::Relaxed);
-        Ok(applied)
-    }
-
-    /// Polls the change feed every `poll_interval`, and at once whenever the
-    /// store announces a change (`KeyStore::change_notifications`), until
-    /// `shutdown` turns true or its sender is dropped. Without
-    /// notifications (SQLite, or a Postgres listener that is reconnecting)
-    /// the interval alone bounds staleness. Logs one warning when polling
-    /// starts failing and one info line when it recovers; also sweeps dead
-    /// cache entries now and then.
-    pub fn spawn_change_poller(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
-        let this = Arc::clone(self);
-        tokio::spawn(async move { this.run_poller(shutdown).await })
-    }
-
-    async fn run_poller(&self, mut shutdown: watch::Receiver<bool>) {
-        let period = self.settings.poll_interval.max(MIN_POLL_INTERVAL);
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_sweep = tokio::time::Instant::now();
-        let mut failing = false;
-        let mut notifications = self.store.change_notifications();
-        loop {
-            tokio::select! {
-                biased;
-                () = stop_requested(&mut shutdown) => break,
-                () = next_notification(&mut notifications) => {
-                    // The next fallback poll is a full period after this one.
-                    ticker.reset();
-                }
-                _ = ticker.tick() => {}
-            }
-            let polled = tokio::select! {
-                biased;
-                () = stop_requested(&mut shutdown) => break,
-                polled = self.poll_changes() => polled,
-            };
-            self.counters
-                .feed_failing
-                .store(polled.is_err(), Ordering::Relaxed);
-            match polled {
-                Ok(applied) => {
-                    if failing {
-                        info!("the key store's change feed is reachable again; cache invalidation resumed");
-                        failing = false;
-                    }
-                    if applied > 0 {
-                        debug!(changes = applied, "applied key store changes to the auth cache");
-                    }
-                }
-                Err(e) => {
-                    if !failing {
-                        warn!(
-                            error = %e,
-                            "polling the key store's change feed failed; cached keys are served without \
-                             invalidation (up to cache.ttl, plus cache.stale_if_error) until it recovers"
-                        );
-                        failing = true;
-                    }
-                }
-            }
-            if last_sweep.elapsed() >= SWEEP_EVERY {
-                let now = self.clock.now();
-                self.cache.sweep(now);
-                self.throttle.sweep(now);
-                if let Some(tokens) = &self.tokens {
-                    tokens.sweep(now);
-                }
-                last_sweep = tokio::time::Instant::now();
-            }
-        }
-    }
-
-    async fn reload_imported_prefixes(&self) -> Result<(), StoreError> {
-        let prefixes: Arc<[String]> = self.store.imported_prefixes().await?.into_iter().collect();
-        *self.imported_prefixes.write().unwrap_or_else(|p| p.into_inner()) = prefixes;
-        Ok(())
     }
 
     /// Joins the flight for `digest`, or starts it. Whoever is awaiting when
@@ -707,30 +528,6 @@ impl Drop for Flight<'_> {
                     table.remove(&self.digest);
                 }
             }
-        }
-    }
-}
-
-/// Resolves when the store announces a change; never when it has no
-/// notifications (or stopped sending them: then polling carries on alone).
-async fn next_notification(notifications: &mut Option<watch::Receiver<i64>>) {
-    if let Some(rx) = notifications {
-        if rx.changed().await.is_ok() {
-            return;
-        }
-        *notifications = None;
-    }
-    std::future::pending::<()>().await;
-}
-
-/// Completes when shutdown is requested (`true`) or its sender is gone.
-async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
-    loop {
-        if *shutdown.borrow_and_update() {
-            return;
-        }
-        if shutdown.changed().await.is_err() {
-            return;
         }
     }
 }

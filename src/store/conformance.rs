@@ -35,7 +35,7 @@ use sqlx::{ConnectOptions, Connection, Executor};
 use super::postgres::PostgresStore;
 use super::rows::timestamp_text;
 use super::{
-    Actor, AuditEntry, KeyFilter, KeyStore, NewKey, PageRequest, SessionRecord, SessionRevokeReason,
+    Actor, AuditEntry, Change, KeyFilter, KeyStore, NewKey, PageRequest, SessionRecord, SessionRevokeReason,
     SessionWrite, SharedStore, StoreError, StoreSettings, UsageDelta, redact_url,
 };
 use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeySource, KeyStatus, ModelError};
@@ -72,6 +72,7 @@ macro_rules! conformance_tests {
             session_insert_replaces_an_unusable_row,
             session_revocation,
             session_changes_on_the_change_feed,
+            the_change_feed_is_typed,
             expired_session_cleanup
         );
     };
@@ -1584,6 +1585,86 @@ pub async fn session_changes_on_the_change_feed(store: &dyn KeyStore) {
             "{details}"
         );
     }
+}
+
+/// The typed change feed, what caches evict by, names the changed key, the
+/// short prefix it gained and whether by an import; a session change names
+/// the session and its key, not a key change. Pages follow the sequence.
+pub async fn the_change_feed_is_typed(store: &dyn KeyStore) {
+    let cli = Actor::cli();
+    let made = create(store, "chg00001", t(0)).await;
+    let mut outside = key("chg00002", t(1));
+    outside.source = KeySource::Imported;
+    outside.prefix = "tc_".into();
+    let imported = store
+        .import_keys(vec![new_key(outside)], &cli)
+        .await
+        .expect("import")
+        .remove(0);
+    let rename = KeyPatch {
+        name: Some("renamed".into()),
+        ..patch()
+    };
+    store
+        .update_key(&made.id, &rename, t(2), &cli)
+        .await
+        .expect("update");
+    store
+        .rotate_key(&made.id, "kg_test_", "chg00003", hash("r"), None, t(3), &cli)
+        .await
+        .expect("rotate");
+    let revoke = KeyPatch {
+        status: Some(KeyStatus::Revoked),
+        ..patch()
+    };
+    store
+        .update_key(&imported.id, &revoke, t(4), &cli)
+        .await
+        .expect("revoke");
+    let s = session(&made.id, None, t(5));
+    assert_eq!(save(store, &s, None, None).await, SessionWrite::Written);
+    store
+        .revoke_session(&s.id, SessionRevokeReason::Admin, t(6), &cli)
+        .await
+        .expect("revoke the session");
+
+    let mut entries = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.changes(after, 2).await.expect("changes");
+        assert!(page.items.len() <= 2);
+        entries.extend(page.items);
+        match page.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+    let audit_seqs: Vec<i64> = all_audit(store).await.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, audit_seqs, "one change per audit row, in order");
+    assert_eq!(seqs.last().copied(), Some(change_seq(store).await));
+    let key_change = |id: &KeyId, added: Option<&str>, imported: bool| Change::Key {
+        id: id.clone(),
+        added_short_prefix: added.map(str::to_owned),
+        imported,
+    };
+    let session_change = Change::Session {
+        key_id: made.id.clone(),
+        id: s.id.clone(),
+    };
+    let changes: Vec<Change> = entries.into_iter().map(|e| e.change).collect();
+    assert_eq!(
+        changes,
+        vec![
+            key_change(&made.id, Some("chg00001"), false),
+            key_change(&imported.id, Some("chg00002"), true),
+            key_change(&made.id, None, false),
+            key_change(&made.id, Some("chg00003"), false),
+            key_change(&imported.id, None, false),
+            session_change.clone(),
+            session_change,
+        ]
+    );
 }
 
 /// Cleanup deletes the sessions whose refresh token and access token both

@@ -165,6 +165,44 @@ pub struct AuditEntry {
     pub at: DateTime<Utc>,
 }
 
+/// One change on the store's change feed, typed: what a follower caching
+/// keys and sessions must drop. [`KeyStore::changes`] reads it from the
+/// audit trail; the store both writes the audit details and reads them back
+/// (`rows::change_entry`), so a change to what the trail records cannot
+/// silently stop revocations from reaching the other replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A key's record or secrets changed.
+    Key {
+        /// The key.
+        id: KeyId,
+        /// The short prefix of a secret the key gained (created, imported,
+        /// rotated): remembered misses for it are stale.
+        added_short_prefix: Option<String>,
+        /// Added by an import: the set of imported prefixes may have grown.
+        imported: bool,
+    },
+    /// A token-exchange session of `key_id` was opened, replaced or
+    /// revoked; the key's own record did not change.
+    Session {
+        /// The session's key.
+        key_id: KeyId,
+        /// The session (`ses_<ulid>`).
+        id: String,
+    },
+}
+
+/// A [`Change`] and its place on the feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeEntry {
+    /// Its change sequence number (the audit row's).
+    pub seq: i64,
+    /// When it was committed.
+    pub at: DateTime<Utc>,
+    /// What changed.
+    pub change: Change,
+}
+
 /// A candidate for a presented secret: the key and one of its secrets.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -432,6 +470,22 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
 
     /// The audit trail in sequence order, one page.
     async fn audit(&self, page: PageRequest<i64>) -> Result<Page<AuditEntry, i64>, StoreError>;
+
+    /// The change feed after sequence number `after`, typed, one page in
+    /// sequence order (what caches evict by; the audit trail's view of
+    /// the same rows is [`KeyStore::audit`]).
+    async fn changes(&self, after: i64, limit: u32) -> Result<Page<ChangeEntry, i64>, StoreError> {
+        let page = self
+            .audit(PageRequest {
+                limit,
+                after: Some(after),
+            })
+            .await?;
+        Ok(Page {
+            items: page.items.iter().map(rows::change_entry).collect(),
+            next: page.next,
+        })
+    }
 
     /// The latest change sequence (0 for an empty store).
     async fn change_seq(&self) -> Result<i64, StoreError>;

@@ -20,7 +20,8 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::types::Json;
 
 use super::{
-    Actor, AuditEntry, Candidate, Page, SessionRecord, SessionRevokeReason, StoreError, Usage, source_from_db,
+    Actor, AuditEntry, Candidate, Change, ChangeEntry, Page, SessionRecord, SessionRevokeReason, StoreError,
+    Usage, source_from_db,
 };
 use crate::keys::{Key, KeyHash, KeyId, KeySource, KeyStatus, SecretRecord};
 
@@ -341,6 +342,39 @@ pub(crate) fn session_replaced_details(id: &str, replaced_by: &str) -> Value {
 /// Details of a `session_revoked` audit row.
 pub(crate) fn session_revoked_details(id: &str, reason: SessionRevokeReason) -> Value {
     json!({ "session_id": id, "reason": reason.as_str() })
+}
+
+/// The typed change an audit row records: the one reader of the details
+/// the functions above write. A row it cannot read fully counts as a change
+/// of the key's record with no new prefix, so a follower drops too much
+/// rather than too little.
+pub(crate) fn change_entry(entry: &AuditEntry) -> ChangeEntry {
+    let detail = |name: &str| entry.details.get(name).and_then(Value::as_str);
+    let key_change = |added_short_prefix: Option<&str>, imported: bool| Change::Key {
+        id: entry.key_id.clone(),
+        added_short_prefix: added_short_prefix.map(str::to_owned),
+        imported,
+    };
+    let change = match entry.action.as_str() {
+        ACTION_SESSION_CREATED | ACTION_SESSION_REPLACED | ACTION_SESSION_REVOKED => {
+            match detail("session_id") {
+                Some(id) => Change::Session {
+                    key_id: entry.key_id.clone(),
+                    id: id.to_owned(),
+                },
+                None => key_change(None, false),
+            }
+        }
+        action @ (ACTION_CREATED | ACTION_IMPORTED | ACTION_ROTATED) => {
+            key_change(detail("short_prefix"), action == ACTION_IMPORTED)
+        }
+        _ => key_change(None, false),
+    };
+    ChangeEntry {
+        seq: entry.seq,
+        at: entry.at,
+        change,
+    }
 }
 
 /// One row of `keys LEFT JOIN key_usage` for one key: the key's last use and
