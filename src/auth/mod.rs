@@ -385,6 +385,18 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    /// What a key in `state` is refused with (`None`: it is active): the one
+    /// map from a key's state to its SPEC code, for API keys, access tokens
+    /// and the token exchange alike.
+    pub fn of_state(state: KeyState) -> Option<Self> {
+        match state {
+            KeyState::Active => None,
+            KeyState::Revoked => Some(Self::Invalid(InvalidReason::Revoked)),
+            KeyState::Inactive => Some(Self::Inactive),
+            KeyState::Expired => Some(Self::Expired),
+        }
+    }
+
     /// The SPEC §5 code a client sees.
     pub fn code(self) -> &'static str {
         match self {

@@ -813,3 +813,16 @@ async fn the_poller_applies_changes_and_stops_on_shutdown() {
 async fn failure_or_ok(a: &Authenticator, secret: &str) -> Option<AuthFailure> {
     auth(a, secret).await.err().map(|e| e.failure)
 }
+
+#[test]
+fn a_key_state_maps_to_one_spec_code() {
+    let code = |state| AuthFailure::of_state(state).map(AuthFailure::code);
+    assert_eq!(code(KeyState::Active), None);
+    assert_eq!(code(KeyState::Revoked), Some("invalid_key"));
+    assert_eq!(code(KeyState::Inactive), Some("key_inactive"));
+    assert_eq!(code(KeyState::Expired), Some("key_expired"));
+    assert_eq!(
+        AuthFailure::of_state(KeyState::Revoked).map(AuthFailure::cause),
+        Some("revoked")
+    );
+}

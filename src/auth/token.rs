@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 
 use super::cache::{DigestKey, DigestMap};
 use super::{AuthError, AuthFailure, Grant, Identity, InvalidReason, Principal, scopes_header};
-use crate::keys::{KeyId, KeyState};
+use crate::keys::KeyId;
 use crate::store::{SessionRecord, SessionRevokeReason, SharedStore, StoreError};
 use crate::token::{
     AccessClaims, RevokeReason, Session, SessionId, TokenDigest, TokenError, Tokens, effective_scopes,
@@ -222,11 +222,8 @@ impl TokenAuth {
         };
         let key = &identity.key;
         let short = Some(key.short_prefix.as_str());
-        match identity.state_at(now) {
-            KeyState::Active => {}
-            KeyState::Revoked => return Err(AuthError::invalid(InvalidReason::Revoked, short)),
-            KeyState::Inactive => return Err(AuthError::new(AuthFailure::Inactive, short)),
-            KeyState::Expired => return Err(AuthError::new(AuthFailure::Expired, short)),
+        if let Some(failure) = AuthFailure::of_state(identity.state_at(now)) {
+            return Err(AuthError::new(failure, short));
         }
         // The token carries what was granted at login; the key may have lost
         // scopes since (a scope change is on the feed like a revocation).

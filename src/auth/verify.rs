@@ -36,7 +36,7 @@ use super::{AuthError, AuthFailure, AuthSettings, AuthStats, InvalidReason, Prin
 use crate::clock::SharedClock;
 use crate::keys::format::{self, KeyFormatError, MAX_KEY_LEN};
 use crate::keys::hash::ScratchPool;
-use crate::keys::{KeyState, SecretRecord, SecretStr};
+use crate::keys::{SecretRecord, SecretStr};
 use crate::store::{Candidate, SharedStore, StoreError};
 use crate::token::Tokens;
 
@@ -545,16 +545,14 @@ fn admit(verified: &Verified, now: DateTime<Utc>) -> Result<Principal, AuthError
     if !SecretRecord::usable_until(verified.secret_valid_until, now) {
         return Err(AuthError::invalid(InvalidReason::GraceOver, short));
     }
-    match verified.identity.state_at(now) {
-        KeyState::Active => Ok(Principal {
-            secret_valid_until: verified.secret_valid_until,
-            grant: None,
-            identity: Arc::clone(&verified.identity),
-        }),
-        KeyState::Revoked => Err(AuthError::invalid(InvalidReason::Revoked, short)),
-        KeyState::Inactive => Err(AuthError::new(AuthFailure::Inactive, short)),
-        KeyState::Expired => Err(AuthError::new(AuthFailure::Expired, short)),
+    if let Some(failure) = AuthFailure::of_state(verified.identity.state_at(now)) {
+        return Err(AuthError::new(failure, short));
     }
+    Ok(Principal {
+        secret_valid_until: verified.secret_valid_until,
+        grant: None,
+        identity: Arc::clone(&verified.identity),
+    })
 }
 
 /// `at + d`, saturating at the end of time instead of overflowing.

@@ -37,10 +37,10 @@ use tracing::{error, info, warn};
 
 use super::ProxyState;
 use super::gate::{Decision, identify, refusal};
-use crate::auth::Principal;
 use crate::auth::token::{record_from_session, session_from_record, store_reason};
+use crate::auth::{AuthError, AuthFailure, Principal};
 use crate::clock::SharedClock;
-use crate::keys::{Key, KeyState, SecretStr, SecretString};
+use crate::keys::{Key, SecretStr, SecretString};
 use crate::problem::{Code, Problem};
 use crate::store::{Actor, SessionWrite, SharedStore, StoreError};
 use crate::token::claims::format_scope;
@@ -620,20 +620,20 @@ fn contended(decision: &mut Decision<'_>) -> Failure {
     Problem::new(Code::AuthUnavailable).into()
 }
 
-/// The key behind a refresh token must still be usable.
+/// The key behind a refresh token must still be usable; refused as the
+/// gate refuses a key in that state.
 fn check_key_state(
     key: &Key,
     now: chrono::DateTime<chrono::Utc>,
     decision: &mut Decision<'_>,
 ) -> Result<(), Failure> {
-    let (code, reason) = match key.state_at(now) {
-        KeyState::Active => return Ok(()),
-        KeyState::Revoked => (Code::InvalidKey, "revoked"),
-        KeyState::Inactive => (Code::KeyInactive, "key inactive"),
-        KeyState::Expired => (Code::KeyExpired, "key expired"),
-    };
-    decision.reason = Some(reason);
-    Err(Problem::new(code).into())
+    match AuthFailure::of_state(key.state_at(now)) {
+        None => Ok(()),
+        Some(failure) => {
+            let error = AuthError::new(failure, Some(&key.short_prefix));
+            Err(refusal(error, decision).into())
+        }
+    }
 }
 
 /// Reads the body, up to [`MAX_BODY_BYTES`] and within [`BODY_TIMEOUT`].
