@@ -11,7 +11,7 @@
 //!   the admin API (create, update, rotate, revoke, import); [`auth`] — who
 //!   is calling: credential extraction, presented key → principal, with a
 //!   verified-key cache kept current by the store's change feed.
-//! - Edges: [`proxy`] — the proxy listener (gate, forward); [`admin`] — the
+//! - Edges: [`proxy`] — the proxy listener (serving lanes, gate, forward); [`admin`] — the
 //!   admin listener; [`echo`] — the built-in echo upstream (demo, tests);
 //!   [`problem`] — the one renderer of keygate's own error responses
 //!   (problem+json or the `[errors]` templates).

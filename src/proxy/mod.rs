@@ -16,6 +16,7 @@ use crate::telemetry::metrics::Metrics;
 pub mod exchange;
 pub mod forward;
 pub mod gate;
+pub mod serve;
 pub mod sniff;
 pub mod stack;
 pub mod upstream;
