@@ -123,7 +123,7 @@ impl Gateway {
             config.auth.method_scopes,
         );
         let metrics = Arc::new(Metrics::new()?);
-        let limiter = RateLimiter::start(&config.rate_limiter_settings(), clock.clone()).await?;
+        let limiter = RateLimiter::start(&config.rate_limit, clock.clone()).await?;
         let gate = Gate::new(
             authenticator.clone(),
             routes,

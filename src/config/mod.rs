@@ -38,12 +38,13 @@ mod tests;
 pub use env::{EnvSource, ProcessEnv};
 pub use settings::{
     AdminSettings, AuthSettings, CacheSettings, CredentialHeader, CredentialScheme, ERROR_CODES, LogSettings,
-    RateLimitBackend, RateLimitHeaders, RateLimitSettings, ServerSettings, UpstreamSettings,
+    ServerSettings, UpstreamSettings,
 };
 // The owning modules' settings types that `Config` holds, re-exported so
 // wiring code can name every field's type from here.
 pub use crate::policy::{LimitScope, PathGlob, PlanLimit, PlanSettings, RouteSettings};
 pub use crate::problem::{ErrorTemplate, TEMPLATE_PLACEHOLDERS};
+pub use crate::ratelimit::{Backend as RateLimitBackend, RateLimitHeaders, RateLimitSettings, RedisSettings};
 pub use crate::token::TokenSettings;
 
 /// The config file used when neither `--config` nor `KEYGATE_CONFIG` names one.
@@ -91,23 +92,6 @@ impl Config {
     /// Whether a plan of this name is defined.
     pub fn has_plan(&self, name: &str) -> bool {
         self.plans.contains_key(name)
-    }
-
-    /// The rate limiter's settings, from `[rate_limit]`.
-    pub fn rate_limiter_settings(&self) -> crate::ratelimit::RateLimitSettings {
-        use crate::ratelimit::{Backend, RedisSettings};
-        let r = &self.rate_limit;
-        let backend = match r.backend {
-            RateLimitBackend::Local => Backend::Local,
-            RateLimitBackend::Redis => Backend::Redis(RedisSettings {
-                key_prefix: r.redis_key_prefix.clone(),
-                pool_size: r.redis_pool_size,
-                connect_timeout: r.redis_connect_timeout,
-                timeout: r.redis_timeout,
-                ..RedisSettings::new(r.redis_url.clone())
-            }),
-        };
-        crate::ratelimit::RateLimitSettings { backend }
     }
 
     /// The token exchange's settings, from `[tokens]`: `None` when

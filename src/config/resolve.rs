@@ -24,14 +24,14 @@ use super::raw::{
 };
 use super::settings::{
     AdminSettings, AuthSettings, CacheSettings, CredentialHeader, CredentialScheme, ERROR_CODES, LogSettings,
-    RateLimitBackend, RateLimitHeaders, RateLimitSettings, ServerSettings, UpstreamSettings,
+    ServerSettings, UpstreamSettings,
 };
 use super::{Config, ConfigError};
 use crate::keys::model::{parse_duration, validate_scope};
 use crate::keys::{HashParams, KeyFormat, KeyHash, KeyPrefix, KeySettings, SecretString};
 use crate::policy::{LimitScope, PathGlob, PlanLimit, PlanSettings, RouteSettings};
 use crate::problem::{ErrorTemplate, TEMPLATE_PLACEHOLDERS};
-use crate::ratelimit::RedisSettings;
+use crate::ratelimit::{Backend as RateLimitBackend, RateLimitHeaders, RateLimitSettings, RedisSettings};
 use crate::store::{StoreSettings, redact_url};
 use crate::telemetry::{LogFormat, trim_directives};
 use crate::token::keys::{MAX_KID_LEN, MIN_HMAC_SECRET_BYTES};
@@ -666,14 +666,11 @@ impl Resolver {
 
     fn rate_limit(&mut self, raw: &Section<RawRateLimit>) -> RateLimitSettings {
         let r = self.section("rate_limit", raw);
-        let backend = self.choice(
+        let redis = self.choice(
             "rate_limit.backend",
             &r.backend,
-            RateLimitBackend::Local,
-            &[
-                ("local", RateLimitBackend::Local),
-                ("redis", RateLimitBackend::Redis),
-            ],
+            false,
+            &[("local", false), ("redis", true)],
         );
         let redis_url = self
             .get("rate_limit.redis_url", &r.redis_url)
@@ -729,15 +726,20 @@ impl Resolver {
                 RateLimitHeaders::Ietf
             }
         };
-        RateLimitSettings {
-            backend,
-            redis_url,
-            headers,
-            redis_key_prefix,
-            redis_pool_size,
-            redis_connect_timeout,
-            redis_timeout,
-        }
+        // The redis_* keys are checked whichever backend is chosen, so a
+        // typo surfaces before the day someone switches to Redis.
+        let backend = if redis {
+            RateLimitBackend::Redis(RedisSettings {
+                key_prefix: redis_key_prefix,
+                pool_size: redis_pool_size,
+                connect_timeout: redis_connect_timeout,
+                timeout: redis_timeout,
+                ..RedisSettings::new(redis_url)
+            })
+        } else {
+            RateLimitBackend::Local
+        };
+        RateLimitSettings { backend, headers }
     }
 
     fn routes(&mut self, raw: &RawConfig) -> Vec<RouteSettings> {

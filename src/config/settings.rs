@@ -12,12 +12,10 @@
 //! validated. `Debug` never prints a secret.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use crate::admin::AdminSettings;
-use crate::store::redact_url;
 use crate::telemetry::LogFormat;
 
 /// The error codes an `[errors.<code>]` table may name: SPEC §5's codes, plus
@@ -149,54 +147,6 @@ pub struct CacheSettings {
     pub poll_interval: Duration,
 }
 
-/// Where rate-limit counters live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateLimitBackend {
-    /// In-process counters (the default).
-    Local,
-    /// Redis, shared by every replica; falls back to local when unreachable.
-    Redis,
-}
-
-pub use crate::ratelimit::RateLimitHeaders;
-
-/// `[rate_limit]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RateLimitSettings {
-    /// Counter backend (`rate_limit.backend`).
-    pub backend: RateLimitBackend,
-    /// `redis://` or `rediss://` URL, used by the `redis` backend
-    /// (`rate_limit.redis_url`). May carry a password: print it with
-    /// [`crate::store::redact_url`].
-    pub redis_url: String,
-    /// Header spelling (`rate_limit.headers`).
-    pub headers: RateLimitHeaders,
-    /// Prefix of the limiter's Redis keys (`rate_limit.redis_key_prefix`).
-    pub redis_key_prefix: String,
-    /// Multiplexed Redis connections (`rate_limit.redis_pool_size`).
-    pub redis_pool_size: usize,
-    /// Limit on opening a Redis connection (`rate_limit.redis_connect_timeout`).
-    pub redis_connect_timeout: Duration,
-    /// Limit on one Redis round trip; past it the request is limited locally
-    /// and the gateway falls back until Redis answers again
-    /// (`rate_limit.redis_timeout`).
-    pub redis_timeout: Duration,
-}
-
-impl fmt::Debug for RateLimitSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimitSettings")
-            .field("backend", &self.backend)
-            .field("redis_url", &redact_url(&self.redis_url))
-            .field("headers", &self.headers)
-            .field("redis_key_prefix", &self.redis_key_prefix)
-            .field("redis_pool_size", &self.redis_pool_size)
-            .field("redis_connect_timeout", &self.redis_connect_timeout)
-            .field("redis_timeout", &self.redis_timeout)
-            .finish()
-    }
-}
-
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSettings {
@@ -205,23 +155,4 @@ pub struct LogSettings {
     /// tracing filter directives, e.g. `info` or `keygate=debug,info`
     /// (`log.level`); already checked to parse.
     pub level: String,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redis_url_prints_without_password() {
-        let settings = RateLimitSettings {
-            backend: RateLimitBackend::Redis,
-            redis_url: "redis://:hunter2@cache:6379".into(),
-            headers: RateLimitHeaders::Ietf,
-            redis_key_prefix: "keygate:rl:".into(),
-            redis_pool_size: 4,
-            redis_connect_timeout: Duration::from_secs(1),
-            redis_timeout: Duration::from_millis(100),
-        };
-        assert!(!format!("{settings:?}").contains("hunter2"));
-    }
 }

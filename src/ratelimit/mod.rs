@@ -85,11 +85,14 @@ pub use self::window::{Verdict, WindowStatus};
 use crate::clock::SharedClock;
 use crate::policy::plans::PlanLimit;
 
-/// Rate-limiting settings (`[rate_limit]`), filled by `config`.
+/// Rate-limiting settings (`[rate_limit]`), built by `config` directly.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RateLimitSettings {
-    /// Where the counters live.
+    /// Where the counters live (`rate_limit.backend`, and the `redis_*`
+    /// keys for Redis).
     pub backend: Backend,
+    /// Which headers responses carry (`rate_limit.headers`).
+    pub headers: RateLimitHeaders,
 }
 
 /// Where rate-limit counters live.

@@ -59,6 +59,7 @@ fn redis_settings(url: &str, prefix: &str) -> RateLimitSettings {
     redis.connect_timeout = Duration::from_millis(500);
     RateLimitSettings {
         backend: Backend::Redis(redis),
+        ..RateLimitSettings::default()
     }
 }
 
@@ -251,6 +252,7 @@ async fn local_backend_is_exact_under_concurrency() {
 async fn unusable_settings_are_errors() {
     let bad_url = RateLimitSettings {
         backend: Backend::Redis(RedisSettings::new("not a url")),
+        ..RateLimitSettings::default()
     };
     let err = RateLimiter::start(&bad_url, manual_clock()).await.unwrap_err();
     assert!(matches!(err, RateLimitError::InvalidRedisUrl { .. }), "{err:?}");
@@ -258,6 +260,7 @@ async fn unusable_settings_are_errors() {
     zero_pool.pool_size = 0;
     let settings = RateLimitSettings {
         backend: Backend::Redis(zero_pool),
+        ..RateLimitSettings::default()
     };
     let err = RateLimiter::start(&settings, manual_clock()).await.unwrap_err();
     assert_eq!(

@@ -291,10 +291,11 @@ async fn redis_gateway(url: &str, prefix: &str, limit: &str, database: Option<&s
     );
     let no_env = std::collections::BTreeMap::<String, String>::new();
     let mut config = keygate::config::load_str(&text, "test", &no_env).unwrap_or_else(|e| panic!("{e}"));
-    config.rate_limit.backend = keygate::config::RateLimitBackend::Redis;
-    config.rate_limit.redis_url = url.to_owned();
-    config.rate_limit.redis_key_prefix = prefix.to_owned();
-    config.rate_limit.redis_timeout = Duration::from_millis(200);
+    config.rate_limit.backend = keygate::config::RateLimitBackend::Redis(keygate::config::RedisSettings {
+        key_prefix: prefix.to_owned(),
+        timeout: Duration::from_millis(200),
+        ..keygate::config::RedisSettings::new(url)
+    });
     match database {
         Some(url) => {
             config.database.url = url.to_owned();
