@@ -82,7 +82,7 @@ async fn measure(base_url: &str, schema: &str) -> Result<()> {
     let b = Gateway::start(&config, Arc::new(SystemClock)).await?;
     println!(
         "two replicas on one Postgres schema, cache.poll_interval = {:?}",
-        config.cache.poll_interval
+        config.authenticator.poll_interval
     );
     let manager = KeyManager::new(
         a.store().clone(),

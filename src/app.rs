@@ -105,7 +105,7 @@ impl Gateway {
         };
         let authenticator = Authenticator::start_with_tokens(
             store.clone(),
-            config.auth_settings(),
+            config.authenticator.clone(),
             clock.clone(),
             tokens.clone(),
         )

@@ -37,11 +37,12 @@ mod tests;
 
 pub use env::{EnvSource, ProcessEnv};
 pub use settings::{
-    AdminSettings, AuthSettings, CacheSettings, CredentialHeader, CredentialScheme, ERROR_CODES, LogSettings,
-    ServerSettings, UpstreamSettings,
+    AdminSettings, AuthRules, CredentialHeader, CredentialScheme, ERROR_CODES, LogSettings, ServerSettings,
+    UpstreamSettings,
 };
 // The owning modules' settings types that `Config` holds, re-exported so
 // wiring code can name every field's type from here.
+pub use crate::auth::AuthSettings;
 pub use crate::policy::{LimitScope, PathGlob, PlanLimit, PlanSettings, RouteSettings};
 pub use crate::problem::{ErrorTemplate, TEMPLATE_PLACEHOLDERS};
 pub use crate::ratelimit::{Backend as RateLimitBackend, RateLimitHeaders, RateLimitSettings, RedisSettings};
@@ -65,10 +66,11 @@ pub struct Config {
     pub upstream: UpstreamSettings,
     /// `[keys]`.
     pub keys: KeySettings,
-    /// `[auth]`.
-    pub auth: AuthSettings,
-    /// `[cache]`.
-    pub cache: CacheSettings,
+    /// `[auth]`: credential headers and default scopes.
+    pub auth: AuthRules,
+    /// The authenticator's settings: `[auth]`'s failure throttles and
+    /// argon2 concurrency, and `[cache]`.
+    pub authenticator: AuthSettings,
     /// `[rate_limit]`.
     pub rate_limit: RateLimitSettings,
     /// `[[routes]]`, first match wins, in file order.
@@ -100,20 +102,6 @@ impl Config {
     /// [`crate::token::Tokens::new`] accepts them (resolution built them).
     pub fn token_settings(&self) -> Option<TokenSettings> {
         self.tokens.clone()
-    }
-
-    /// The authenticator's settings, from `[auth]` and `[cache]`.
-    pub fn auth_settings(&self) -> crate::auth::AuthSettings {
-        crate::auth::AuthSettings {
-            max_failures_per_prefix: self.auth.max_failures_per_prefix,
-            max_failures_per_second: self.auth.max_failures_per_second,
-            hash_concurrency: self.auth.hash_concurrency,
-            cache_ttl: self.cache.ttl,
-            negative_ttl: self.cache.negative_ttl,
-            max_entries: usize::try_from(self.cache.max_entries).unwrap_or(usize::MAX),
-            poll_interval: self.cache.poll_interval,
-            stale_if_error: self.cache.stale_if_error,
-        }
     }
 }
 

@@ -23,10 +23,11 @@ use super::raw::{
     Section, index_path, key_path,
 };
 use super::settings::{
-    AdminSettings, AuthSettings, CacheSettings, CredentialHeader, CredentialScheme, ERROR_CODES, LogSettings,
-    ServerSettings, UpstreamSettings,
+    AdminSettings, AuthRules, CredentialHeader, CredentialScheme, ERROR_CODES, LogSettings, ServerSettings,
+    UpstreamSettings,
 };
 use super::{Config, ConfigError};
+use crate::auth::AuthSettings;
 use crate::keys::model::{parse_duration, validate_scope};
 use crate::keys::{HashParams, KeyFormat, KeyHash, KeyPrefix, KeySettings, SecretString};
 use crate::policy::{LimitScope, PathGlob, PlanLimit, PlanSettings, RouteSettings};
@@ -108,8 +109,7 @@ pub fn resolve(raw: &RawConfig, admin_env_token: Option<String>) -> Outcome {
     let database = r.database(&raw.database);
     let upstream = r.upstream(&raw.upstream);
     let keys = r.keys(&raw.keys);
-    let auth = r.auth(&raw.auth);
-    let cache = r.cache(&raw.cache);
+    let (auth, authenticator) = r.auth(&raw.auth, &raw.cache);
     let rate_limit = r.rate_limit(&raw.rate_limit);
     let routes = r.routes(raw);
     let plans = r.plans(raw);
@@ -143,7 +143,7 @@ pub fn resolve(raw: &RawConfig, admin_env_token: Option<String>) -> Outcome {
             upstream,
             keys,
             auth,
-            cache,
+            authenticator,
             rate_limit,
             routes,
             plans,
@@ -563,7 +563,9 @@ impl Resolver {
         params
     }
 
-    fn auth(&mut self, raw: &Section<RawAuth>) -> AuthSettings {
+    /// `[auth]` and `[cache]`: the request-facing rules, and the
+    /// authenticator's own settings.
+    fn auth(&mut self, raw: &Section<RawAuth>, cache: &Section<RawCache>) -> (AuthRules, AuthSettings) {
         let a = self.section("auth", raw);
         let names = self
             .get("auth.headers", &a.headers)
@@ -595,10 +597,13 @@ impl Resolver {
         }
         let default_scopes = self.scopes("auth.default_scopes", &a.default_scopes);
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        AuthSettings {
+        let rules = AuthRules {
             headers,
             default_scopes,
             method_scopes: self.or("auth.method_scopes", &a.method_scopes, false),
+        };
+        let c = self.section("cache", cache);
+        let authenticator = AuthSettings {
             max_failures_per_prefix: self.at_least(
                 "auth.max_failures_per_prefix",
                 &a.max_failures_per_prefix,
@@ -612,26 +617,7 @@ impl Resolver {
                 1,
             ),
             hash_concurrency: self.number("auth.hash_concurrency", &a.hash_concurrency, cpus, 1..=4096),
-        }
-    }
-
-    fn scopes(&mut self, path: &str, field: &Lenient<Vec<String>>) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        for (i, scope) in self.get(path, field).unwrap_or_default().into_iter().enumerate() {
-            match validate_scope(&scope) {
-                Ok(()) => {
-                    out.insert(scope);
-                }
-                Err(e) => self.err(&index_path(path, i), e.to_string()),
-            }
-        }
-        out
-    }
-
-    fn cache(&mut self, raw: &Section<RawCache>) -> CacheSettings {
-        let c = self.section("cache", raw);
-        CacheSettings {
-            ttl: self.duration(
+            cache_ttl: self.duration(
                 "cache.ttl",
                 &c.ttl,
                 5 * MINUTE,
@@ -661,7 +647,21 @@ impl Resolver {
                 Duration::from_millis(500),
                 Duration::from_millis(1)..=SECOND,
             ),
+        };
+        (rules, authenticator)
+    }
+
+    fn scopes(&mut self, path: &str, field: &Lenient<Vec<String>>) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for (i, scope) in self.get(path, field).unwrap_or_default().into_iter().enumerate() {
+            match validate_scope(&scope) {
+                Ok(()) => {
+                    out.insert(scope);
+                }
+                Err(e) => self.err(&index_path(path, i), e.to_string()),
+            }
         }
+        out
     }
 
     fn rate_limit(&mut self, raw: &Section<RawRateLimit>) -> RateLimitSettings {

@@ -105,9 +105,12 @@ pub struct CredentialHeader {
     pub scheme: CredentialScheme,
 }
 
-/// `[auth]`: how keys are presented and checked.
+/// The request-facing part of `[auth]`: where a credential is read from and
+/// what a request no route matches needs. The authenticator's part (failure
+/// throttles, argon2 concurrency, and `[cache]`) is its own
+/// [`crate::auth::AuthSettings`], in [`super::Config::authenticator`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthSettings {
+pub struct AuthRules {
     /// Headers that carry a credential, in configured order (`auth.headers`).
     pub headers: Vec<CredentialHeader>,
     /// Scopes a request no route matches needs; empty = any valid key
@@ -116,35 +119,6 @@ pub struct AuthSettings {
     /// Whether `read` (GET/HEAD), `write` (POST/PUT/PATCH) and `delete`
     /// (DELETE) are required by method (`auth.method_scopes`).
     pub method_scopes: bool,
-    /// Failed verifications a second for one existing short prefix before
-    /// further unknown secrets for it are refused without hashing
-    /// (`auth.max_failures_per_prefix`).
-    pub max_failures_per_prefix: u32,
-    /// Failed verifications a second across all prefixes before the gateway
-    /// treats it as a forgery flood and refuses every recently failed prefix
-    /// without hashing (`auth.max_failures_per_second`).
-    pub max_failures_per_second: u32,
-    /// argon2 verifications running at once; sizes the semaphore in front of
-    /// `spawn_blocking` (`auth.hash_concurrency`, default: CPU count).
-    pub hash_concurrency: usize,
-}
-
-/// `[cache]`: verified-key cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheSettings {
-    /// Lifetime of a positive entry (`cache.ttl`).
-    pub ttl: Duration,
-    /// Lifetime of a negative (unknown key) entry; zero = none kept
-    /// (`cache.negative_ttl`).
-    pub negative_ttl: Duration,
-    /// Most entries kept (`cache.max_entries`).
-    pub max_entries: u64,
-    /// How long past its TTL an entry may still serve while the store is
-    /// unreachable; zero = never (`cache.stale_if_error`).
-    pub stale_if_error: Duration,
-    /// How often the store's change feed is polled, at most 1 s so changes
-    /// reach every gateway within a second (SPEC §7) (`cache.poll_interval`).
-    pub poll_interval: Duration,
 }
 
 /// `[log]`.

@@ -412,14 +412,14 @@ fn missing_sections_take_the_defaults() {
     );
     assert!(config.auth.default_scopes.is_empty());
     assert!(!config.auth.method_scopes);
-    assert_eq!(config.auth.max_failures_per_prefix, 20);
-    assert_eq!(config.auth.max_failures_per_second, 200);
-    assert!(config.auth.hash_concurrency >= 1);
-    assert_eq!(config.cache.ttl, Duration::from_secs(300));
-    assert_eq!(config.cache.negative_ttl, Duration::from_secs(30));
-    assert_eq!(config.cache.max_entries, 100_000);
-    assert_eq!(config.cache.stale_if_error, Duration::from_secs(300));
-    assert_eq!(config.cache.poll_interval, Duration::from_millis(500));
+    assert_eq!(config.authenticator.max_failures_per_prefix, 20);
+    assert_eq!(config.authenticator.max_failures_per_second, 200);
+    assert!(config.authenticator.hash_concurrency >= 1);
+    assert_eq!(config.authenticator.cache_ttl, Duration::from_secs(300));
+    assert_eq!(config.authenticator.negative_ttl, Duration::from_secs(30));
+    assert_eq!(config.authenticator.max_entries, 100_000);
+    assert_eq!(config.authenticator.stale_if_error, Duration::from_secs(300));
+    assert_eq!(config.authenticator.poll_interval, Duration::from_millis(500));
     assert_eq!(config.rate_limit.backend, RateLimitBackend::Local);
     assert_eq!(config.rate_limit.headers, RateLimitHeaders::Ietf);
     assert_eq!(
@@ -724,7 +724,7 @@ fn default_file_matches_the_built_in_defaults() {
     assert_eq!(file.database, built_in.database);
     assert_eq!(file.upstream, built_in.upstream);
     assert_eq!(file.keys, built_in.keys);
-    assert_eq!(file.cache, built_in.cache);
+    assert_eq!(file.authenticator, built_in.authenticator);
     assert_eq!(file.rate_limit, built_in.rate_limit);
     assert_eq!(file.plans, built_in.plans);
     assert_eq!(file.log, built_in.log);

@@ -40,7 +40,7 @@ async fn gateway_via(schema: &Schema, chaos: &Chaos, poll_interval: Duration) ->
     let no_env = std::collections::BTreeMap::<String, String>::new();
     let mut config = keygate::config::load_str(&text, "test", &no_env).unwrap_or_else(|e| panic!("{e}"));
     config.database.url = schema.url_via(chaos.addr());
-    config.cache.poll_interval = poll_interval;
+    config.authenticator.poll_interval = poll_interval;
     TestGateway::start_config_on_its_database(config).await
 }
 

@@ -28,7 +28,7 @@ async fn replica(schema: &Schema) -> TestGateway {
     let no_env = std::collections::BTreeMap::<String, String>::new();
     let mut config = keygate::config::load_str(&text, "test", &no_env).unwrap_or_else(|e| panic!("{e}"));
     config.database.url = schema.url();
-    config.cache.poll_interval = Duration::from_secs(60);
+    config.authenticator.poll_interval = Duration::from_secs(60);
     TestGateway::start_config_on_its_database(config).await
 }
 

@@ -949,7 +949,7 @@ async fn two_replicas_on_postgres_share_sessions_and_revocations() {
         config.database.url = schema.url();
         config.admin.env_token = Some(keygate::keys::SecretString::from(ADMIN_TOKEN));
         // Far beyond the bound: what arrives in time arrived by notification.
-        config.cache.poll_interval = Duration::from_secs(60);
+        config.authenticator.poll_interval = Duration::from_secs(60);
         TestGateway::start_config_on_its_database(config).await
     };
     let a = replica().await;
