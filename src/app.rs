@@ -132,12 +132,7 @@ impl Gateway {
             limiter.clone(),
         );
         let forwarder = Forwarder::new(ForwardSettings {
-            authority: config.upstream.authority.clone(),
-            base_path: config.upstream.base_path.clone(),
-            timeout: config.upstream.timeout,
-            connect_timeout: config.upstream.connect_timeout,
-            pool_max_idle_per_host: config.upstream.pool_max_idle_per_host,
-            pool_idle_timeout: config.upstream.pool_idle_timeout,
+            upstream: config.upstream.clone(),
             max_body_bytes: config.server.max_body_bytes,
             credential_headers: header_names,
         })

@@ -38,13 +38,13 @@ mod tests;
 pub use env::{EnvSource, ProcessEnv};
 pub use settings::{
     AdminSettings, AuthRules, CredentialHeader, CredentialScheme, ERROR_CODES, LogSettings, ServerSettings,
-    UpstreamSettings,
 };
 // The owning modules' settings types that `Config` holds, re-exported so
 // wiring code can name every field's type from here.
 pub use crate::auth::AuthSettings;
 pub use crate::policy::{LimitScope, PathGlob, PlanLimit, PlanSettings, RouteSettings};
 pub use crate::problem::{ErrorTemplate, TEMPLATE_PLACEHOLDERS};
+pub use crate::proxy::upstream::UpstreamSettings;
 pub use crate::ratelimit::{Backend as RateLimitBackend, RateLimitHeaders, RateLimitSettings, RedisSettings};
 pub use crate::token::TokenSettings;
 

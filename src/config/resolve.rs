@@ -24,7 +24,6 @@ use super::raw::{
 };
 use super::settings::{
     AdminSettings, AuthRules, CredentialHeader, CredentialScheme, ERROR_CODES, LogSettings, ServerSettings,
-    UpstreamSettings,
 };
 use super::{Config, ConfigError};
 use crate::auth::AuthSettings;
@@ -32,6 +31,7 @@ use crate::keys::model::{parse_duration, validate_scope};
 use crate::keys::{HashParams, KeyFormat, KeyHash, KeyPrefix, KeySettings, SecretString};
 use crate::policy::{LimitScope, PathGlob, PlanLimit, PlanSettings, RouteSettings};
 use crate::problem::{ErrorTemplate, TEMPLATE_PLACEHOLDERS};
+use crate::proxy::upstream::UpstreamSettings;
 use crate::ratelimit::{Backend as RateLimitBackend, RateLimitHeaders, RateLimitSettings, RedisSettings};
 use crate::store::{StoreSettings, redact_url};
 use crate::telemetry::{LogFormat, trim_directives};

@@ -1,12 +1,13 @@
-//! Resolved settings of the sections whose owning modules have not landed
-//! yet. STYLE §2 wants each module to own the small settings struct that
-//! `config` fills; until then they live here, and each moves to its owner
-//! when that module lands: server and upstream settings to `proxy`, auth and
-//! cache to `auth`, rate limiting to `ratelimit`, tokens to `token`, admin to
-//! `admin`, logging to `telemetry`. Those that have moved: `KeySettings`
-//! (`keys`), `StoreSettings` (`store`), routes, path globs and plans
-//! (`policy`), error templates (`problem`), `AdminSettings` (`admin`),
-//! `TokenSettings` (`token`).
+//! Resolved settings of the sections whose owning modules do not hold
+//! them yet. STYLE §2 wants each module to own the small settings struct
+//! that `config` fills; each of these moves to its owner when it is next
+//! touched: server settings to `proxy`, logging to `telemetry`, the
+//! credential headers and default scopes of `[auth]` (`AuthRules`) to
+//! `auth`/`policy`. Those that have moved: `KeySettings` (`keys`),
+//! `StoreSettings` (`store`), routes, path globs and plans (`policy`), error
+//! templates (`problem`), `AdminSettings` (`admin`), `TokenSettings`
+//! (`token`), `UpstreamSettings` (`proxy::upstream`), the authenticator's
+//! `AuthSettings` (`auth`), `RateLimitSettings` (`ratelimit`).
 //!
 //! Everything here is already checked: durations are parsed, names
 //! validated. `Debug` never prints a secret.
@@ -63,28 +64,6 @@ pub struct ServerSettings {
     /// the connection is closed: the slowloris guard
     /// (`server.header_read_timeout`).
     pub header_read_timeout: Duration,
-}
-
-/// `[upstream]`: the API keygate stands in front of.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamSettings {
-    /// The URL as configured, without a trailing `/` (`upstream.url`).
-    pub url: String,
-    /// `host:port` to connect to (port 80 when the URL names none).
-    pub authority: String,
-    /// Path prefix to put before every forwarded path: empty, or `/base`
-    /// without a trailing `/`.
-    pub base_path: String,
-    /// Time until the upstream's response head; then 504 `upstream_timeout`
-    /// (`upstream.timeout`).
-    pub timeout: Duration,
-    /// Time allowed to connect; then 502 `upstream_unavailable`
-    /// (`upstream.connect_timeout`).
-    pub connect_timeout: Duration,
-    /// Idle pooled connections kept per host (`upstream.pool_max_idle_per_host`).
-    pub pool_max_idle_per_host: usize,
-    /// How long an idle pooled connection is kept (`upstream.pool_idle_timeout`).
-    pub pool_idle_timeout: Duration,
 }
 
 /// How a credential header carries the key.

@@ -24,24 +24,14 @@ use thiserror::Error;
 
 use super::Peer;
 use super::gate::Authorized;
-use super::upstream::{PoolSettings, Upstream, UpstreamError};
+use super::upstream::{PoolSettings, Upstream, UpstreamError, UpstreamSettings};
 use crate::auth::IdentityHeader;
 
 /// Settings of the forwarder (`[upstream]` and the credential header names).
 #[derive(Debug, Clone)]
 pub struct ForwardSettings {
-    /// `host:port` of the upstream.
-    pub authority: String,
-    /// Path prefix before every forwarded path (empty or `/base`).
-    pub base_path: String,
-    /// Until the upstream's response head.
-    pub timeout: Duration,
-    /// TCP connect timeout.
-    pub connect_timeout: Duration,
-    /// Idle keep-alive connections kept per host.
-    pub pool_max_idle_per_host: usize,
-    /// Idle keep-alive lifetime.
-    pub pool_idle_timeout: Duration,
+    /// `[upstream]`.
+    pub upstream: UpstreamSettings,
     /// Largest request body forwarded (`server.max_body_bytes`).
     pub max_body_bytes: Option<u64>,
     /// Credential headers, removed before forwarding.
@@ -96,8 +86,8 @@ static PLAN: HeaderName = HeaderName::from_static("x-keygate-plan");
 impl Forwarder {
     /// A forwarder for `settings`.
     pub fn new(settings: ForwardSettings) -> Result<Self, ForwardError> {
-        let upstream_host =
-            HeaderValue::from_str(&settings.authority).map_err(|e| ForwardError::Build(e.to_string()))?;
+        let upstream_host = HeaderValue::from_str(&settings.upstream.authority)
+            .map_err(|e| ForwardError::Build(e.to_string()))?;
         Ok(Self {
             settings: Arc::new(settings),
             upstream_host,
@@ -111,11 +101,12 @@ impl Forwarder {
     /// rounded up so that no thread is left without keep-alive: the gateway
     /// keeps at most the limit plus `of - 1` idle connections.
     pub fn pool(&self, of: usize) -> Upstream {
+        let upstream = &self.settings.upstream;
         Upstream::new(PoolSettings {
-            authority: self.settings.authority.clone(),
-            connect_timeout: self.settings.connect_timeout,
-            max_idle: self.settings.pool_max_idle_per_host.div_ceil(of.max(1)),
-            idle_timeout: self.settings.pool_idle_timeout,
+            authority: upstream.authority.clone(),
+            connect_timeout: upstream.connect_timeout,
+            max_idle: upstream.pool_max_idle_per_host.div_ceil(of.max(1)),
+            idle_timeout: upstream.pool_idle_timeout,
         })
     }
 
@@ -178,10 +169,10 @@ impl Forwarder {
         // A timeout too long to add is as good as none (what tokio's own
         // `timeout` does too).
         let deadline = started
-            .checked_add(self.settings.timeout)
+            .checked_add(self.settings.upstream.timeout)
             .unwrap_or_else(|| started + FAR_FUTURE);
         let response = match tokio::time::timeout_at(deadline, upstream.send(request, sent_at)).await {
-            Err(_) => return Err(ForwardError::Timeout(self.settings.timeout)),
+            Err(_) => return Err(ForwardError::Timeout(self.settings.upstream.timeout)),
             Ok(Err(e)) => {
                 if is_body_limit(&e) {
                     return Err(ForwardError::BodyTooLarge);
@@ -204,7 +195,7 @@ impl Forwarder {
     /// form), the client's target is taken as it is, without rebuilding it.
     fn upstream_uri(&self, authorized: &Authorized, presented: &mut Uri) -> Result<Uri, ForwardError> {
         let path = authorized.path().as_str();
-        if self.settings.base_path.is_empty()
+        if self.settings.upstream.base_path.is_empty()
             && presented.scheme().is_none()
             && presented.authority().is_none()
             && presented.path() == path
@@ -212,9 +203,10 @@ impl Forwarder {
             return Ok(std::mem::take(presented));
         }
         let query = presented.query();
-        let mut target =
-            String::with_capacity(self.settings.base_path.len() + path.len() + 1 + query.map_or(0, str::len));
-        target.push_str(&self.settings.base_path);
+        let mut target = String::with_capacity(
+            self.settings.upstream.base_path.len() + path.len() + 1 + query.map_or(0, str::len),
+        );
+        target.push_str(&self.settings.upstream.base_path);
         target.push_str(path);
         if let Some(q) = query {
             target.push('?');
@@ -410,12 +402,15 @@ mod tests {
     async fn the_idle_limit_is_shared_out_among_the_serving_threads() {
         let forwarder = |limit| {
             Forwarder::new(ForwardSettings {
-                authority: "127.0.0.1:9".into(),
-                base_path: String::new(),
-                timeout: Duration::from_secs(1),
-                connect_timeout: Duration::from_secs(1),
-                pool_max_idle_per_host: limit,
-                pool_idle_timeout: Duration::from_secs(1),
+                upstream: UpstreamSettings {
+                    url: "http://127.0.0.1:9".into(),
+                    authority: "127.0.0.1:9".into(),
+                    base_path: String::new(),
+                    timeout: Duration::from_secs(1),
+                    connect_timeout: Duration::from_secs(1),
+                    pool_max_idle_per_host: limit,
+                    pool_idle_timeout: Duration::from_secs(1),
+                },
                 max_body_bytes: None,
                 credential_headers: Vec::new(),
             })

@@ -36,7 +36,30 @@ use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
-/// How the pool reaches and keeps connections.
+/// `[upstream]`: the API keygate stands in front of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSettings {
+    /// The URL as configured, without a trailing `/` (`upstream.url`).
+    pub url: String,
+    /// `host:port` to connect to (port 80 when the URL names none).
+    pub authority: String,
+    /// Path prefix to put before every forwarded path: empty, or `/base`
+    /// without a trailing `/`.
+    pub base_path: String,
+    /// Time until the upstream's response head; then 504 `upstream_timeout`
+    /// (`upstream.timeout`).
+    pub timeout: Duration,
+    /// Time allowed to connect; then 502 `upstream_unavailable`
+    /// (`upstream.connect_timeout`).
+    pub connect_timeout: Duration,
+    /// Idle pooled connections kept per host (`upstream.pool_max_idle_per_host`).
+    pub pool_max_idle_per_host: usize,
+    /// How long an idle pooled connection is kept (`upstream.pool_idle_timeout`).
+    pub pool_idle_timeout: Duration,
+}
+
+/// How the pool reaches and keeps connections: one serving thread's share
+/// of [`UpstreamSettings`] (see `Forwarder::pool`).
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     /// `host:port` to connect to.
