@@ -28,9 +28,10 @@ const MIN_POLL_INTERVAL: StdDuration = StdDuration::from_millis(10);
 
 impl Authenticator {
     /// One step of the change feed: if the store's change sequence moved,
-    /// reads the new changes (typed, [`KeyStore::changes`]) and drops every cached entry of each changed
-    /// key, the negative entries of short prefixes that gained a secret, and
-    /// reloads the imported prefixes after an import. Returns the number of
+    /// reads the new changes ([`crate::store::KeyStore::changes`]) and drops
+    /// every cached entry of each changed key, the negative entries of short
+    /// prefixes that gained a secret, and reloads the imported prefixes
+    /// after an import. Returns the number of
     /// changes applied. On an error nothing is skipped: the next call
     /// resumes after the last change applied.
     pub async fn poll_changes(&self) -> Result<u64, StoreError> {
