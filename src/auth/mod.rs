@@ -75,22 +75,6 @@ pub struct AuthSettings {
     pub stale_if_error: Duration,
 }
 
-impl Default for AuthSettings {
-    /// The documented defaults of `[auth]` and `[cache]`.
-    fn default() -> Self {
-        Self {
-            max_failures_per_prefix: 20,
-            max_failures_per_second: 200,
-            hash_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            cache_ttl: Duration::from_secs(60),
-            negative_ttl: Duration::from_secs(5),
-            max_entries: 100_000,
-            poll_interval: Duration::from_millis(500),
-            stale_if_error: Duration::from_secs(300),
-        }
-    }
-}
-
 /// An authenticated caller: the key's identity, shared with the cache (cheap
 /// to clone; nothing is copied per request).
 #[derive(Debug, Clone)]
