@@ -162,6 +162,13 @@ impl PgSchema {
             .await
             .unwrap_or_else(|e| panic!("{PG_ENV} is set, but the Postgres store does not open: {e}"))
     }
+
+    /// A store on this schema, migrated.
+    pub async fn migrated(&self) -> PostgresStore {
+        let store = self.open().await;
+        store.migrate().await.expect("migrate a fresh schema");
+        store
+    }
 }
 
 impl Drop for PgSchema {
@@ -229,8 +236,7 @@ async fn drop_schema(base_url: &str, name: &str) -> Result<(), String> {
 /// the conformance factory for Postgres.
 pub async fn postgres_fixture() -> Fixture {
     let schema = PgSchema::create().await;
-    let store = schema.open().await;
-    store.migrate().await.expect("migrate a fresh schema");
+    let store = schema.migrated().await;
     Fixture {
         store: Arc::new(store),
         guard: Box::new(schema),

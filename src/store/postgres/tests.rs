@@ -76,8 +76,7 @@ async fn next_wake(rx: &mut watch::Receiver<i64>) -> i64 {
 #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
 async fn a_change_through_one_handle_wakes_the_listener_of_another() {
     let schema = PgSchema::create().await;
-    let writer = schema.open().await;
-    writer.migrate().await.unwrap();
+    let writer = schema.migrated().await;
     let follower = schema.open().await;
     let mut rx = follower.change_notifications().unwrap();
     // The first wake-up says "connected: catch up".
@@ -106,8 +105,7 @@ async fn a_change_through_one_handle_wakes_the_listener_of_another() {
 #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
 async fn a_listener_whose_connection_dies_reconnects_and_wakes_followers() {
     let schema = PgSchema::create().await;
-    let writer = schema.open().await;
-    writer.migrate().await.unwrap();
+    let writer = schema.migrated().await;
     let follower = schema.open().await;
     let mut rx = follower.change_notifications().unwrap();
     next_wake(&mut rx).await;
@@ -201,8 +199,7 @@ async fn replicas_migrating_at_once_both_succeed_and_apply_once() {
 #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
 async fn a_newer_schema_is_refused_like_sqlite_and_leaves_no_lock() {
     let schema = PgSchema::create().await;
-    let store = schema.open().await;
-    store.migrate().await.unwrap();
+    let store = schema.migrated().await;
     let newer = 29991231000001_i64;
     let record = |version: i64| {
         sqlx::query(
@@ -349,8 +346,7 @@ async fn concurrent_updates_of_one_key_lose_no_change() {
 #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
 async fn a_writer_waits_for_an_uncommitted_audit_row() {
     let schema = PgSchema::create().await;
-    let first = schema.open().await;
-    first.migrate().await.unwrap();
+    let first = schema.migrated().await;
     let second = Arc::new(schema.open().await);
     let a = first
         .create_key(new_key(key("ordr0001", t(0))), &Actor::cli())
@@ -484,8 +480,7 @@ async fn a_follower_of_the_audit_trail_misses_nothing_under_concurrent_writers()
 #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
 async fn a_concurrent_create_of_a_taken_short_prefix_is_refused() {
     let schema = PgSchema::create().await;
-    let first = schema.open().await;
-    first.migrate().await.unwrap();
+    let first = schema.migrated().await;
     let second = Arc::new(schema.open().await);
     let mut held = first.begin().await.unwrap();
     insert_key(&mut held, &new_key(key("dupe0001", t(0))))
@@ -512,8 +507,7 @@ async fn a_concurrent_create_of_a_taken_short_prefix_is_refused() {
 #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
 async fn a_statement_past_the_statement_timeout_is_unavailable() {
     let schema = PgSchema::create().await;
-    let store = schema.open().await;
-    store.migrate().await.unwrap();
+    let store = schema.migrated().await;
     let mut short = schema.settings();
     short.statement_timeout = Duration::from_millis(200);
     let short = PostgresStore::open(&short).await.unwrap();
@@ -553,8 +547,7 @@ async fn a_statement_past_the_statement_timeout_is_unavailable() {
 #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
 async fn database_errors_never_carry_a_hash() {
     let schema = PgSchema::create().await;
-    let store = schema.open().await;
-    store.migrate().await.unwrap();
+    let store = schema.migrated().await;
     let k = store
         .create_key(new_key(key("hash0001", t(0))), &Actor::cli())
         .await
@@ -659,8 +652,7 @@ fn pool_and_timeout_errors_are_unavailable() {
 #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
 async fn session_changes_wake_the_listener() {
     let schema = PgSchema::create().await;
-    let writer = schema.open().await;
-    writer.migrate().await.unwrap();
+    let writer = schema.migrated().await;
     let k = writer
         .create_key(new_key(key("sesnot01", t(0))), &Actor::cli())
         .await
@@ -688,8 +680,7 @@ async fn session_changes_wake_the_listener() {
 #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
 async fn a_login_racing_an_uncommitted_login_conflicts() {
     let schema = PgSchema::create().await;
-    let first = schema.open().await;
-    first.migrate().await.unwrap();
+    let first = schema.migrated().await;
     let second = Arc::new(schema.open().await);
     let k = first
         .create_key(new_key(key("sesrac01", t(0))), &Actor::cli())
@@ -717,8 +708,7 @@ async fn a_login_racing_an_uncommitted_login_conflicts() {
 #[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
 async fn deleting_a_key_deletes_its_sessions_and_the_table_refuses_bad_rows() {
     let schema = PgSchema::create().await;
-    let store = schema.open().await;
-    store.migrate().await.unwrap();
+    let store = schema.migrated().await;
     let k = store
         .create_key(new_key(key("sesdel02", t(0))), &Actor::cli())
         .await
