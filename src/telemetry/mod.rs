@@ -27,18 +27,33 @@ pub fn init(format: LogFormat, level: &str) {
         .ok()
         .map(|raw| trim_directives(&raw))
         .filter(|filter| !filter.is_empty());
-    let filter = from_env
-        .map_or_else(|| EnvFilter::try_new(level), EnvFilter::try_new)
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // A RUST_LOG that does not parse falls back to `level`, and says so
+    // once the subscriber is up (a typo must not silently change logging).
+    let mut refused_env = None;
+    let filter = match from_env.map(|env| (EnvFilter::try_new(&env), env)) {
+        Some((Ok(filter), _)) => filter,
+        Some((Err(e), env)) => {
+            refused_env = Some((env, e));
+            EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"))
+        }
+        None => EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     // try_init fails only when a subscriber is already set: keep that one.
-    let _ = match format {
+    let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    if let (Ok(()), Some((env, error))) = (installed, refused_env) {
+        tracing::warn!(
+            rust_log = %env,
+            %error,
+            level,
+            "RUST_LOG is not a valid log filter; logging with log.level instead"
+        );
+    }
 }
 
 /// The filter with each `,`-separated directive trimmed and empty ones

@@ -319,4 +319,13 @@ fn rust_log_with_spaces_is_read_as_written() {
             .expect(0);
         assert!(!run.stderr.contains("panicked"), "{filter:?}: {}", run.stderr);
     }
+    // One that does not parse is named, not silently replaced.
+    let typo = sb
+        .run_with_env(&["migrate", "--json"], &[("RUST_LOG", "keygate=degub")])
+        .expect(0);
+    assert!(
+        typo.stderr.contains("RUST_LOG is not a valid log filter"),
+        "{}",
+        typo.stderr
+    );
 }
