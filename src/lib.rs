@@ -8,7 +8,8 @@
 //!   implementations; [`ratelimit`] — plan windows counted locally or in Redis;
 //!   [`token`] — JWT exchange: claims, signing keys, sessions, refresh rotation.
 //! - Use case: [`manage`] — key lifecycle operations shared by the CLI and
-//!   the admin API (create, update, rotate, revoke, import); [`auth`] — who
+//!   the admin API (create, update, rotate, revoke, import), and the one
+//!   set of rules a key's fields follow (`manage::KeyFields`); [`auth`] — who
 //!   is calling: credential extraction, presented key → principal, with a
 //!   verified-key cache kept current by the store's change feed.
 //! - Edges: [`proxy`] — the proxy listener (serving lanes, gate, forward); [`admin`] — the

@@ -23,6 +23,8 @@ use axum::body::Body;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Response, StatusCode};
 
+pub use crate::manage::FieldError;
+
 /// The placeholders an error body template may use (SPEC §5).
 pub const TEMPLATE_PLACEHOLDERS: [&str; 5] = ["code", "message", "status", "scope", "retry_after"];
 
@@ -283,25 +285,6 @@ pub struct Problem {
     /// response and the body's `status` alike: a wrong method is answered
     /// 405 with the `bad_request` code and shape. `None` for nearly all.
     pub status: Option<StatusCode>,
-}
-
-/// One bad field of a request: where it is and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// The field's path in the request, e.g. `scopes[1]` or `limit`.
-    pub field: String,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
-
-impl FieldError {
-    /// A bad field and why.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
 }
 
 impl Problem {

@@ -20,10 +20,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use utoipa::ToSchema;
 
 use super::error::AdminError;
-use crate::keys::model::{parse_duration, parse_expiry, validate_scope, validate_text};
-use crate::keys::{KeyId, KeyPatch, KeyPrefix, KeyStatus, SecretString};
-use crate::manage::{CreateKey, Issued, KeyManager, KeyView};
-use crate::problem::FieldError;
+use crate::keys::model::{parse_duration, parse_expiry};
+use crate::keys::{KeyId, KeyPatch, KeyStatus, SecretString};
+use crate::manage::{CreateKey, FieldError, Issued, KeyFields, KeyManager, KeyView};
 use crate::store::{AuditEntry, SessionRecord, SessionRevokeReason, Usage};
 
 /// Items per page when `limit` is not given.
@@ -249,6 +248,14 @@ impl Errors {
         }
     }
 
+    /// Adds rule errors (from `manage`), each unless its member already
+    /// failed its shape.
+    pub fn extend(&mut self, errors: impl IntoIterator<Item = FieldError>) {
+        for error in errors {
+            self.add(error.field, error.message);
+        }
+    }
+
     /// Adds a shape error.
     fn push(&mut self, error: FieldError) {
         self.misshapen.insert(top_level(&error.field).to_owned());
@@ -314,20 +321,9 @@ pub struct CreateKeyRequest {
 }
 
 impl CreateKeyRequest {
-    /// The create request; every bad field goes to `errors`.
+    /// The create request; every bad field goes to `errors`: the
+    /// expiry's syntax here, every rule by `manage`.
     pub fn check(self, manager: &KeyManager, now: DateTime<Utc>, errors: &mut Errors) -> CreateKey {
-        if let Err(e) = validate_text("name", &self.name) {
-            errors.add("name", e);
-        }
-        if let Some(owner) = &self.owner {
-            if let Err(e) = validate_text("owner", owner) {
-                errors.add("owner", e);
-            }
-        }
-        let scopes = scopes(&self.scopes, errors);
-        if let Some(plan) = &self.plan {
-            plan_error(manager, plan, errors);
-        }
         let expires_at = match self.expires_at.as_deref() {
             None => None,
             Some(when) => parse_expiry(when, now).unwrap_or_else(|e| {
@@ -335,16 +331,19 @@ impl CreateKeyRequest {
                 None
             }),
         };
-        if let Some(prefix) = &self.prefix {
-            if let Err(e) = KeyPrefix::new(prefix) {
-                errors.add("prefix", e);
-            }
-        }
-        metadata_error(self.metadata.as_ref(), errors);
+        errors.extend(manager.problems(&KeyFields {
+            name: Some(&self.name),
+            owner: self.owner.as_deref(),
+            scopes: Some(&self.scopes),
+            plan: self.plan.as_deref(),
+            expires_at,
+            prefix: self.prefix.as_deref(),
+            metadata: self.metadata.as_ref(),
+        }));
         CreateKey {
             name: self.name,
             owner: self.owner,
-            scopes,
+            scopes: self.scopes.into_iter().collect(),
             plan: self.plan,
             expires_at,
             prefix: self.prefix,
@@ -391,22 +390,9 @@ pub struct UpdateKeyRequest {
 }
 
 impl UpdateKeyRequest {
-    /// The patch; every bad field goes to `errors`.
+    /// The patch; every bad field goes to `errors`: the syntax of the
+    /// expiry and status here, every rule by `manage`.
     pub fn check(self, manager: &KeyManager, now: DateTime<Utc>, errors: &mut Errors) -> KeyPatch {
-        if let Some(name) = &self.name {
-            if let Err(e) = validate_text("name", name) {
-                errors.add("name", e);
-            }
-        }
-        if let Some(Some(owner)) = &self.owner {
-            if let Err(e) = validate_text("owner", owner) {
-                errors.add("owner", e);
-            }
-        }
-        let scopes = self.scopes.as_deref().map(|s| scopes(s, errors));
-        if let Some(plan) = &self.plan {
-            plan_error(manager, plan, errors);
-        }
         let expires_at = match &self.expires_at {
             None => None,
             Some(None) => Some(None),
@@ -434,11 +420,19 @@ impl UpdateKeyRequest {
                 None
             }
         };
-        metadata_error(self.metadata.as_ref(), errors);
+        errors.extend(manager.problems(&KeyFields {
+            name: self.name.as_deref(),
+            owner: self.owner.as_ref().and_then(Option::as_deref),
+            scopes: self.scopes.as_deref(),
+            plan: self.plan.as_deref(),
+            expires_at: expires_at.flatten(),
+            prefix: None,
+            metadata: self.metadata.as_ref(),
+        }));
         let patch = KeyPatch {
             name: self.name,
             owner: self.owner,
-            scopes,
+            scopes: self.scopes.map(|s| s.into_iter().collect()),
             plan: self.plan,
             expires_at,
             status,
@@ -474,32 +468,6 @@ impl RotateKeyRequest {
                 chrono::Duration::zero()
             }),
         }
-    }
-}
-
-/// The valid scopes of a list; each bad one is named by its index.
-fn scopes(list: &[String], errors: &mut Errors) -> BTreeSet<String> {
-    let mut set = BTreeSet::new();
-    for (i, scope) in list.iter().enumerate() {
-        match validate_scope(scope) {
-            Ok(()) => {
-                set.insert(scope.clone());
-            }
-            Err(e) => errors.add(format!("scopes[{i}]"), e),
-        }
-    }
-    set
-}
-
-fn plan_error(manager: &KeyManager, plan: &str, errors: &mut Errors) {
-    if let Err(crate::manage::ManageError::Invalid { message, .. }) = manager.check_plan(plan) {
-        errors.add("plan", message);
-    }
-}
-
-fn metadata_error(metadata: Option<&serde_json::Value>, errors: &mut Errors) {
-    if metadata.is_some_and(|m| !m.is_object()) {
-        errors.add("metadata", "metadata must be a JSON object");
     }
 }
 

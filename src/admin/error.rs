@@ -110,15 +110,15 @@ impl From<ManageError> for AdminError {
     fn from(e: ManageError) -> Self {
         match e {
             // The id comes from the path: a malformed one names no key.
-            ManageError::Invalid { field, message } if field == "id" => {
-                Self::NotFound(format!("No key has this id: {message}"))
-            }
-            ManageError::Invalid { field, message } if field == "session_id" => {
-                Self::NotFound(format!("No session has this id: {message}"))
-            }
-            ManageError::Invalid { field, message } => {
-                Self::Validation(vec![FieldError::new(field, message)])
-            }
+            ManageError::Invalid(errors) => match errors.as_slice() {
+                [only] if only.field == "id" => {
+                    Self::NotFound(format!("No key has this id: {}", only.message))
+                }
+                [only] if only.field == "session_id" => {
+                    Self::NotFound(format!("No session has this id: {}", only.message))
+                }
+                _ => Self::Validation(errors),
+            },
             ManageError::NotFound(id) => Self::NotFound(format!("No key has the id {id}.")),
             ManageError::SessionNotFound(id) => Self::NotFound(format!("No session has the id {id}.")),
             ManageError::Conflict(message) => Self::Conflict(message),

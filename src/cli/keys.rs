@@ -2,6 +2,7 @@
 //! [`crate::manage::KeyManager`]. The secret is printed once, by `create` and
 //! `rotate`, and never again.
 
+use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use serde_json::json;
 use super::{CliError, output};
 use crate::clock::SystemClock;
 use crate::config::Config;
-use crate::keys::model::{parse_duration, parse_expiry, parse_scopes};
+use crate::keys::model::{parse_duration, parse_expiry};
 use crate::keys::{Key, KeyPatch, KeyStatus};
 use crate::manage::{CreateKey, Issued, KeyManager, KeyView};
 use crate::store::{self, Actor, KeyFilter};
@@ -183,7 +184,7 @@ async fn open_manager(config: &Config) -> Result<KeyManager, CliError> {
 async fn create(manager: &KeyManager, args: CreateArgs, actor: &Actor) -> Result<(), CliError> {
     let now = manager.now();
     let req = CreateKey {
-        scopes: parse_scopes(&args.scopes).map_err(|e| CliError::Usage(format!("--scopes: {e}")))?,
+        scopes: split_scopes(&args.scopes),
         expires_at: parse_expiry(&args.expires, now)
             .map_err(|e| CliError::Usage(format!("--expires: {e}")))?,
         metadata: args.metadata.as_deref().map(parse_metadata).transpose()?,
@@ -240,12 +241,7 @@ async fn update(manager: &KeyManager, args: UpdateArgs, actor: &Actor) -> Result
     let patch = KeyPatch {
         name: args.name,
         owner: args.owner.map(|o| (!o.is_empty()).then_some(o)),
-        scopes: args
-            .scopes
-            .as_deref()
-            .map(parse_scopes)
-            .transpose()
-            .map_err(|e| CliError::Usage(format!("--scopes: {e}")))?,
+        scopes: args.scopes.as_deref().map(split_scopes),
         plan: args.plan,
         expires_at: args
             .expires
@@ -416,9 +412,28 @@ fn print_issued(manager: &KeyManager, issued: &Issued, json: bool, verb: &str) -
     Ok(())
 }
 
+/// The scopes of a comma-separated `--scopes` list (`a, b`), blanks
+/// dropped; `manage` checks each one.
+fn split_scopes(list: &str) -> BTreeSet<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scope_lists_split_on_commas() {
+        assert_eq!(
+            split_scopes("read, write,,orders:write ,"),
+            ["orders:write", "read", "write"].map(String::from).into()
+        );
+        assert_eq!(split_scopes(" "), BTreeSet::new());
+    }
 
     #[test]
     fn progress_line_shows_rate_and_time_left() {

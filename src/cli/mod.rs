@@ -78,9 +78,27 @@ impl CliError {
 impl From<ManageError> for CliError {
     fn from(e: ManageError) -> Self {
         match e {
-            ManageError::Invalid { .. } => Self::Usage(e.to_string()),
+            ManageError::Invalid(errors) => {
+                let lines: Vec<String> = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", flag_of(&e.field), e.message))
+                    .collect();
+                Self::Usage(lines.join("\n"))
+            }
             other => Self::Failure(other.to_string()),
         }
+    }
+}
+
+/// The command-line spelling of a field `manage` names: `scopes[1]` is
+/// `--scopes`, `expires_at` is `--expires`; other names stay as they are
+/// (`id` is an argument, `file` the import file).
+fn flag_of(field: &str) -> String {
+    let member = field.split('[').next().unwrap_or(field);
+    match member {
+        "name" | "owner" | "scopes" | "plan" | "prefix" | "metadata" | "grace" => format!("--{member}"),
+        "expires_at" => "--expires".to_owned(),
+        _ => field.to_owned(),
     }
 }
 

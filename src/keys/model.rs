@@ -379,16 +379,6 @@ pub fn validate_scope(scope: &str) -> Result<(), ModelError> {
     }
 }
 
-/// Parses a comma-separated scope list (`a,b`), trimming blanks; an empty
-/// string is the empty set.
-pub fn parse_scopes(list: &str) -> Result<BTreeSet<String>, ModelError> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| validate_scope(s).map(|()| s.to_owned()))
-        .collect()
-}
-
 /// Parses a duration: one or more `<number><unit>` groups with units `ms`,
 /// `s`, `m`, `h`, `d`, `w` (`30d`, `12h`, `1h30m`). A bare `0` is zero.
 pub fn parse_duration(input: &str) -> Result<Duration, ModelError> {
@@ -602,14 +592,6 @@ mod tests {
         assert_eq!(id.as_str().parse::<KeyId>(), Ok(id.clone()));
         assert!("key_short".parse::<KeyId>().is_err());
         assert!("nope".parse::<KeyId>().is_err());
-        assert_eq!(
-            parse_scopes("read, write,,orders:write").unwrap(),
-            ["orders:write", "read", "write"]
-                .into_iter()
-                .map(String::from)
-                .collect()
-        );
-        assert!(parse_scopes("bad scope").is_err());
         assert!(validate_text("name", "").is_err());
         assert!(validate_text("name", "a\nb").is_err());
         assert!(validate_text("name", "ok name").is_ok());

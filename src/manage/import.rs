@@ -16,9 +16,8 @@ use chrono::{DateTime, Utc};
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::{KeyManager, ManageError, check_metadata};
+use super::{KeyFields, KeyManager, ManageError};
 use crate::keys::format::split_imported;
-use crate::keys::model::{validate_scope, validate_text};
 use crate::keys::{Key, KeyHash, KeyId, KeySource, KeyStatus, SecretString, hash};
 use crate::store::{Actor, NewKey};
 
@@ -171,8 +170,7 @@ impl KeyManager {
 
     /// Parses and validates one line.
     fn check_line(&self, raw: &str, now: DateTime<Utc>) -> Result<Checked, String> {
-        let check_plan = |plan: &str| self.check_plan(plan).map_err(|e| e.to_string());
-        let (secret, key) = check_import_line(raw, now, &self.settings.default_plan, &check_plan)?;
+        let (secret, key) = check_import_line(raw, now, &self.settings.default_plan, &self.plans)?;
         Ok(Checked { line: 0, secret, key })
     }
 
@@ -213,8 +211,8 @@ impl KeyManager {
 
 /// Parses and validates one import line as `keys import` does, without a
 /// store: the plain key and the key it would become at `now`, or the
-/// problem reported for the line. `default_plan` fills a missing `plan`;
-/// `check_plan` refuses unknown plans with the message to report.
+/// problems reported for the line. `default_plan` fills a missing `plan`;
+/// `plans` are the configured plan names.
 ///
 /// The import command's own check; public (hidden) as the entry point of
 /// the `import_line` fuzz target, which has no store to build a
@@ -224,7 +222,7 @@ pub fn check_import_line(
     raw: &str,
     now: DateTime<Utc>,
     default_plan: &str,
-    check_plan: &dyn Fn(&str) -> Result<(), String>,
+    plans: &BTreeSet<String>,
 ) -> Result<(SecretString, Key), String> {
     // serde reads a struct from an array of its fields too (`["sk_…"]`);
     // a line is one JSON object (issue 18: found by the `import_line` fuzz
@@ -237,16 +235,25 @@ pub fn check_import_line(
     let secret = SecretString::new(line.key);
     let parts = split_imported(secret.expose(), line.prefix.as_deref()).map_err(|e| e.to_string())?;
     let name = line.name.unwrap_or_else(|| "imported".to_owned());
-    validate_text("name", &name).map_err(|e| e.to_string())?;
-    if let Some(owner) = &line.owner {
-        validate_text("owner", owner).map_err(|e| e.to_string())?;
-    }
-    let scopes: BTreeSet<String> = line.scopes.unwrap_or_default().into_iter().collect();
-    for scope in &scopes {
-        validate_scope(scope).map_err(|e| e.to_string())?;
-    }
+    let scopes = line.scopes.unwrap_or_default();
     let plan = line.plan.unwrap_or_else(|| default_plan.to_owned());
-    check_plan(&plan)?;
+    // An imported key may already have expired: its expiry is kept as
+    // given, so only the other fields follow the rules of a new key.
+    let problems = KeyFields {
+        name: Some(&name),
+        owner: line.owner.as_deref(),
+        scopes: Some(&scopes),
+        plan: Some(&plan),
+        expires_at: None,
+        prefix: None,
+        metadata: line.metadata.as_ref(),
+    }
+    .problems(plans, now);
+    if !problems.is_empty() {
+        // Each message names its value; a line number locates them.
+        let messages: Vec<String> = problems.into_iter().map(|e| e.message).collect();
+        return Err(messages.join("; "));
+    }
     let expires_at = match line.expires_at.as_deref() {
         None => None,
         Some(s) => Some(
@@ -266,12 +273,12 @@ pub fn check_import_line(
             ));
         }
     };
-    let metadata = check_metadata(line.metadata).map_err(|e| e.to_string())?;
+    let metadata = line.metadata.unwrap_or_else(|| serde_json::json!({}));
     let key = Key {
         id: KeyId::generate(now),
         name,
         owner: line.owner,
-        scopes,
+        scopes: scopes.into_iter().collect(),
         plan,
         status,
         expires_at,
@@ -293,13 +300,7 @@ mod tests {
 
     fn check(raw: &str) -> Result<(SecretString, Key), String> {
         let now = DateTime::from_timestamp(1_795_000_000, 0).unwrap();
-        check_import_line(raw, now, "free", &|plan| {
-            if plan == "free" {
-                Ok(())
-            } else {
-                Err(format!("unknown plan {plan:?}"))
-            }
-        })
+        check_import_line(raw, now, "free", &["free".to_owned()].into())
     }
 
     /// Issue 18 (found by the `import_line` fuzz target): serde accepts a

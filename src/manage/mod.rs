@@ -17,7 +17,6 @@ use thiserror::Error;
 
 use crate::clock::SharedClock;
 use crate::keys::format::{self, GeneratedKey};
-use crate::keys::model::{validate_scope, validate_text};
 use crate::keys::{
     Key, KeyFormat, KeyId, KeyPatch, KeyPrefix, KeySettings, KeySource, KeyState, KeyStatus, ModelError,
     SecretString, hash,
@@ -28,8 +27,10 @@ use crate::store::{
 };
 use crate::token::SessionId;
 
+mod fields;
 pub mod import;
 
+pub use fields::{FieldError, KeyFields};
 pub use import::{ImportError, ImportLine, ImportProgress};
 
 /// How many times `create`/`rotate` draw a new key when the short prefix is
@@ -165,14 +166,10 @@ fn enum_schema(names: &[&str], description: &str) -> utoipa::openapi::Object {
 /// status.
 #[derive(Debug, Error)]
 pub enum ManageError {
-    /// Bad input: the field and why (CLI exit 2, HTTP 422).
-    #[error("{field}: {message}")]
-    Invalid {
-        /// Which input field.
-        field: String,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
+    /// Bad input: every bad field and why (CLI exit 2, HTTP 422); never
+    /// empty.
+    #[error("{}", join(.0))]
+    Invalid(Vec<FieldError>),
     /// No such key (exit 1, HTTP 404).
     #[error("no key with id {0}")]
     NotFound(String),
@@ -196,11 +193,14 @@ pub enum ManageError {
 
 impl ManageError {
     fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            field: field.to_owned(),
-            message: message.into(),
-        }
+        Self::Invalid(vec![FieldError::new(field, message)])
     }
+}
+
+/// Field errors as one line: `name: …; plan: …`.
+fn join(errors: &[FieldError]) -> String {
+    let parts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    parts.join("; ")
 }
 
 impl From<StoreError> for ManageError {
@@ -272,23 +272,22 @@ impl KeyManager {
     /// Creates a key and returns it with its secret (shown once).
     pub async fn create(&self, req: CreateKey, actor: &Actor) -> Result<Issued, ManageError> {
         let now = self.clock.now();
-        validate_text("name", &req.name).map_err(|e| ManageError::invalid("name", e.to_string()))?;
-        if let Some(owner) = &req.owner {
-            validate_text("owner", owner).map_err(|e| ManageError::invalid("owner", e.to_string()))?;
-        }
-        self.check_scopes(&req.scopes)?;
         let plan = req.plan.unwrap_or_else(|| self.settings.default_plan.clone());
-        self.check_plan(&plan)?;
-        if let Some(at) = req.expires_at {
-            if at <= now {
-                return Err(ManageError::invalid("expires_at", "the expiry is in the past"));
-            }
-        }
+        let scopes: Vec<String> = req.scopes.iter().cloned().collect();
+        self.check(&KeyFields {
+            name: Some(&req.name),
+            owner: req.owner.as_deref(),
+            scopes: Some(&scopes),
+            plan: Some(&plan),
+            expires_at: req.expires_at,
+            prefix: req.prefix.as_deref(),
+            metadata: req.metadata.as_ref(),
+        })?;
         let prefix = match &req.prefix {
             Some(p) => KeyPrefix::new(p).map_err(|e| ManageError::invalid("prefix", e.to_string()))?,
             None => self.settings.default_prefix.clone(),
         };
-        let metadata = check_metadata(req.metadata)?;
+        let metadata = req.metadata.unwrap_or_else(|| serde_json::json!({}));
         let template = Key {
             id: KeyId::generate(now),
             name: req.name,
@@ -370,31 +369,17 @@ impl KeyManager {
     /// Applies a metadata/status patch after validating it.
     pub async fn update(&self, id: &str, patch: KeyPatch, actor: &Actor) -> Result<Key, ManageError> {
         let id = parse_id(id)?;
-        if let Some(name) = &patch.name {
-            validate_text("name", name).map_err(|e| ManageError::invalid("name", e.to_string()))?;
-        }
-        if let Some(Some(owner)) = &patch.owner {
-            validate_text("owner", owner).map_err(|e| ManageError::invalid("owner", e.to_string()))?;
-        }
-        if let Some(scopes) = &patch.scopes {
-            self.check_scopes(scopes)?;
-        }
-        if let Some(plan) = &patch.plan {
-            self.check_plan(plan)?;
-        }
+        let scopes: Option<Vec<String>> = patch.scopes.as_ref().map(|s| s.iter().cloned().collect());
+        self.check(&KeyFields {
+            name: patch.name.as_deref(),
+            owner: patch.owner.as_ref().and_then(Option::as_deref),
+            scopes: scopes.as_deref(),
+            plan: patch.plan.as_deref(),
+            expires_at: patch.expires_at.flatten(),
+            prefix: None,
+            metadata: patch.metadata.as_ref(),
+        })?;
         let now = self.clock.now();
-        if let Some(Some(at)) = patch.expires_at {
-            if at <= now {
-                return Err(ManageError::invalid("expires_at", "the expiry is in the past"));
-            }
-        }
-        let patch = KeyPatch {
-            metadata: match patch.metadata {
-                Some(m) => Some(check_metadata(Some(m))?),
-                None => None,
-            },
-            ..patch
-        };
         Ok(self.store.update_key(&id, &patch, now, actor).await?)
     }
 
@@ -485,25 +470,20 @@ impl KeyManager {
         Ok((generated, key_hash))
     }
 
-    /// Whether `plan` is a configured plan (an `Invalid` error on `plan`
-    /// listing the configured ones if not).
-    pub fn check_plan(&self, plan: &str) -> Result<(), ManageError> {
-        if self.plans.contains(plan) {
-            Ok(())
-        } else {
-            let known: Vec<&str> = self.plans.iter().map(String::as_str).collect();
-            Err(ManageError::invalid(
-                "plan",
-                format!("unknown plan {plan:?}: configured plans are {}", known.join(", ")),
-            ))
-        }
+    /// Every problem of a key's fields against the configured plans, now:
+    /// what an edge reports beside its own syntax problems, in one answer.
+    pub fn problems(&self, fields: &KeyFields<'_>) -> Vec<FieldError> {
+        fields.problems(&self.plans, self.clock.now())
     }
 
-    fn check_scopes(&self, scopes: &BTreeSet<String>) -> Result<(), ManageError> {
-        for scope in scopes {
-            validate_scope(scope).map_err(|e| ManageError::invalid("scopes", e.to_string()))?;
+    /// [`Self::problems`] as an error, before a write.
+    fn check(&self, fields: &KeyFields<'_>) -> Result<(), ManageError> {
+        let problems = self.problems(fields);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ManageError::Invalid(problems))
         }
-        Ok(())
     }
 }
 
@@ -526,14 +506,6 @@ pub fn parse_session_id(id: &str) -> Result<SessionId, ManageError> {
             ),
         )
     })
-}
-
-fn check_metadata(metadata: Option<serde_json::Value>) -> Result<serde_json::Value, ManageError> {
-    match metadata {
-        None => Ok(serde_json::json!({})),
-        Some(v @ serde_json::Value::Object(_)) => Ok(v),
-        Some(_) => Err(ManageError::invalid("metadata", "metadata must be a JSON object")),
-    }
 }
 
 #[cfg(test)]

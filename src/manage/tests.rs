@@ -148,7 +148,7 @@ async fn unknown_plan_bad_scope_and_past_expiry_are_field_errors() {
                 scopes: ["bad scope".to_owned()].into(),
                 ..named("x")
             },
-            "scopes",
+            "scopes[0]",
         ),
         (
             CreateKey {
@@ -175,9 +175,27 @@ async fn unknown_plan_bad_scope_and_past_expiry_are_field_errors() {
     ];
     for (req, field) in cases {
         match f.manager.create(req, &Actor::cli()).await {
-            Err(ManageError::Invalid { field: got, .. }) => assert_eq!(got, field),
+            Err(ManageError::Invalid(errors)) => {
+                let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+                assert_eq!(fields, [field]);
+            }
             other => panic!("{field}: {other:?}"),
         }
+    }
+    // Every problem of a request at once, in field order.
+    let all = CreateKey {
+        name: String::new(),
+        scopes: ["ok".to_owned(), "bad scope".to_owned()].into(),
+        plan: Some("gold".into()),
+        metadata: Some(serde_json::json!("x")),
+        ..named("x")
+    };
+    match f.manager.create(all, &Actor::cli()).await {
+        Err(ManageError::Invalid(errors)) => {
+            let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+            assert_eq!(fields, ["name", "scopes[0]", "plan", "metadata"]);
+        }
+        other => panic!("{other:?}"),
     }
     let listed = f.manager.list_all(&KeyFilter::default()).await.unwrap();
     assert!(listed.is_empty(), "nothing was written");
@@ -218,7 +236,7 @@ async fn revoke_is_final_and_unknown_ids_are_not_found() {
     ));
     assert!(matches!(
         f.manager.get("nope").await,
-        Err(ManageError::Invalid { .. })
+        Err(ManageError::Invalid(_))
     ));
 }
 
@@ -417,9 +435,16 @@ async fn revoking_a_session_is_audited_once_and_unknown_ids_are_not_found() {
         huge.as_str(),
     ] {
         match f.manager.revoke_session(malformed, &admin).await {
-            Err(ManageError::Invalid { field, message }) => {
-                assert_eq!(field, "session_id");
-                assert!(message.len() < 100, "the id is not repeated: {message}");
+            Err(ManageError::Invalid(errors)) => {
+                let [only] = errors.as_slice() else {
+                    panic!("one problem: {errors:?}")
+                };
+                assert_eq!(only.field, "session_id");
+                assert!(
+                    only.message.len() < 100,
+                    "the id is not repeated: {}",
+                    only.message
+                );
             }
             other => panic!("{malformed:.20}: {other:?}"),
         }
