@@ -10,7 +10,9 @@
 //! 3. `raw` reads the tree into a lenient serde mirror, noting every
 //!    unknown key and every value of the wrong type;
 //! 4. `resolve` fills defaults, parses durations, compiles globs and checks
-//!    every value and cross-reference.
+//!    every value and cross-reference, once per load (an override whose
+//!    reading is ambiguous is settled before, by a type check of the mirror
+//!    that reads no file).
 //!
 //! Each problem is a [`ConfigError`] with its TOML key path
 //! (`routes[2].path`), or, when the value came from the environment, the
@@ -221,22 +223,24 @@ pub fn load_str(text: &str, origin: &str, env: &dyn EnvSource) -> Result<Config,
 
     // An override that reads as a number, boolean or array but lands on a
     // string field (one the file leaves unset, so its type could not be
-    // checked up front) is retried as the plain string; if the string is the
-    // wrong type too, the first reading's message stands.
-    let first = evaluate(&file, &overrides, &BTreeSet::new(), &admin_token);
-    let retry = first.typed_mismatches();
-    let pass = if retry.is_empty() {
-        first
-    } else {
-        let second = evaluate(&file, &overrides, &retry, &admin_token);
-        let still = second.typed_or_string_mismatches(&retry);
-        if still.is_empty() {
-            second
+    // checked up front) is used as the plain string; if the string is the
+    // wrong type too, the first reading's message stands. Which readings
+    // land wrong is asked of the mirror alone (a type check that reads no
+    // file), so the file is resolved, and its key files read, once.
+    let mut as_string = BTreeSet::new();
+    let mut overlay = Overlay::new(&file, &overrides, &as_string);
+    let retry = overlay.typed_mismatches(&admin_token);
+    if !retry.is_empty() {
+        let strings = Overlay::new(&file, &overrides, &retry);
+        let still = strings.string_mismatches(&retry, &admin_token);
+        as_string = retry.difference(&still).copied().collect();
+        overlay = if still.is_empty() {
+            strings
         } else {
-            let strings: BTreeSet<usize> = retry.difference(&still).copied().collect();
-            evaluate(&file, &overrides, &strings, &admin_token)
-        }
-    };
+            Overlay::new(&file, &overrides, &as_string)
+        };
+    }
+    let pass = overlay.resolve(&file, &admin_token);
 
     let mut errors: Vec<(usize, ConfigError)> = name_errors.into_iter().map(|e| (0, e)).collect();
     errors.extend(pass.errors);
@@ -247,32 +251,56 @@ pub fn load_str(text: &str, origin: &str, env: &dyn EnvSource) -> Result<Config,
     }
 }
 
-/// One run of overlay → mirror → resolution.
-struct Pass {
+/// The file with the overrides laid over it, read into the mirror.
+struct Overlay {
     applied: Vec<Option<env::Applied>>,
-    config: Option<Config>,
-    /// Errors with their section rank (for ordering), paths already
-    /// attributed to overrides.
-    errors: Vec<(usize, ConfigError)>,
-    type_errors: BTreeSet<String>,
+    /// Overrides that could not be applied.
+    errors: Vec<ConfigError>,
+    /// The mirror and the unknown keys, or why the tree is no config.
+    read: Result<(raw::RawConfig, Vec<Vec<raw::Seg>>), String>,
 }
 
-impl Pass {
+impl Overlay {
+    /// Lays `overrides` over `file`, those in `as_string` as plain strings.
+    fn new(file: &toml::Table, overrides: &[env::Override], as_string: &BTreeSet<usize>) -> Self {
+        let mut tree = file.clone();
+        let (applied, errors) = env::apply(&mut tree, overrides, as_string);
+        Self {
+            applied,
+            errors,
+            read: raw::from_tree(tree),
+        }
+    }
+
+    /// Paths of values with the wrong type, from a type check of the
+    /// mirror that reads no file.
+    fn type_errors(&self, admin_token: &Option<String>) -> BTreeSet<String> {
+        match &self.read {
+            Ok((raw, _)) => resolve::type_errors(raw, admin_token.clone()),
+            Err(_) => BTreeSet::new(),
+        }
+    }
+
     /// Overrides whose TOML reading landed on a value of the wrong type.
-    fn typed_mismatches(&self) -> BTreeSet<usize> {
+    fn typed_mismatches(&self, admin_token: &Option<String>) -> BTreeSet<usize> {
+        if !self.applied.iter().flatten().any(|a| a.used_typed) {
+            return BTreeSet::new();
+        }
+        let type_errors = self.type_errors(admin_token);
         self.applied
             .iter()
             .enumerate()
             .filter_map(|(i, a)| {
                 let a = a.as_ref()?;
-                (a.used_typed && self.type_errors.contains(&env::render(a))).then_some(i)
+                (a.used_typed && type_errors.contains(&env::render(a))).then_some(i)
             })
             .collect()
     }
 
-    /// Of `tried` (overrides used as strings in this pass), those still of
-    /// the wrong type.
-    fn typed_or_string_mismatches(&self, tried: &BTreeSet<usize>) -> BTreeSet<usize> {
+    /// Of `tried` (overrides used as strings here), those still of the
+    /// wrong type.
+    fn string_mismatches(&self, tried: &BTreeSet<usize>, admin_token: &Option<String>) -> BTreeSet<usize> {
+        let type_errors = self.type_errors(admin_token);
         tried
             .iter()
             .copied()
@@ -280,40 +308,61 @@ impl Pass {
                 self.applied
                     .get(i)
                     .and_then(Option::as_ref)
-                    .is_some_and(|a| self.type_errors.contains(&env::render(a)))
+                    .is_some_and(|a| type_errors.contains(&env::render(a)))
             })
             .collect()
     }
+
+    /// Resolves the mirror: the config, or every problem, paths attributed
+    /// to the overrides that set them.
+    fn resolve(self, file: &toml::Table, admin_token: &Option<String>) -> Pass {
+        let applied = self.applied;
+        let mut errors: Vec<(usize, ConfigError)> = self.errors.into_iter().map(|e| (0, e)).collect();
+        let (raw, unknown) = match self.read {
+            Ok(read) => read,
+            Err(message) => {
+                errors.push((0, ConfigError::new("(file)", message)));
+                return Pass { config: None, errors };
+            }
+        };
+        report_unknown(file, &applied, unknown, &mut errors);
+        let outcome = resolve::resolve(&raw, admin_token.clone());
+        for mut error in outcome.errors {
+            let rank = section_rank(&error.path);
+            if let Some(a) = covering(&applied, &error.path) {
+                error.path = a.label(&error.path);
+            }
+            errors.push((rank, error));
+        }
+        Pass {
+            config: outcome.config,
+            errors,
+        }
+    }
 }
 
-fn evaluate(
-    file: &toml::Table,
-    overrides: &[env::Override],
-    as_string: &BTreeSet<usize>,
-    admin_token: &Option<String>,
-) -> Pass {
-    let mut tree = file.clone();
-    let (applied, overlay_errors) = env::apply(&mut tree, overrides, as_string);
-    let mut errors: Vec<(usize, ConfigError)> = overlay_errors.into_iter().map(|e| (0, e)).collect();
-    let (raw, unknown) = match raw::from_tree(tree) {
-        Ok(read) => read,
-        Err(message) => {
-            errors.push((0, ConfigError::new("(file)", message)));
-            return Pass {
-                applied,
-                config: None,
-                errors,
-                type_errors: BTreeSet::new(),
-            };
-        }
-    };
+/// What loading produced.
+struct Pass {
+    config: Option<Config>,
+    /// Errors with their section rank (for ordering), paths already
+    /// attributed to overrides.
+    errors: Vec<(usize, ConfigError)>,
+}
 
+/// Reports each unknown key where the user wrote it: the file, the
+/// override that set it, or both.
+fn report_unknown(
+    file: &toml::Table,
+    applied: &[Option<env::Applied>],
+    unknown: Vec<Vec<raw::Seg>>,
+    errors: &mut Vec<(usize, ConfigError)>,
+) {
     const UNKNOWN: &str = "unknown key: keygate has no such setting (check the spelling and the section; config/keygate.toml lists every key)";
     for segs in unknown {
         let path = raw::dotted(&segs);
         let rank = section_rank(&path);
         let in_file = raw::exists(file, &segs);
-        if let Some(a) = covering(&applied, &path) {
+        if let Some(a) = covering(applied, &path) {
             // The override replaced the file's value; both are mistakes.
             if in_file {
                 errors.push((rank, ConfigError::new(path.clone(), UNKNOWN)));
@@ -335,21 +384,6 @@ fn evaluate(
         if !in_file && below.is_empty() {
             errors.push((rank, ConfigError::new(path, UNKNOWN)));
         }
-    }
-
-    let outcome = resolve::resolve(&raw, admin_token.clone());
-    for mut error in outcome.errors {
-        let rank = section_rank(&error.path);
-        if let Some(a) = covering(&applied, &error.path) {
-            error.path = a.label(&error.path);
-        }
-        errors.push((rank, error));
-    }
-    Pass {
-        applied,
-        config: outcome.config,
-        errors,
-        type_errors: outcome.type_errors,
     }
 }
 

@@ -89,75 +89,102 @@ const RESERVED_HEADERS: [&str; 9] = [
     "cookie",
 ];
 
-/// What resolution produced: the config when nothing was wrong, every
-/// problem, and the paths whose value had the wrong type (the loader retries
-/// env overrides there as strings).
+/// What resolution produced: the config when nothing was wrong, and every
+/// problem.
 #[derive(Debug)]
 pub struct Outcome {
     /// The config, `None` when there are errors.
     pub config: Option<Config>,
     /// Every problem, in file order of sections.
     pub errors: Vec<ConfigError>,
-    /// Paths of values with the wrong type.
-    pub type_errors: BTreeSet<String>,
 }
 
 /// Resolves the mirror. `admin_env_token` is `KEYGATE_ADMIN_TOKEN`.
 pub fn resolve(raw: &RawConfig, admin_env_token: Option<String>) -> Outcome {
     let mut r = Resolver::default();
-    let server = r.server(&raw.server);
-    let database = r.database(&raw.database);
-    let upstream = r.upstream(&raw.upstream);
-    let keys = r.keys(&raw.keys);
-    let (auth, authenticator) = r.auth(&raw.auth, &raw.cache);
-    let rate_limit = r.rate_limit(&raw.rate_limit);
-    let routes = r.routes(raw);
-    let plans = r.plans(raw);
-    let errors = r.errors(raw);
-    let log = r.log(&raw.log);
-    let tokens = r.tokens(&raw.tokens);
-    let admin = r.admin(&raw.admin, admin_env_token);
-
-    if let Some(keys) = &keys {
-        if !plans.contains_key(&keys.default_plan) {
-            let defined: Vec<&str> = plans.keys().map(String::as_str).collect();
-            let known = if defined.is_empty() {
-                "no plans are defined".to_owned()
-            } else {
-                format!("defined: {}", defined.join(", "))
-            };
-            r.err(
-                "keys.default_plan",
-                format!(
-                    "plan {:?} is not defined ({known}); add [plans.{}] or name a defined plan",
-                    keys.default_plan, keys.default_plan
-                ),
-            );
-        }
-    }
-
-    let config = match keys {
-        Some(keys) if r.errors.is_empty() => Some(Config {
-            server,
-            database,
-            upstream,
-            keys,
-            auth,
-            authenticator,
-            rate_limit,
-            routes,
-            plans,
-            errors,
-            log,
-            tokens,
-            admin,
-        }),
-        _ => None,
-    };
+    let config = r.config(raw, admin_env_token);
     Outcome {
         config,
         errors: r.errors,
-        type_errors: r.type_errors,
+    }
+}
+
+/// The paths of the mirror's values with the wrong type (where the loader
+/// reads an env override as a plain string instead), by the same reading
+/// as [`resolve`] but without its side effects: no key file is read.
+///
+/// A type error never depends on a file's content: every value of a
+/// `[[tokens.keys]]` entry is read before its `private_key_file`.
+pub fn type_errors(raw: &RawConfig, admin_env_token: Option<String>) -> BTreeSet<String> {
+    check_types(raw, admin_env_token).0
+}
+
+/// The reading behind [`type_errors`]: the paths of values with the wrong
+/// type, and every problem the reading met (no file problem among them).
+pub(super) fn check_types(
+    raw: &RawConfig,
+    admin_env_token: Option<String>,
+) -> (BTreeSet<String>, Vec<ConfigError>) {
+    let mut r = Resolver {
+        types_only: true,
+        ..Resolver::default()
+    };
+    r.config(raw, admin_env_token);
+    (r.type_errors, r.errors)
+}
+
+impl Resolver {
+    /// Reads and checks every section; the config when nothing was wrong.
+    fn config(&mut self, raw: &RawConfig, admin_env_token: Option<String>) -> Option<Config> {
+        let server = self.server(&raw.server);
+        let database = self.database(&raw.database);
+        let upstream = self.upstream(&raw.upstream);
+        let keys = self.keys(&raw.keys);
+        let (auth, authenticator) = self.auth(&raw.auth, &raw.cache);
+        let rate_limit = self.rate_limit(&raw.rate_limit);
+        let routes = self.routes(raw);
+        let plans = self.plans(raw);
+        let errors = self.errors(raw);
+        let log = self.log(&raw.log);
+        let tokens = self.tokens(&raw.tokens);
+        let admin = self.admin(&raw.admin, admin_env_token);
+
+        if let Some(keys) = &keys {
+            if !plans.contains_key(&keys.default_plan) {
+                let defined: Vec<&str> = plans.keys().map(String::as_str).collect();
+                let known = if defined.is_empty() {
+                    "no plans are defined".to_owned()
+                } else {
+                    format!("defined: {}", defined.join(", "))
+                };
+                self.err(
+                    "keys.default_plan",
+                    format!(
+                        "plan {:?} is not defined ({known}); add [plans.{}] or name a defined plan",
+                        keys.default_plan, keys.default_plan
+                    ),
+                );
+            }
+        }
+
+        match keys {
+            Some(keys) if self.errors.is_empty() => Some(Config {
+                server,
+                database,
+                upstream,
+                keys,
+                auth,
+                authenticator,
+                rate_limit,
+                routes,
+                plans,
+                errors,
+                log,
+                tokens,
+                admin,
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -211,6 +238,8 @@ fn is_token(s: &str) -> bool {
 struct Resolver {
     errors: Vec<ConfigError>,
     type_errors: BTreeSet<String>,
+    /// Reading for [`type_errors`] only: no file is read.
+    types_only: bool,
 }
 
 impl Resolver {
@@ -1317,6 +1346,9 @@ impl Resolver {
     /// name the file, never its content.
     fn read_key_file(&mut self, path: &str, file: &str) -> Option<SecretString> {
         use std::io::Read as _;
+        if self.types_only {
+            return None;
+        }
         let limit = u64::try_from(MAX_KEY_FILE_BYTES + 1).unwrap_or(u64::MAX);
         // Sized up front so the buffer never moves, leaving no stray copy
         // of the key behind when it is zeroised.

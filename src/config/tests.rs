@@ -1066,6 +1066,41 @@ fn tokens_every_key_problem_is_collected() {
 }
 
 #[test]
+fn the_type_check_reads_no_key_file() {
+    // The loader asks which env overrides land on a value of another type
+    // (`KEYGATE_KEYS__DEFAULT_PLAN=2024` reads as an integer) by a type
+    // check of the mirror: it must find the same type errors as resolving
+    // and read no file, so only the one resolution reads key files.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.pem").display().to_string();
+    let text = format!(
+        "[tokens]\nenabled = true\n[[tokens.keys]]\nkid = 7\nalgorithm = \"ES256\"\nprivate_key_file = {missing:?}\n[keys]\ndefault_plan = 2024\n"
+    );
+    let tree: toml::Table = toml::from_str(&text).unwrap();
+    let (raw, _) = raw::from_tree(tree).unwrap();
+    let (type_errors, problems) = resolve::check_types(&raw, None);
+    let want: std::collections::BTreeSet<String> = ["keys.default_plan", "tokens.keys[0].kid"]
+        .map(String::from)
+        .into();
+    assert_eq!(type_errors, want);
+    let read: Vec<&ConfigError> = problems
+        .iter()
+        .filter(|e| e.message.contains("cannot read"))
+        .collect();
+    assert!(read.is_empty(), "no file is read: {read:?}");
+    // Resolving reads it, and names it.
+    let resolved = resolve::resolve(&raw, None);
+    assert!(
+        resolved
+            .errors
+            .iter()
+            .any(|e| e.path == "tokens.keys[0].private_key_file" && e.message.contains("cannot read")),
+        "{:#?}",
+        resolved.errors
+    );
+}
+
+#[test]
 fn tokens_private_key_file_is_read_at_load() {
     let dir = tempfile::tempdir().unwrap();
     let es = p256_pem(3);
