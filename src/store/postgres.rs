@@ -25,9 +25,10 @@
 //! - Every transaction that writes audit rows announces its last `seq` with
 //!   `pg_notify` on the schema's change channel (see [`CHANNEL_EXPR`]),
 //!   under the audit lock; Postgres delivers it on commit. Gateways follow
-//!   the channel through [`KeyStore::change_notifications`]: one listener
-//!   connection per store handle, outside the pool, opened on first use and
-//!   reconnected with backoff. Notifications only wake followers, which
+//!   the channel through
+//!   [`KeyStore::change_notifications`](super::KeyStore::change_notifications):
+//!   one listener connection per store handle, outside the pool, opened on
+//!   first use and reconnected with backoff. Notifications only wake followers, which
 //!   then read the audit trail after their last seq, so none is lost
 //!   across a reconnect. The listener needs a real session: behind a
 //!   transaction-pooling PgBouncer LISTEN does not work, and gateways fall

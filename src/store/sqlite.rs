@@ -212,9 +212,9 @@ async fn record_usage(store: &SqliteStore, batch: &[UsageDelta]) -> Result<(), S
         // gateway counted them (the foreign key would refuse the row).
         sqlx::query(
             "INSERT INTO key_usage (key_id, outcome, count) \
-                 SELECT key, ?1, value FROM json_each(?2) \
-                 WHERE EXISTS (SELECT 1 FROM keys WHERE id = key) \
-                 ON CONFLICT (key_id, outcome) DO UPDATE SET count = count + excluded.count",
+             SELECT key, ?1, value FROM json_each(?2) \
+             WHERE EXISTS (SELECT 1 FROM keys WHERE id = key) \
+             ON CONFLICT (key_id, outcome) DO UPDATE SET count = count + excluded.count",
         )
         .bind(*outcome)
         .bind(counts)
@@ -227,11 +227,11 @@ async fn record_usage(store: &SqliteStore, batch: &[UsageDelta]) -> Result<(), S
     // text, so < compares them as instants.
     sqlx::query(
         "UPDATE keys SET request_count = request_count + d.total, \
-             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < d.last \
-             THEN d.last ELSE last_used_at END \
-             FROM (SELECT key AS id, value ->> 0 AS total, value ->> 1 AS last \
-                   FROM json_each(?1)) AS d \
-             WHERE keys.id = d.id",
+         last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < d.last \
+         THEN d.last ELSE last_used_at END \
+         FROM (SELECT key AS id, value ->> 0 AS total, value ->> 1 AS last \
+               FROM json_each(?1)) AS d \
+         WHERE keys.id = d.id",
     )
     .bind(&usage.by_key)
     .execute(&mut *tx)
