@@ -2,6 +2,12 @@
 //! (the embedded default) and its Postgres implementation (production). Only
 //! this module touches sqlx.
 //!
+//! Both implementations are one [`sql::SqlStore`]: each query is written
+//! once in `sql.rs`, and `sqlite.rs` / `postgres.rs` supply a
+//! [`sql::Dialect`] with what differs (transactions and locking, timestamp
+//! binding, error codes, notifications, migrations, usage flushes).
+//! `rows.rs` decodes rows for both; `conformance.rs` is the suite both pass.
+//!
 //! Every change to a key is written in the same transaction as an append-only
 //! audit row; the audit row's sequence number is the store's change sequence,
 //! which running gateways watch to invalidate their caches.
@@ -27,6 +33,7 @@ use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeySource, KeyStatus, ModelErro
 pub(crate) mod conformance;
 pub mod postgres;
 pub(crate) mod rows;
+pub mod sql;
 pub mod sqlite;
 
 /// Settings for the store (`[database]`).

@@ -8,9 +8,11 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
+use crate::keys::{KeyId, KeyPatch, KeyStatus};
 use crate::store::conformance::{PgSchema, hash, key, new_key, session, t};
+use crate::store::sql::{Dialect, insert_error};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{SessionRevokeReason, SessionWrite};
+use crate::store::{Actor, AuditEntry, KeyStore, PageRequest, SessionRevokeReason, SessionWrite};
 
 mod conformance_suite {
     use crate::store::conformance::{self, postgres_fixture};
@@ -360,9 +362,9 @@ async fn a_writer_waits_for_an_uncommitted_audit_row() {
 
     // A transaction written as every mutating call writes, held open
     // after its audit insert.
-    let mut held = first.begin().await.unwrap();
+    let mut held = first.begin_write().await.unwrap();
     lock_audit(&mut held).await.unwrap();
-    append_audit(&mut held, &a.id, &Actor::cli(), "updated", &json!({}), t(1))
+    PostgresStore::append_audit(&mut held, &a.id, &Actor::cli(), "updated", &json!({}), t(1))
         .await
         .unwrap();
     let held_seq: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
@@ -482,8 +484,8 @@ async fn a_concurrent_create_of_a_taken_short_prefix_is_refused() {
     let schema = PgSchema::create().await;
     let first = schema.migrated().await;
     let second = Arc::new(schema.open().await);
-    let mut held = first.begin().await.unwrap();
-    insert_key(&mut held, &new_key(key("dupe0001", t(0))))
+    let mut held = first.begin_write().await.unwrap();
+    PostgresStore::insert_key(&mut held, &new_key(key("dupe0001", t(0))))
         .await
         .unwrap();
     let twin = key("dupe0001", t(1));
@@ -521,8 +523,10 @@ async fn a_statement_past_the_statement_timeout_is_unavailable() {
         .create_key(new_key(key("slow0001", t(0))), &Actor::cli())
         .await
         .unwrap();
-    let mut held = store.begin().await.unwrap();
-    fetch_key_for_update(&mut held, &k.id).await.unwrap();
+    let mut held = store.begin_write().await.unwrap();
+    PostgresStore::fetch_key(&mut held, &k.id, PgDialect::LOCK_KEY)
+        .await
+        .unwrap();
     let rename = KeyPatch {
         name: Some("late".into()),
         ..KeyPatch::default()
@@ -570,7 +574,7 @@ async fn database_errors_never_carry_a_hash() {
             .and_then(|e| e.detail())
             .is_some_and(|d| d.contains("do-not-print-me"))
     );
-    let mapped = insert_error(err);
+    let mapped = insert_error::<PgDialect>(err);
     let StoreError::Database(message) = &mapped else {
         panic!("expected Database, got {mapped:?}");
     };
@@ -687,8 +691,12 @@ async fn a_login_racing_an_uncommitted_login_conflicts() {
         .await
         .unwrap();
     let held_session = session(&k.id, Some("dev"), t(1));
-    let mut held = first.begin().await.unwrap();
-    assert!(insert_session(&mut held, &held_session, 0).await.unwrap());
+    let mut held = first.begin_write().await.unwrap();
+    assert!(
+        PostgresStore::insert_session(&mut held, &held_session, 0)
+            .await
+            .unwrap()
+    );
     let seen = first.change_seq().await.unwrap();
     let racer = session(&k.id, Some("dev"), t(1));
     let login = {
