@@ -294,7 +294,8 @@ pub struct CreateKeyRequest {
     /// Granted scopes (letters, digits and `_ . : - / *`).
     #[serde(default)]
     pub scopes: Vec<String>,
-    /// Plan, one of the configured `[plans]`; default `keys.default_plan`.
+    /// Plan, one of the configured `[plans]`; default `keys.default_plan`
+    /// (unset: the key has no plan, so API access and no rate limits).
     #[serde(default)]
     pub plan: Option<String>,
     /// Expiry: an RFC 3339 instant, a duration from now such as `30d`,

@@ -606,7 +606,7 @@ mod tests {
             name: format!("k{n}"),
             owner: None,
             scopes: BTreeSet::new(),
-            plan: "free".into(),
+            plan: Some("free".into()),
             status: KeyStatus::Active,
             expires_at: None,
             prefix: "kg_".into(),
@@ -746,9 +746,14 @@ mod tests {
 
         for plan in ["free", "pro plan", "caf\u{e9}"] {
             let mut key = base.clone();
-            key.plan = plan.into();
-            assert_eq!(crate::auth::Identity::of(Arc::new(key)).plan(), plan);
+            key.plan = Some(plan.into());
+            assert_eq!(crate::auth::Identity::of(Arc::new(key)).plan(), Some(plan));
         }
+        let mut none = base.clone();
+        none.plan = None;
+        let identity = crate::auth::Identity::of(Arc::new(none));
+        assert_eq!(identity.plan(), None);
+        assert_eq!(identity.header(crate::auth::IdentityHeader::Plan), None);
     }
 
     fn digest(k: &DigestKey, n: i64) -> Digest {

@@ -172,7 +172,7 @@ impl Identity {
             Some(key.id.as_str()),
             key.owner.as_deref(),
             Some(scopes.as_str()),
-            Some(key.plan.as_str()),
+            key.plan.as_deref(),
         ];
         let mut buffer = Vec::with_capacity(values.iter().flatten().map(|v| v.len()).sum());
         let spans = values.map(|value| {
@@ -225,15 +225,16 @@ impl Identity {
         KeyState::of(self.status, self.expires_at, now)
     }
 
-    /// The key's plan name, read from the plan value's bytes when they are
-    /// a legal header value and text (they are the name's bytes).
-    pub fn plan(&self) -> &str {
+    /// The key's plan name (`None`: no plan), read from the plan value's
+    /// bytes when they are a legal header value and text (they are the
+    /// name's bytes).
+    pub fn plan(&self) -> Option<&str> {
         match self
             .value_bytes(IdentityHeader::Plan)
             .and_then(|bytes| std::str::from_utf8(bytes).ok())
         {
-            Some(plan) => plan,
-            None => &self.key.plan,
+            Some(plan) => Some(plan),
+            None => self.key.plan.as_deref(),
         }
     }
 

@@ -201,7 +201,7 @@ fn key_settings() -> KeySettings {
     KeySettings {
         default_prefix: KeyPrefix::new("kg_test_").unwrap(),
         format: KeyFormat::Base62,
-        default_plan: "free".into(),
+        default_plan: Some("free".into()),
         generated_hash: TINY,
         imported_hash: TINY,
     }

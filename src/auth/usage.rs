@@ -407,7 +407,7 @@ mod tests {
         let keys = KeySettings {
             default_prefix: KeyPrefix::new("kg_test_").unwrap(),
             format: KeyFormat::Base62,
-            default_plan: "free".into(),
+            default_plan: Some("free".into()),
             generated_hash: TINY,
             imported_hash: TINY,
         };

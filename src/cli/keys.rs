@@ -223,7 +223,7 @@ async fn list(manager: &KeyManager, args: ListArgs) -> Result<(), CliError> {
                 k.name.clone(),
                 format!("{}{}…", k.prefix, k.short_prefix),
                 display_status(&view),
-                k.plan.clone(),
+                k.plan.clone().unwrap_or_else(|| "-".into()),
                 k.owner.clone().unwrap_or_else(|| "-".into()),
                 k.expires_at.map_or_else(|| "never".into(), |t| t.to_rfc3339()),
             ]
@@ -366,7 +366,10 @@ fn print_key(manager: &KeyManager, key: &Key, json: bool) -> Result<(), CliError
         view.source.as_str()
     ))?;
     output::line(format_args!("status:        {}", display_status(&view)))?;
-    output::line(format_args!("plan:          {}", view.plan))?;
+    output::line(format_args!(
+        "plan:          {}",
+        view.plan.as_deref().unwrap_or("none")
+    ))?;
     output::line(format_args!(
         "scopes:        {}",
         view.scopes.iter().cloned().collect::<Vec<_>>().join(",")

@@ -445,7 +445,8 @@ pub struct RawKeys {
     pub default_prefix: Lenient<String>,
     /// Body format: `base62` or `hex64`.
     pub format: Lenient<String>,
-    /// Plan of keys created without `--plan`.
+    /// Plan of keys created without `--plan`; absent: such keys have no
+    /// plan.
     pub default_plan: Lenient<String>,
     /// `[keys.hash]`: argon2id parameter sets.
     pub hash: Section<RawHash>,

@@ -54,8 +54,6 @@ pub const DEFAULT_UPSTREAM_URL: &str = "http://127.0.0.1:9000";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// `keys.default_prefix` default.
 pub const DEFAULT_KEY_PREFIX: &str = "kg_live_";
-/// `keys.default_plan` default (one of the seed plans).
-pub const DEFAULT_PLAN: &str = "free";
 /// `auth.headers` default: `Authorization: Bearer` and `X-API-Key`.
 pub const DEFAULT_AUTH_HEADERS: [&str; 2] = ["Authorization", "X-API-Key"];
 /// `log.level` default.
@@ -149,8 +147,8 @@ impl Resolver {
         let tokens = self.tokens(&raw.tokens);
         let admin = self.admin(&raw.admin, admin_env_token);
 
-        if let Some(keys) = &keys {
-            if !plans.contains_key(&keys.default_plan) {
+        if let Some(default_plan) = keys.as_ref().and_then(|k| k.default_plan.as_ref()) {
+            if !plans.contains_key(default_plan) {
                 let defined: Vec<&str> = plans.keys().map(String::as_str).collect();
                 let known = if defined.is_empty() {
                     "no plans are defined".to_owned()
@@ -161,7 +159,7 @@ impl Resolver {
                     "keys.default_plan",
                     format!(
                         "plan {:?} is not defined ({known}); add [plans.{}] or name a defined plan",
-                        keys.default_plan, keys.default_plan
+                        default_plan, default_plan
                     ),
                 );
             }
@@ -562,7 +560,7 @@ impl Resolver {
                 KeyFormat::default()
             }),
         };
-        let default_plan = self.or("keys.default_plan", &k.default_plan, DEFAULT_PLAN.to_owned());
+        let default_plan = self.get("keys.default_plan", &k.default_plan);
         let hash = self.section("keys.hash", &k.hash);
         let generated_hash = self.hash_params("keys.hash.generated", &hash.generated, HashParams::GENERATED);
         let imported_hash = self.hash_params("keys.hash.imported", &hash.imported, HashParams::IMPORTED);

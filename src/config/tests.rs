@@ -279,7 +279,11 @@ fn value_checks_table() {
             "required",
         ),
         ("plans = 3", "plans", "table"),
-        ("[plans]", "keys.default_plan", "no plans are defined"),
+        (
+            "[keys]\ndefault_plan = \"free\"\n[plans]",
+            "keys.default_plan",
+            "no plans are defined",
+        ),
         (
             "[errors.not_a_code]\nstatus = 400",
             "errors.not_a_code",
@@ -372,6 +376,17 @@ fn secrets_never_appear_in_errors() {
 }
 
 #[test]
+fn plans_without_free_need_no_default_plan() {
+    // Issue 19: no plan named `free` is required; keys created without a
+    // plan then have none.
+    let config = ok("[plans.gold]\nunlimited = true\n", &no_env());
+    assert_eq!(config.keys.default_plan, None);
+    assert_eq!(config.plans.keys().collect::<Vec<_>>(), ["gold"]);
+    let named = ok("[keys]\ndefault_plan = \"gold\"\n[plans.gold]\n", &no_env());
+    assert_eq!(named.keys.default_plan.as_deref(), Some("gold"));
+}
+
+#[test]
 fn missing_sections_take_the_defaults() {
     let config = ok("", &no_env());
     assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
@@ -394,7 +409,8 @@ fn missing_sections_take_the_defaults() {
     assert_eq!(config.upstream.pool_idle_timeout, Duration::from_secs(90));
     assert_eq!(config.keys.default_prefix.as_str(), "kg_live_");
     assert_eq!(config.keys.format, crate::keys::KeyFormat::Base62);
-    assert_eq!(config.keys.default_plan, "free");
+    // No default plan: keys created without one have none.
+    assert_eq!(config.keys.default_plan, None);
     assert_eq!(config.keys.generated_hash, crate::keys::HashParams::GENERATED);
     assert_eq!(config.keys.imported_hash, crate::keys::HashParams::IMPORTED);
     assert_eq!(
@@ -559,7 +575,7 @@ fn env_overrides_apply_by_type() {
     );
     assert_eq!(config.log.level, "debug");
     assert_eq!(config.log.format, LogFormat::Json);
-    assert_eq!(config.keys.default_plan, "2024");
+    assert_eq!(config.keys.default_plan.as_deref(), Some("2024"));
     assert_eq!(
         config.admin.env_token.as_ref().map(|t| t.expose()),
         Some("an-admin-token-from-the-env")

@@ -21,8 +21,9 @@ pub struct KeySettings {
     pub default_prefix: KeyPrefix,
     /// Body format of generated keys (`keys.format`).
     pub format: KeyFormat,
-    /// Plan of keys created without `--plan` (`keys.default_plan`).
-    pub default_plan: String,
+    /// Plan of keys created without `--plan` (`keys.default_plan`); `None`:
+    /// such keys have no plan (API access, no rate limits).
+    pub default_plan: Option<String>,
     /// argon2id parameters for generated keys (`keys.hash.generated`).
     pub generated_hash: HashParams,
     /// argon2id parameters for imported keys (`keys.hash.imported`).

@@ -176,8 +176,9 @@ pub struct Key {
     pub owner: Option<String>,
     /// Granted scopes.
     pub scopes: BTreeSet<String>,
-    /// Plan name (a key of `[plans]`).
-    pub plan: String,
+    /// Plan name (a key of `[plans]`); `None`: no plan, so API access and
+    /// no rate limits.
+    pub plan: Option<String>,
     /// Stored status.
     pub status: KeyStatus,
     /// Expiry instant; `None` = never.
@@ -237,8 +238,8 @@ impl Key {
             }
         }
         if let Some(plan) = &patch.plan {
-            if *plan != self.plan {
-                self.plan = plan.clone();
+            if self.plan.as_ref() != Some(plan) {
+                self.plan = Some(plan.clone());
                 changed.push("plan");
             }
         }
@@ -455,7 +456,7 @@ mod tests {
             name: "k".into(),
             owner: None,
             scopes: BTreeSet::new(),
-            plan: "free".into(),
+            plan: Some("free".into()),
             status,
             expires_at,
             prefix: "kg_".into(),

@@ -170,7 +170,7 @@ impl KeyManager {
 
     /// Parses and validates one line.
     fn check_line(&self, raw: &str, now: DateTime<Utc>) -> Result<Checked, String> {
-        let (secret, key) = check_import_line(raw, now, &self.settings.default_plan, &self.plans)?;
+        let (secret, key) = check_import_line(raw, now, self.settings.default_plan.as_deref(), &self.plans)?;
         Ok(Checked { line: 0, secret, key })
     }
 
@@ -221,7 +221,7 @@ impl KeyManager {
 pub fn check_import_line(
     raw: &str,
     now: DateTime<Utc>,
-    default_plan: &str,
+    default_plan: Option<&str>,
     plans: &BTreeSet<String>,
 ) -> Result<(SecretString, Key), String> {
     // serde reads a struct from an array of its fields too (`["sk_…"]`);
@@ -236,14 +236,14 @@ pub fn check_import_line(
     let parts = split_imported(secret.expose(), line.prefix.as_deref()).map_err(|e| e.to_string())?;
     let name = line.name.unwrap_or_else(|| "imported".to_owned());
     let scopes = line.scopes.unwrap_or_default();
-    let plan = line.plan.unwrap_or_else(|| default_plan.to_owned());
+    let plan = line.plan.or_else(|| default_plan.map(str::to_owned));
     // An imported key may already have expired: its expiry is kept as
     // given, so only the other fields follow the rules of a new key.
     let problems = KeyFields {
         name: Some(&name),
         owner: line.owner.as_deref(),
         scopes: Some(&scopes),
-        plan: Some(&plan),
+        plan: plan.as_deref(),
         expires_at: None,
         prefix: None,
         metadata: line.metadata.as_ref(),
@@ -300,7 +300,7 @@ mod tests {
 
     fn check(raw: &str) -> Result<(SecretString, Key), String> {
         let now = DateTime::from_timestamp(1_795_000_000, 0).unwrap();
-        check_import_line(raw, now, "free", &["free".to_owned()].into())
+        check_import_line(raw, now, Some("free"), &["free".to_owned()].into())
     }
 
     /// Issue 18 (found by the `import_line` fuzz target): serde accepts a

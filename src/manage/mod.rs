@@ -51,7 +51,8 @@ pub struct CreateKey {
     pub owner: Option<String>,
     /// Granted scopes.
     pub scopes: BTreeSet<String>,
-    /// Plan; `None` = `keys.default_plan`.
+    /// Plan; `None` = `keys.default_plan` (if that is unset too, the key
+    /// has no plan).
     pub plan: Option<String>,
     /// Expiry; `None` = never.
     pub expires_at: Option<DateTime<Utc>>,
@@ -85,8 +86,8 @@ pub struct KeyView {
     pub owner: Option<String>,
     /// Scopes, sorted.
     pub scopes: BTreeSet<String>,
-    /// Plan.
-    pub plan: String,
+    /// Plan; `null`: none (API access, no rate limits).
+    pub plan: Option<String>,
     /// Stored status.
     #[schema(schema_with = status_schema)]
     pub status: KeyStatus,
@@ -272,13 +273,13 @@ impl KeyManager {
     /// Creates a key and returns it with its secret (shown once).
     pub async fn create(&self, req: CreateKey, actor: &Actor) -> Result<Issued, ManageError> {
         let now = self.clock.now();
-        let plan = req.plan.unwrap_or_else(|| self.settings.default_plan.clone());
+        let plan = req.plan.or_else(|| self.settings.default_plan.clone());
         let scopes: Vec<String> = req.scopes.iter().cloned().collect();
         self.check(&KeyFields {
             name: Some(&req.name),
             owner: req.owner.as_deref(),
             scopes: Some(&scopes),
-            plan: Some(&plan),
+            plan: plan.as_deref(),
             expires_at: req.expires_at,
             prefix: req.prefix.as_deref(),
             metadata: req.metadata.as_ref(),

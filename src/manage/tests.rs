@@ -37,7 +37,7 @@ async fn fixture() -> Fixture {
     let keys = KeySettings {
         default_prefix: KeyPrefix::new("kg_test_").unwrap(),
         format: KeyFormat::Base62,
-        default_plan: "free".into(),
+        default_plan: Some("free".into()),
         generated_hash: TINY,
         imported_hash: TINY,
     };
@@ -84,7 +84,7 @@ async fn create_issues_a_checksummed_key_and_stores_only_its_hash() {
     let parts = crate::keys::format::parse_generated(plain).unwrap();
     assert_eq!(parts.prefix, "kg_test_");
     assert_eq!(issued.key.short_prefix, parts.short_prefix);
-    assert_eq!(issued.key.plan, "free");
+    assert_eq!(issued.key.plan.as_deref(), Some("free"));
     assert_eq!(
         authenticates(&f.manager, plain).await,
         Some(issued.key.id.clone())

@@ -12,6 +12,6 @@ pub mod routes;
 pub mod scopes;
 
 pub use path::{NormalizedPath, PathError, normalize};
-pub use plans::{LimitScope, PlanLimit, PlanSettings};
+pub use plans::{LimitScope, NO_PLAN, PlanLimit, PlanSettings};
 pub use routes::{Access, DEFAULT_ROUTE, PathGlob, RouteSettings, RouteTable};
 pub use scopes::{MethodClass, first_missing, method_scope, plan_allows};

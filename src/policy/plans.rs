@@ -23,6 +23,15 @@ pub struct PlanLimit {
     pub per: Duration,
 }
 
+/// What a key without a plan gets (`keys.default_plan` unset): API access
+/// and no rate limits.
+pub const NO_PLAN: PlanSettings = PlanSettings {
+    api_access: true,
+    unlimited: true,
+    per: LimitScope::Key,
+    limits: Vec::new(),
+};
+
 /// One `[plans.<name>]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanSettings {

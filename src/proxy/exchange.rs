@@ -326,7 +326,7 @@ impl Exchange {
         };
         let principal = self.key_principal(state, api_key, decision).await?;
         let key = principal.key();
-        let plan = state.gate.check_plan(&key.plan, decision)?;
+        let plan = state.gate.check_plan(key.plan.as_deref(), decision)?;
         state.gate.check_limits(key, plan, decision).await?;
         let request = LoginRequest {
             key_id: key.id.clone(),
@@ -389,7 +389,7 @@ impl Exchange {
                 Code::InvalidKey,
             )));
         }
-        let plan = state.gate.check_plan(&key.plan, decision)?;
+        let plan = state.gate.check_plan(key.plan.as_deref(), decision)?;
         let scopes = narrow_scopes(&key.scopes, form.get("scope")).map_err(|e| {
             decision.reason = Some("scope not granted");
             Failure::OAuth(OAuthError::new(
@@ -463,7 +463,7 @@ impl Exchange {
                 Redemption::Rotated(rotation) => {
                     check_key_state(&key, now, decision)?;
                     if !charged {
-                        let plan = state.gate.check_plan(&key.plan, decision)?;
+                        let plan = state.gate.check_plan(key.plan.as_deref(), decision)?;
                         state.gate.check_limits(&key, plan, decision).await?;
                         charged = true;
                     }

@@ -21,7 +21,7 @@ use crate::keys::Key;
 use crate::policy::path::{NormalizedPath, normalize};
 use crate::policy::routes::{Access, RouteTable};
 use crate::policy::scopes;
-use crate::policy::{LimitScope, PlanSettings};
+use crate::policy::{LimitScope, NO_PLAN, PlanSettings};
 use crate::problem::{Code, Problem};
 use crate::ratelimit::{RateLimiter, WindowStatus};
 
@@ -96,6 +96,8 @@ pub struct Gate {
     authenticator: Arc<Authenticator>,
     routes: RouteTable,
     plans: BTreeMap<String, PlanSettings>,
+    /// [`NO_PLAN`], for keys without a plan.
+    no_plan: PlanSettings,
     credentials: CredentialHeaders,
     limiter: Arc<RateLimiter>,
 }
@@ -113,6 +115,7 @@ impl Gate {
             authenticator,
             routes,
             plans,
+            no_plan: NO_PLAN,
             credentials,
             limiter,
         }
@@ -188,9 +191,16 @@ impl Gate {
     }
 
     /// The key's plan (named `plan`), or `plan_forbidden` unless it has API
-    /// access. The plan goes on to [`Gate::check_limits`], so a request
-    /// looks it up once.
-    pub fn check_plan(&self, plan: &str, decision: &mut Decision<'_>) -> Result<&PlanSettings, Problem> {
+    /// access; a key without a plan has [`NO_PLAN`](crate::policy::NO_PLAN). The plan goes on to
+    /// [`Gate::check_limits`], so a request looks it up once.
+    pub fn check_plan(
+        &self,
+        plan: Option<&str>,
+        decision: &mut Decision<'_>,
+    ) -> Result<&PlanSettings, Problem> {
+        let Some(plan) = plan else {
+            return Ok(&self.no_plan);
+        };
         match self.plans.get(plan) {
             Some(plan) if scopes::plan_allows(Some(plan)) => Ok(plan),
             _ => {
@@ -213,7 +223,8 @@ impl Gate {
         if plan.unlimited || plan.limits.is_empty() {
             return Ok(());
         }
-        let subject = subject(plan, &key.plan, key.id.as_str(), key.owner.as_deref());
+        let plan_name = key.plan.as_deref().unwrap_or_default();
+        let subject = subject(plan, plan_name, key.id.as_str(), key.owner.as_deref());
         let verdict = self.limiter.check(&subject, &plan.limits).await;
         decision.rate = verdict.window().copied();
         match verdict.retry_after_secs() {

@@ -56,6 +56,7 @@ macro_rules! conformance_tests {
     ($factory:path $(, #[$attr:meta])*) => {
         $crate::store::conformance::conformance_tests!(@cases $factory; [$(#[$attr])*];
             create_get_round_trip,
+            a_key_without_a_plan,
             list_pagination_and_filters,
             short_prefix_collisions,
             update_writes_one_audit_row,
@@ -265,7 +266,7 @@ pub fn key(short_prefix: &str, at: DateTime<Utc>) -> Key {
         name: format!("key {short_prefix}"),
         owner: None,
         scopes: BTreeSet::new(),
-        plan: "free".into(),
+        plan: Some("free".into()),
         status: KeyStatus::Active,
         expires_at: None,
         prefix: "kg_test_".into(),
@@ -343,7 +344,7 @@ pub async fn create_get_round_trip(store: &dyn KeyStore) {
             .into_iter()
             .map(String::from)
             .collect(),
-        plan: "pro".into(),
+        plan: Some("pro".into()),
         status: KeyStatus::Inactive,
         expires_at: Some(t(86_400)),
         prefix: "sk_live_".into(),
@@ -400,6 +401,32 @@ pub async fn create_get_round_trip(store: &dyn KeyStore) {
     assert_eq!(audit[0].actor, actor);
     assert_eq!(audit[0].at, t(0));
     assert_eq!(audit[0].details["short_prefix"], "full0001");
+}
+
+/// A key without a plan (`keys.default_plan` unset) reads back without
+/// one, and a patch can give it one.
+pub async fn a_key_without_a_plan(store: &dyn KeyStore) {
+    let actor = Actor::cli();
+    let planless = Key {
+        plan: None,
+        ..key("none0001", t(2))
+    };
+    let created = store
+        .create_key(new_key(planless.clone()), &actor)
+        .await
+        .expect("create");
+    assert_eq!(created, planless);
+    assert_eq!(store.get_key(&planless.id).await.expect("get").plan, None);
+    let patch = KeyPatch {
+        plan: Some("pro".into()),
+        ..KeyPatch::default()
+    };
+    let planned = store
+        .update_key(&planless.id, &patch, t(3), &actor)
+        .await
+        .expect("update");
+    assert_eq!(planned.plan.as_deref(), Some("pro"));
+    assert_eq!(store.get_key(&planless.id).await.expect("get"), planned);
 }
 
 /// 25 keys listed 10 at a time are each seen once, in id order; owner and

@@ -101,6 +101,20 @@ pub(crate) fn as_stored(mut key: Key) -> Key {
     key
 }
 
+/// The `plan` column's value for a key's plan. The column predates keys
+/// without a plan and is `NOT NULL` on both backends (SQLite cannot drop
+/// the constraint without rebuilding the table its secrets and sessions
+/// reference), so "no plan" is stored as the empty string, which no plan
+/// name can be (config refuses it).
+pub(crate) fn plan_to_db(plan: Option<&str>) -> &str {
+    plan.unwrap_or("")
+}
+
+/// A key's plan from the `plan` column (see [`plan_to_db`]).
+fn plan_from_db(plan: String) -> Option<String> {
+    (!plan.is_empty()).then_some(plan)
+}
+
 /// A counter for a signed 64-bit column. Counters never approach 2^63, so
 /// saturating is a formality that keeps the conversion infallible.
 pub(crate) fn count_to_db(count: u64) -> i64 {
@@ -151,7 +165,7 @@ impl KeyRow {
             name: self.name,
             owner: self.owner,
             scopes: self.scopes.0,
-            plan: self.plan,
+            plan: plan_from_db(self.plan),
             status,
             expires_at: self.expires_at,
             prefix: self.prefix,

@@ -7,7 +7,7 @@ use keygate::clock::Clock;
 use keygate::keys::KeyStatus;
 use keygate::store::Actor;
 
-use crate::support::gateway::{DEFAULT_ROUTES, Reply, TestGateway};
+use crate::support::gateway::{ADMIN_TOKEN, DEFAULT_ROUTES, Reply, TestGateway};
 
 /// Status, the headers users rely on, and the body, for snapshots.
 fn seen(reply: &Reply) -> serde_json::Value {
@@ -62,6 +62,55 @@ async fn a_valid_key_is_forwarded_with_identity_and_without_credentials() {
         assert_eq!(headers["x-forwarded-host"][0], "api.example.com");
         assert_eq!(headers["host"][0], gw.upstream().to_string());
     }
+}
+
+#[tokio::test]
+async fn a_key_without_a_plan_has_api_access_and_no_limits() {
+    // Issue 19: keys.default_plan is optional; without it a key created
+    // without a plan has none, and no config is refused for lacking `free`.
+    let gw = TestGateway::start_with(DEFAULT_ROUTES, |c| {
+        c.keys.default_plan = None;
+        c.admin.env_token = Some(keygate::keys::SecretString::from(ADMIN_TOKEN));
+    })
+    .await;
+    let created = gw
+        .admin_send(
+            Method::POST,
+            "/v1/keys",
+            Some(ADMIN_TOKEN),
+            r#"{"name": "planless", "scopes": ["can_read_order"]}"#,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let body = created.json();
+    assert!(body["plan"].is_null(), "{body}");
+    let key = body["key"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        let reply = gw.get("/v1/orders/1", &[("x-api-key", &key)]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.header("ratelimit-limit"), None, "no plan, no limits");
+        let echoed = reply.echoed();
+        assert!(echoed["headers"].get("x-keygate-plan").is_none(), "{echoed}");
+        assert_eq!(echoed["headers"]["x-keygate-scopes"][0], "can_read_order");
+    }
+    // Giving it a plan applies that plan from the next request.
+    let id = body["id"].as_str().unwrap();
+    let patched = gw
+        .admin_send(
+            Method::PATCH,
+            &format!("/v1/keys/{id}"),
+            Some(ADMIN_TOKEN),
+            r#"{"plan": "free"}"#,
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.text());
+    let refused = gw
+        .eventually("/v1/orders/1", &[("x-api-key", &key)], |r| {
+            r.status == StatusCode::FORBIDDEN
+        })
+        .await;
+    refused.problem(StatusCode::FORBIDDEN, "plan_forbidden");
+    gw.stop().await;
 }
 
 #[tokio::test]

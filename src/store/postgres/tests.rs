@@ -325,7 +325,7 @@ async fn concurrent_updates_of_one_key_lose_no_change() {
         }
         let stored = stores[1].get_key(&k.id).await.unwrap();
         assert_eq!(stored.name, format!("name {round}"));
-        assert_eq!(stored.plan, format!("plan{round}"));
+        assert_eq!(stored.plan, Some(format!("plan{round}")));
         assert_eq!(stored.owner, Some(format!("owner{round}")));
         assert_eq!(stored.scopes, [format!("scope:{round}")].into_iter().collect());
         assert_eq!(stored.metadata, json!({ "round": round }));

@@ -88,7 +88,7 @@ pub struct TestGateway {
     pub clock: ManualClock,
     pub manager: KeyManager,
     client: Client<HttpConnector, Full<Bytes>>,
-    default_plan: String,
+    default_plan: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -259,7 +259,9 @@ impl TestGateway {
 
     /// The plan new keys get by default (`keys.default_plan`).
     pub fn manager_default_plan(&self) -> String {
-        self.default_plan.clone()
+        self.default_plan
+            .clone()
+            .expect("this gateway has a keys.default_plan")
     }
 
     /// Sends a request to the proxy.
