@@ -5,7 +5,8 @@
 //! - Domain (pure): [`keys`] — key format, secrets, hashing, model;
 //!   [`policy`] — path normalisation, routes, scopes.
 //! - Adapters: [`store`] — the `KeyStore` trait, its SQLite and Postgres
-//!   implementations; [`ratelimit`] — plan windows counted locally or in Redis;
+//!   implementations (one SQL body per query, a dialect per backend);
+//!   [`ratelimit`] — plan windows counted locally or in Redis;
 //!   [`token`] — JWT exchange: claims, signing keys, sessions, refresh rotation.
 //! - Use case: [`manage`] — key lifecycle operations shared by the CLI and
 //!   the admin API (create, update, rotate, revoke, import), and the one

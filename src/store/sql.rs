@@ -777,3 +777,24 @@ where
         D::change_notifications(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, SqliteConnection};
+
+    /// The shared SQL relies on this: sqlx's SQLite driver binds `$N` to
+    /// the N-th value, whatever the order and however often `$N` appears,
+    /// as Postgres does. (The conformance suite runs every query on both;
+    /// this names the assumption should a sqlx upgrade break it.)
+    #[tokio::test]
+    async fn sqlite_binds_dollar_placeholders_by_number() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let row: (i64, String, i64) = sqlx::query_as("SELECT $2, $1, $2 * 10")
+            .bind("first")
+            .bind(2_i64)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(row, (2, "first".to_owned(), 20));
+    }
+}

@@ -364,7 +364,7 @@ mod tests {
     use super::*;
     use crate::keys::KeyPatch;
     use crate::store::conformance::{self, Fixture, key, new_key, session, t};
-    use crate::store::{Actor, KeyStore, SessionRevokeReason, SessionWrite};
+    use crate::store::{Actor, KeyStore, SessionRecord, SessionRevokeReason, SessionWrite};
 
     fn settings(url: String) -> StoreSettings {
         StoreSettings {
@@ -585,6 +585,50 @@ mod tests {
         assert_eq!(store.change_seq().await.unwrap(), 25);
         assert_eq!(store.usage(&k.id).await.unwrap().total, 24);
         assert_eq!(store.get_key(&k.id).await.unwrap().request_count, 24);
+    }
+
+    /// Session rotations and the expired-session cleanup are lone write
+    /// statements, run without `BEGIN IMMEDIATE`: from two stores on one
+    /// file, between transactions, they queue on busy_timeout as well.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lone_write_statements_queue_instead_of_failing() {
+        let (first, dir) = migrated().await;
+        let second = open_file(&dir.path().join("keys.db")).await;
+        let k = key("lone0001", t(0));
+        first.create_key(new_key(k.clone()), &Actor::cli()).await.unwrap();
+        let mut sessions = Vec::new();
+        for i in 0..12_i64 {
+            let s = session(&k.id, Some(&format!("client {i}")), t(i + 1));
+            let written = first.save_session(&s, None, None, &Actor::cli()).await.unwrap();
+            assert_eq!(written, SessionWrite::Written);
+            sessions.push((i, s));
+        }
+        let stores = [Arc::new(first), Arc::new(second)];
+        let mut tasks = Vec::new();
+        for (i, s) in sessions {
+            let store = Arc::clone(&stores[usize::try_from(i % 2).unwrap()]);
+            let id = k.id.clone();
+            tasks.push(tokio::spawn(async move {
+                let next = SessionRecord {
+                    refresh_generation: 1,
+                    refresh_digest: [1; 32],
+                    ..s
+                };
+                let written = store.save_session(&next, Some(0), None, &Actor::cli()).await?;
+                let patch = KeyPatch {
+                    name: Some(format!("name {i}")),
+                    ..KeyPatch::default()
+                };
+                store.update_key(&id, &patch, t(100 + i), &Actor::cli()).await?;
+                store.delete_expired_sessions(t(0)).await?;
+                Ok::<_, StoreError>((written, next))
+            }));
+        }
+        for task in tasks {
+            let (written, next) = task.await.unwrap().unwrap();
+            assert_eq!(written, SessionWrite::Written);
+            assert_eq!(stores[0].session(&next.id).await.unwrap(), Some(next));
+        }
     }
 
     #[tokio::test]
