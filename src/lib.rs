@@ -10,7 +10,8 @@
 //! - Use case: [`manage`] — key lifecycle operations shared by the CLI and
 //!   the admin API (create, update, rotate, revoke, import); [`auth`] — who
 //!   is calling: credential extraction, presented key → principal, with a
-//!   verified-key cache kept current by the store's change feed.
+//!   verified-key cache kept current by the store's change feed; and the
+//!   token exchange (login, refresh, client credentials) over the store.
 //! - Edges: [`proxy`] — the proxy listener (serving lanes, gate, forward); [`admin`] — the
 //!   admin listener; [`echo`] — the built-in echo upstream (demo, tests);
 //!   [`problem`] — the one renderer of keygate's own error responses

@@ -15,12 +15,16 @@
 //! since they stand in for the login endpoint of the API behind keygate.
 //! Every exchange authenticates the key exactly as the proxy does (cache,
 //! throttle, argon2 off the runtime), refuses plans without API access, and
-//! counts against the key's rate limits like any request. Session rows are
-//! always read from the store, never from a cache (a login or refresh
-//! decides on the current generation), and written conditionally: a lost
-//! race is read again and decided again.
+//! counts against the key's rate limits like any request (the gate's
+//! checks).
+//!
+//! This file owns the edge only: parsing bodies, forms and HTTP Basic,
+//! calling the gate's checks and the use case in [`crate::auth::exchange`]
+//! (sessions, conditional writes and their retries, reuse revocation), and
+//! rendering its outcomes: tokens, the configured error shape, or RFC 6749
+//! §5.2 errors, each failure with its SPEC code and log reason.
 
-use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -31,22 +35,19 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use rand::rngs::OsRng;
 use serde_json::{Value, json};
-use tracing::{error, info, warn};
+use tracing::info;
 
 use super::ProxyState;
 use super::gate::{Decision, identify, refusal};
-use crate::auth::token::{record_from_session, session_from_record, store_reason};
-use crate::auth::{AuthError, AuthFailure, Principal};
+use crate::auth::Principal;
+use crate::auth::exchange::{ExchangeError, ExchangeFailure, Issued, OAUTH_SESSION_PREFIX, TokenExchange};
 use crate::clock::SharedClock;
 use crate::keys::{Key, SecretStr, SecretString};
 use crate::problem::{Code, Problem};
-use crate::store::{Actor, SessionWrite, SharedStore, StoreError};
+use crate::store::SharedStore;
 use crate::token::claims::format_scope;
-use crate::token::{
-    AccessClaims, LoginRequest, PresentedRefreshToken, Redemption, RevokeReason, Tokens, narrow_scopes,
-};
+use crate::token::{PresentedRefreshToken, Tokens, narrow_scopes};
 
 /// Largest request body an exchange endpoint reads.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -54,12 +55,6 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest `session_id` a client may choose, in bytes.
 pub const MAX_SESSION_ID_BYTES: usize = 128;
-/// `session_id`s starting with this are `/oauth/token`'s (one session per
-/// key and scope set), so a login cannot collide with them.
-const OAUTH_SESSION_PREFIX: &str = "oauth:";
-/// Times a login or refresh re-reads and re-decides after losing a race
-/// with another writer of the same session before giving up with 503.
-const MAX_ATTEMPTS: usize = 5;
 
 /// One of the exchange endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,22 +95,13 @@ impl Endpoint {
     }
 }
 
-/// The token exchange, built once in `app` when `[tokens]` is on.
+/// The token exchange endpoints, built once in `app` when `[tokens]` is on.
 #[derive(Debug)]
 pub struct Exchange {
-    tokens: std::sync::Arc<Tokens>,
-    store: SharedStore,
-    clock: SharedClock,
+    /// The use case behind the endpoints.
+    exchange: TokenExchange,
     /// The JWK Set document, when there are public keys to publish.
     jwks: Option<Bytes>,
-}
-
-/// A token response's parts.
-struct Issued {
-    access: String,
-    expires_in: u64,
-    refresh: Option<String>,
-    scope: BTreeSet<String>,
 }
 
 /// Why an exchange failed, before it is rendered in the endpoint's shape.
@@ -219,15 +205,13 @@ impl OAuthError {
 
 impl Exchange {
     /// The exchange over `store`, signing with `tokens`.
-    pub fn new(tokens: std::sync::Arc<Tokens>, store: SharedStore, clock: SharedClock) -> Self {
+    pub fn new(tokens: Arc<Tokens>, store: SharedStore, clock: SharedClock) -> Self {
         let jwks = tokens
             .keys()
             .has_public_keys()
             .then(|| Bytes::from(tokens.jwks().to_string()));
         Self {
-            tokens,
-            store,
-            clock,
+            exchange: TokenExchange::new(tokens, store, clock),
             jwks,
         }
     }
@@ -328,12 +312,8 @@ impl Exchange {
         let key = principal.key();
         let plan = state.gate.check_plan(&key.plan, decision)?;
         state.gate.check_limits(key, plan, decision).await?;
-        let request = LoginRequest {
-            key_id: key.id.clone(),
-            client_session: session_id,
-            scopes: key.scopes.clone(),
-        };
-        self.open_session(request, decision, true).await
+        let issued = self.exchange.login(key, session_id).await;
+        issued_or_failure(issued, decision)
     }
 
     /// `POST /oauth/token` with `grant_type=client_credentials`.
@@ -400,12 +380,8 @@ impl Exchange {
             ))
         })?;
         state.gate.check_limits(key, plan, decision).await?;
-        let request = LoginRequest {
-            key_id: key.id.clone(),
-            client_session: Some(format!("{OAUTH_SESSION_PREFIX}{}", format_scope(&scopes))),
-            scopes,
-        };
-        self.open_session(request, decision, false).await
+        let issued = self.exchange.client_credentials(key, scopes).await;
+        issued_or_failure(issued, decision)
     }
 
     /// `POST /auth/refresh`.
@@ -423,101 +399,17 @@ impl Exchange {
             bad_refresh()
         })?;
         decision.session_id = Some(presented.session_id().as_str().into());
-        let mut charged = false;
-        for _ in 0..MAX_ATTEMPTS {
-            let now = self.clock.now();
-            let row = self
-                .store
-                .session(presented.session_id().as_str())
-                .await
-                .map_err(|e| store_failed(&e, decision))?;
-            let Some(row) = row else {
-                decision.reason = Some("refresh token's session unknown");
-                return Err(bad_refresh());
-            };
-            let session = session_from_record(row).map_err(|e| store_failed(&e, decision))?;
-            let key = match self.store.get_key(&session.key_id).await {
-                Ok(key) => key,
-                Err(StoreError::NotFound(_)) => {
-                    decision.reason = Some("refresh token's key unknown");
-                    return Err(bad_refresh());
-                }
-                Err(e) => return Err(store_failed(&e, decision)),
-            };
-            decision.key_id = Some(key.id.as_str().into());
-            decision.short_prefix = Some(key.short_prefix.as_str().into());
-            // The refresh token is checked first (redeem has no side
-            // effects): the session id is no secret (it is every access
-            // token's `sid`), so a caller who knows only it must learn
-            // nothing of the key's state and spend none of its allowance.
-            let redemption = self
-                .tokens
-                .policy()
-                .redeem(&session, &presented, &key.scopes, now, &mut OsRng)
-                .map_err(|e| {
-                    decision.reason = Some("refresh token refused");
-                    info!(error = %e, key_id = %key.id, "refresh refused");
-                    bad_refresh()
-                })?;
-            match redemption {
-                Redemption::Rotated(rotation) => {
-                    check_key_state(&key, now, decision)?;
-                    if !charged {
-                        let plan = state.gate.check_plan(&key.plan, decision)?;
-                        state.gate.check_limits(&key, plan, decision).await?;
-                        charged = true;
-                    }
-                    let record = record_from_session(&rotation.session);
-                    let written = self
-                        .store
-                        .save_session(
-                            &record,
-                            Some(rotation.previous_generation),
-                            None,
-                            &Actor::key(&key.id),
-                        )
-                        .await
-                        .map_err(|e| store_failed(&e, decision))?;
-                    if written == SessionWrite::Conflict {
-                        // Another redemption of the same token won: reading
-                        // again makes this one reuse.
-                        continue;
-                    }
-                    let access = self.sign(&rotation.access, decision)?;
-                    return Ok(Issued {
-                        expires_in: Tokens::expires_in(&rotation.access, now),
-                        scope: rotation.access.scope.clone(),
-                        access,
-                        refresh: Some(rotation.refresh_token.expose().to_owned()),
-                    });
-                }
-                Redemption::ReuseDetected {
-                    revoked,
-                    presented_generation,
-                } => {
-                    let reason = revoked.revoked_reason.unwrap_or(RevokeReason::RefreshReuse);
-                    self.store
-                        .revoke_session(
-                            revoked.id.as_str(),
-                            store_reason(reason),
-                            now,
-                            &Actor::key(&key.id),
-                        )
-                        .await
-                        .map_err(|e| store_failed(&e, decision))?;
-                    warn!(
-                        session_id = %revoked.id,
-                        key_id = %key.id,
-                        presented_generation,
-                        current_generation = session.refresh_generation,
-                        "a spent refresh token was presented again; the session is revoked (possible token theft)"
-                    );
-                    decision.reason = Some("refresh token reused: session revoked");
-                    return Err(bad_refresh());
-                }
-            }
-        }
-        Err(contended(decision))
+        let redeemed = self
+            .exchange
+            .redeem(&presented)
+            .await
+            .map_err(|e| exchange_failed(e, decision))?;
+        let key = Arc::clone(redeemed.key());
+        record_key(decision, &key);
+        let plan = state.gate.check_plan(&key.plan, decision)?;
+        state.gate.check_limits(&key, plan, decision).await?;
+        let issued = self.exchange.rotate(redeemed).await;
+        issued_or_failure(issued, decision)
     }
 
     /// Authenticates the API key of a login or client-credentials grant
@@ -538,63 +430,6 @@ impl Exchange {
         identify(decision, &principal);
         Ok(principal)
     }
-
-    /// Opens or continues the session of `request` and issues its tokens.
-    async fn open_session(
-        &self,
-        request: LoginRequest,
-        decision: &mut Decision<'_>,
-        with_refresh: bool,
-    ) -> Result<Issued, Failure> {
-        let actor = Actor::key(&request.key_id);
-        for _ in 0..MAX_ATTEMPTS {
-            let now = self.clock.now();
-            let existing = self
-                .store
-                .session_for(&request.key_id, request.client_session.as_deref())
-                .await
-                .and_then(|row| row.map(session_from_record).transpose())
-                .map_err(|e| store_failed(&e, decision))?;
-            let login = self
-                .tokens
-                .policy()
-                .login(existing.as_ref(), request.clone(), now, &mut OsRng);
-            let record = record_from_session(&login.session);
-            let written = self
-                .store
-                .save_session(
-                    &record,
-                    login.previous_generation,
-                    login.replaces.as_ref().map(|id| id.as_str()),
-                    &actor,
-                )
-                .await
-                .map_err(|e| store_failed(&e, decision))?;
-            if written == SessionWrite::Conflict {
-                continue;
-            }
-            decision.session_id = Some(login.session.id.as_str().into());
-            let access = self.sign(&login.access, decision)?;
-            return Ok(Issued {
-                expires_in: Tokens::expires_in(&login.access, now),
-                scope: login.access.scope.clone(),
-                access,
-                refresh: with_refresh.then(|| login.refresh_token.expose().to_owned()),
-            });
-        }
-        Err(contended(decision))
-    }
-
-    fn sign(&self, claims: &AccessClaims, decision: &mut Decision<'_>) -> Result<String, Failure> {
-        match self.tokens.sign(claims) {
-            Ok(token) => Ok(token.expose().to_owned()),
-            Err(e) => {
-                error!(error = %e, "cannot sign an access token");
-                decision.reason = Some("signing failed");
-                Err(Problem::new(Code::InternalError).into())
-            }
-        }
-    }
 }
 
 /// `invalid_key` for a refresh token that cannot be redeemed (every cause
@@ -605,35 +440,52 @@ fn bad_refresh() -> Failure {
         .into()
 }
 
-fn store_failed(e: &StoreError, decision: &mut Decision<'_>) -> Failure {
-    match e {
-        StoreError::Unavailable(_) => warn!(error = %e, "token exchange: key store unavailable"),
-        _ => error!(error = %e, "token exchange: key store error"),
-    }
-    decision.reason = Some("key store unavailable");
-    Problem::new(Code::AuthUnavailable).into()
+/// Records the key a refresh read for the request log.
+fn record_key(decision: &mut Decision<'_>, key: &Key) {
+    decision.key_id = Some(key.id.as_str().into());
+    decision.short_prefix = Some(key.short_prefix.as_str().into());
 }
 
-fn contended(decision: &mut Decision<'_>) -> Failure {
-    warn!("token exchange: gave up after repeated concurrent changes to one session");
-    decision.reason = Some("session contended");
-    Problem::new(Code::AuthUnavailable).into()
-}
-
-/// The key behind a refresh token must still be usable; refused as the
-/// gate refuses a key in that state.
-fn check_key_state(
-    key: &Key,
-    now: chrono::DateTime<chrono::Utc>,
+/// The use case's outcome; a failure is recorded in `decision` and mapped
+/// to its problem by [`exchange_failed`].
+fn issued_or_failure(
+    issued: Result<Issued, ExchangeError>,
     decision: &mut Decision<'_>,
-) -> Result<(), Failure> {
-    match AuthFailure::of_state(key.state_at(now)) {
-        None => Ok(()),
-        Some(failure) => {
-            let error = AuthError::new(failure, Some(&key.short_prefix));
-            Err(refusal(error, decision).into())
-        }
+) -> Result<Issued, Failure> {
+    let issued = issued.map_err(|e| exchange_failed(e, decision))?;
+    decision.session_id = Some(issued.session_id.as_str().into());
+    Ok(issued)
+}
+
+/// The one map from an exchange failure to the problem a client sees and
+/// the reason the log records (a refused key goes through the gate's
+/// [`refusal`], like any credential).
+fn exchange_failed(e: ExchangeError, decision: &mut Decision<'_>) -> Failure {
+    if let Some(key) = &e.key {
+        record_key(decision, key);
     }
+    let reason = match e.failure {
+        ExchangeFailure::UnknownSession => "refresh token's session unknown",
+        ExchangeFailure::UnknownKey => "refresh token's key unknown",
+        ExchangeFailure::RefreshRefused(_) => "refresh token refused",
+        ExchangeFailure::RefreshReused => "refresh token reused: session revoked",
+        ExchangeFailure::KeyRefused(error) => return refusal(error, decision).into(),
+        ExchangeFailure::Store(_) => {
+            decision.reason = Some("key store unavailable");
+            return Problem::new(Code::AuthUnavailable).into();
+        }
+        ExchangeFailure::Contended => {
+            decision.reason = Some("session contended");
+            return Problem::new(Code::AuthUnavailable).into();
+        }
+        ExchangeFailure::Signing { session_id, .. } => {
+            decision.session_id = Some(session_id.as_str().into());
+            decision.reason = Some("signing failed");
+            return Problem::new(Code::InternalError).into();
+        }
+    };
+    decision.reason = Some(reason);
+    bad_refresh()
 }
 
 /// Reads the body, up to [`MAX_BODY_BYTES`] and within [`BODY_TIMEOUT`].
@@ -836,12 +688,12 @@ fn malformed_basic() -> OAuthError {
 /// A successful token response (RFC 6749 §5.1): JSON, never cached.
 fn token_response(issued: &Issued, oauth: bool) -> Response<Body> {
     let mut body = json!({
-        "access_token": issued.access,
+        "access_token": issued.access.expose(),
         "token_type": "Bearer",
         "expires_in": issued.expires_in,
     });
     if let Some(refresh) = &issued.refresh {
-        body["refresh_token"] = Value::String(refresh.clone());
+        body["refresh_token"] = Value::String(refresh.expose().to_owned());
     }
     // SPEC §8's login and refresh answers have exactly the four members;
     // RFC 6749 §5.1 wants `scope` when it may differ from the request.
