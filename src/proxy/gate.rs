@@ -263,6 +263,35 @@ fn subject(plan: &PlanSettings, plan_name: &str, key_id: &str, owner: Option<&st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::InvalidReason;
+    use crate::keys::KeyState;
+
+    #[test]
+    fn a_refused_key_answers_the_code_its_state_maps_to() {
+        // The gate, the exchange and the verification API refuse a key in
+        // a state through `AuthFailure::of_state` and then this map; it must
+        // agree with the code `auth` names for the failure.
+        let states = [
+            (KeyState::Revoked, "invalid_key"),
+            (KeyState::Inactive, "key_inactive"),
+            (KeyState::Expired, "key_expired"),
+        ];
+        for (state, code) in states {
+            let failure = AuthFailure::of_state(state).unwrap();
+            let mut decision = Decision::default();
+            let problem = refusal(AuthError::new(failure, Some("kg_abc")), &mut decision);
+            assert_eq!((problem.code.as_str(), failure.code()), (code, code), "{state:?}");
+            assert_eq!(decision.short_prefix.as_deref(), Some("kg_abc"));
+        }
+        assert_eq!(AuthFailure::of_state(KeyState::Active), None);
+        for failure in [
+            AuthFailure::Invalid(InvalidReason::WrongSecret),
+            AuthFailure::Unavailable,
+        ] {
+            let problem = refusal(AuthError::new(failure, None), &mut Decision::default());
+            assert_eq!(problem.code.as_str(), failure.code(), "{failure:?}");
+        }
+    }
 
     #[test]
     fn subjects_separate_keys_and_owners_per_plan() {
