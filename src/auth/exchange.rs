@@ -160,11 +160,6 @@ impl TokenExchange {
         Self { tokens, store, clock }
     }
 
-    /// The tokens (for the JWK Set the edge publishes).
-    pub fn tokens(&self) -> &Tokens {
-        &self.tokens
-    }
-
     /// `POST /auth/login` for a verified, admitted `key`: opens or continues
     /// the session of `client_session` (the client's `session_id`, already
     /// checked by the edge) with all the key's scopes.
