@@ -12,7 +12,8 @@
 //!   the admin API (create, update, rotate, revoke, import), and the one
 //!   set of rules a key's fields follow (`manage::KeyFields`); [`auth`] — who
 //!   is calling: credential extraction, presented key → principal, with a
-//!   verified-key cache kept current by the store's change feed.
+//!   verified-key cache kept current by the store's change feed; and the
+//!   token exchange (login, refresh, client credentials) over the store.
 //! - Edges: [`proxy`] — the proxy listener (serving lanes, gate, forward); [`admin`] — the
 //!   admin listener; [`echo`] — the built-in echo upstream (demo, tests);
 //!   [`problem`] — the one renderer of keygate's own error responses

@@ -10,6 +10,9 @@
 //!   windows; `feed.rs` polls the store's typed change feed and drops what
 //!   each change makes stale, so a change made anywhere reaches this
 //!   gateway within a poll interval (at once on Postgres's notifications).
+//! - [`exchange`] is the token exchange's use case: login, client
+//!   credentials and refresh over the store, with conditional writes
+//!   retried on lost races and refresh-token reuse revoking the session.
 //!
 //! This module decides *why* a key is refused; mapping that to a SPEC code,
 //! status and body is the edges' job (via [`AuthFailure::code`]). It uses
@@ -29,6 +32,7 @@ use crate::keys::{Key, KeyId, KeyState, KeyStatus};
 use crate::token::AccessClaims;
 
 mod cache;
+pub mod exchange;
 pub mod extract;
 mod feed;
 pub mod token;

@@ -1,10 +1,13 @@
 //! The authenticator against a real SQLite store, with keys made by the
 //! lifecycle service, time from a manual clock, and a wrapper store that
-//! counts lookups and can fail on demand.
+//! counts lookups, can fail on demand, and can make session writes lose
+//! races (shared with the token exchange's tests).
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
@@ -31,15 +34,37 @@ const TINY: HashParams = HashParams {
     parallelism: 1,
 };
 
+/// Another writer's work, run inside a session write before it reaches the
+/// store (so the write races it and loses).
+pub(super) struct Rival(Pin<Box<dyn Future<Output = ()> + Send>>);
+
+impl std::fmt::Debug for Rival {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rival")
+    }
+}
+
 /// The real store, counting `find_candidates` calls and failing the reads
 /// and usage flushes the gateway makes while `fail` is set (writes by the
-/// manager still work, as they would through another replica). Shared with
-/// the usage recorder's tests.
+/// manager still work, as they would through another replica). Session
+/// writes can be made to lose: `rivals` run first (one per write, in turn),
+/// and `lose_saves` writes answer a conflict without writing. Shared with
+/// the usage recorder's and the token exchange's tests.
 #[derive(Debug)]
 pub(super) struct TestStore {
     pub(super) inner: SqliteStore,
     pub(super) finds: AtomicUsize,
     pub(super) fail: AtomicBool,
+    /// `save_session` calls so far.
+    pub(super) saves: AtomicUsize,
+    /// `save_session` calls that answered [`SessionWrite::Conflict`], faked
+    /// or real.
+    pub(super) conflicts: AtomicUsize,
+    /// The next this many `save_session` calls answer a conflict without
+    /// writing (a race lost to a writer that changed nothing).
+    pub(super) lose_saves: AtomicUsize,
+    /// Futures that the next `save_session` calls each await first.
+    pub(super) rivals: Mutex<VecDeque<Rival>>,
 }
 
 impl TestStore {
@@ -49,7 +74,20 @@ impl TestStore {
             inner,
             finds: AtomicUsize::new(0),
             fail: AtomicBool::new(false),
+            saves: AtomicUsize::new(0),
+            conflicts: AtomicUsize::new(0),
+            lose_saves: AtomicUsize::new(0),
+            rivals: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Runs `rival` inside the next `save_session` call, before that call
+    /// writes.
+    pub(super) fn race_next_save(&self, rival: impl Future<Output = ()> + Send + 'static) {
+        self.rivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Rival(Box::pin(rival)));
     }
 
     fn check(&self) -> Result<(), StoreError> {
@@ -170,9 +208,27 @@ impl KeyStore for TestStore {
         replaces: Option<&str>,
         actor: &Actor,
     ) -> Result<SessionWrite, StoreError> {
-        self.inner
-            .save_session(record, expected_generation, replaces, actor)
-            .await
+        self.saves.fetch_add(1, Ordering::SeqCst);
+        // std Mutex: held to pop, never across the await.
+        let rival = self.rivals.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        if let Some(Rival(rival)) = rival {
+            rival.await;
+        }
+        let lose = self
+            .lose_saves
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let written = if lose {
+            SessionWrite::Conflict
+        } else {
+            self.inner
+                .save_session(record, expected_generation, replaces, actor)
+                .await?
+        };
+        if written == SessionWrite::Conflict {
+            self.conflicts.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(written)
     }
 
     async fn revoke_session(
@@ -190,10 +246,12 @@ impl KeyStore for TestStore {
     }
 }
 
-struct Fixture {
-    manager: KeyManager,
-    store: Arc<TestStore>,
-    clock: ManualClock,
+/// A SQLite store in a temp dir behind a [`TestStore`], a key manager and
+/// a manual clock.
+pub(super) struct Fixture {
+    pub(super) manager: KeyManager,
+    pub(super) store: Arc<TestStore>,
+    pub(super) clock: ManualClock,
     _dir: tempfile::TempDir,
 }
 
@@ -211,7 +269,7 @@ fn plans() -> BTreeSet<String> {
     ["free", "pro"].into_iter().map(String::from).collect()
 }
 
-async fn fixture() -> Fixture {
+pub(super) async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let settings = StoreSettings {
         url: format!("sqlite://{}?mode=rwc", dir.path().join("keys.db").display()),
@@ -222,11 +280,7 @@ async fn fixture() -> Fixture {
     };
     let inner = SqliteStore::open(&settings).await.unwrap();
     inner.migrate().await.unwrap();
-    let store = Arc::new(TestStore {
-        inner,
-        finds: AtomicUsize::new(0),
-        fail: AtomicBool::new(false),
-    });
+    let store = Arc::new(TestStore::new(inner));
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap());
     let shared: SharedStore = store.clone();
     let manager = KeyManager::new(shared, key_settings(), plans(), Arc::new(clock.clone()));
@@ -258,7 +312,7 @@ async fn authenticator(f: &Fixture, settings: AuthSettings) -> Arc<Authenticator
         .unwrap()
 }
 
-fn named(name: &str) -> CreateKey {
+pub(super) fn named(name: &str) -> CreateKey {
     CreateKey {
         name: name.into(),
         ..CreateKey::default()

@@ -15,12 +15,16 @@
 //! since they stand in for the login endpoint of the API behind keygate.
 //! Every exchange authenticates the key exactly as the proxy does (cache,
 //! throttle, argon2 off the runtime), refuses plans without API access, and
-//! counts against the key's rate limits like any request. Session rows are
-//! always read from the store, never from a cache (a login or refresh
-//! decides on the current generation), and written conditionally: a lost
-//! race is read again and decided again.
+//! counts against the key's rate limits like any request (the gate's
+//! checks).
+//!
+//! This file owns the edge only: parsing bodies, forms and HTTP Basic,
+//! calling the gate's checks and the use case in [`crate::auth::exchange`]
+//! (sessions, conditional writes and their retries, reuse revocation), and
+//! rendering its outcomes: tokens, the configured error shape, or RFC 6749
+//! §5.2 errors, each failure with its SPEC code and log reason.
 
-use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -31,22 +35,22 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use rand::rngs::OsRng;
 use serde_json::{Value, json};
-use tracing::{error, info, warn};
+use tracing::info;
 
 use super::ProxyState;
-use super::gate::{Decision, identify, refusal};
-use crate::auth::token::{record_from_session, session_from_record, store_reason};
-use crate::auth::{AuthError, AuthFailure, Principal};
+use super::gate::refusal;
+use super::record::{Caller, Refusal, RequestRecord};
+use crate::auth::Principal;
+use crate::auth::exchange::{ExchangeError, ExchangeFailure, Issued, OAUTH_SESSION_PREFIX, TokenExchange};
 use crate::clock::SharedClock;
 use crate::keys::{Key, SecretStr, SecretString};
+use crate::policy::PlanSettings;
 use crate::problem::{Code, Problem};
-use crate::store::{Actor, SessionWrite, SharedStore, StoreError};
+use crate::ratelimit::WindowStatus;
+use crate::store::SharedStore;
 use crate::token::claims::format_scope;
-use crate::token::{
-    AccessClaims, LoginRequest, PresentedRefreshToken, Redemption, RevokeReason, Tokens, narrow_scopes,
-};
+use crate::token::{PresentedRefreshToken, Tokens, narrow_scopes};
 
 /// Largest request body an exchange endpoint reads.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -54,12 +58,6 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest `session_id` a client may choose, in bytes.
 pub const MAX_SESSION_ID_BYTES: usize = 128;
-/// `session_id`s starting with this are `/oauth/token`'s (one session per
-/// key and scope set), so a login cannot collide with them.
-const OAUTH_SESSION_PREFIX: &str = "oauth:";
-/// Times a login or refresh re-reads and re-decides after losing a race
-/// with another writer of the same session before giving up with 503.
-const MAX_ATTEMPTS: usize = 5;
 
 /// One of the exchange endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,37 +98,61 @@ impl Endpoint {
     }
 }
 
-/// The token exchange, built once in `app` when `[tokens]` is on.
+/// The token exchange endpoints, built once in `app` when `[tokens]` is on.
 #[derive(Debug)]
 pub struct Exchange {
-    tokens: std::sync::Arc<Tokens>,
-    store: SharedStore,
-    clock: SharedClock,
+    /// The use case behind the endpoints.
+    exchange: TokenExchange,
     /// The JWK Set document, when there are public keys to publish.
     jwks: Option<Bytes>,
 }
 
-/// A token response's parts.
-struct Issued {
-    access: String,
-    expires_in: u64,
-    refresh: Option<String>,
-    scope: BTreeSet<String>,
+/// Why an exchange failed: the answer, before it is rendered in the
+/// endpoint's shape, and the reason the log records.
+#[derive(Debug)]
+struct Failure {
+    answer: Answer,
+    reason: &'static str,
 }
 
-/// Why an exchange failed, before it is rendered in the endpoint's shape.
+/// A failed exchange's answer.
 #[derive(Debug)]
-enum Failure {
+enum Answer {
     /// A gateway problem (`/auth/*` render it as configured).
     Problem(Problem),
     /// An RFC 6749 §5.2 error (`/oauth/token`).
     OAuth(OAuthError),
 }
 
-impl From<Problem> for Failure {
-    fn from(problem: Problem) -> Self {
-        Self::Problem(problem)
+impl Failure {
+    fn problem(problem: impl Into<Problem>, reason: &'static str) -> Self {
+        Self {
+            answer: Answer::Problem(problem.into()),
+            reason,
+        }
     }
+
+    fn oauth(error: OAuthError, reason: &'static str) -> Self {
+        Self {
+            answer: Answer::OAuth(error),
+            reason,
+        }
+    }
+}
+
+impl From<Refusal> for Failure {
+    fn from(refusal: Refusal) -> Self {
+        Self::problem(refusal.problem, refusal.reason)
+    }
+}
+
+/// What an exchange learned of its caller on the way, whatever the
+/// outcome: who it was (for the log and usage) and the plan's window once
+/// the limiter ran (for the `RateLimit-*` headers).
+#[derive(Debug, Default)]
+struct Seen {
+    caller: Caller,
+    rate: Option<WindowStatus>,
 }
 
 /// An RFC 6749 §5.2 error response, tagged with the SPEC code its outcome
@@ -219,15 +241,13 @@ impl OAuthError {
 
 impl Exchange {
     /// The exchange over `store`, signing with `tokens`.
-    pub fn new(tokens: std::sync::Arc<Tokens>, store: SharedStore, clock: SharedClock) -> Self {
+    pub fn new(tokens: Arc<Tokens>, store: SharedStore, clock: SharedClock) -> Self {
         let jwks = tokens
             .keys()
             .has_public_keys()
             .then(|| Bytes::from(tokens.jwks().to_string()));
         Self {
-            tokens,
-            store,
-            clock,
+            exchange: TokenExchange::new(tokens, store, clock),
             jwks,
         }
     }
@@ -244,22 +264,20 @@ impl Exchange {
         }
     }
 
-    /// Answers a request for `endpoint`.
+    /// Answers a request for `endpoint`, with the request's record.
     pub async fn handle<'a>(
         &'a self,
         state: &'a ProxyState,
         endpoint: Endpoint,
         parts: Parts,
         body: Incoming,
-        decision: &mut Decision<'a>,
-    ) -> Response<Body> {
-        decision.route = endpoint.label();
+    ) -> (Response<Body>, RequestRecord<'a>) {
+        let route = endpoint.label();
         if !endpoint.allows(&parts.method) {
-            decision.reason = Some("method not allowed");
             let problem = Problem::new(Code::BadRequest)
                 .with_message(format!(
                     "{} accepts only {}.",
-                    endpoint.label().split_once(' ').map_or("", |(_, path)| path),
+                    route.split_once(' ').map_or("", |(_, path)| path),
                     endpoint.allow_header()
                 ))
                 .with_status(StatusCode::METHOD_NOT_ALLOWED);
@@ -277,25 +295,38 @@ impl Exchange {
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(endpoint.allow_header()));
-            return response;
+            let record = RequestRecord::new(route, Caller::default(), None, Some("method not allowed"));
+            return (response, record);
         }
+        let mut seen = Seen::default();
         let outcome = match endpoint {
-            Endpoint::Jwks => return self.jwks(),
-            Endpoint::Login => self.login(state, body, decision).await,
-            Endpoint::Refresh => self.refresh(state, body, decision).await,
-            Endpoint::OAuthToken => self.client_credentials(state, &parts, body, decision).await,
-        };
-        match outcome {
-            Ok(issued) => token_response(&issued, endpoint == Endpoint::OAuthToken),
-            Err(Failure::Problem(problem)) => {
-                if endpoint == Endpoint::OAuthToken {
-                    oauth_error(&OAuthError::from_problem(&problem))
-                } else {
-                    state.render(&problem)
-                }
+            Endpoint::Jwks => {
+                return (
+                    self.jwks(),
+                    RequestRecord::new(route, Caller::default(), None, None),
+                );
             }
-            Err(Failure::OAuth(e)) => oauth_error(&e),
-        }
+            Endpoint::Login => self.login(state, body, &mut seen).await,
+            Endpoint::Refresh => self.refresh(state, body, &mut seen).await,
+            Endpoint::OAuthToken => self.client_credentials(state, &parts, body, &mut seen).await,
+        };
+        let (response, reason) = match outcome {
+            Ok(issued) => (token_response(&issued, endpoint == Endpoint::OAuthToken), None),
+            Err(Failure { answer, reason }) => {
+                let response = match answer {
+                    Answer::Problem(problem) if endpoint == Endpoint::OAuthToken => {
+                        oauth_error(&OAuthError::from_problem(&problem))
+                    }
+                    Answer::Problem(problem) => state.render(&problem),
+                    Answer::OAuth(e) => oauth_error(&e),
+                };
+                (response, Some(reason))
+            }
+        };
+        (
+            response,
+            RequestRecord::new(route, seen.caller, seen.rate, reason),
+        )
     }
 
     fn jwks(&self) -> Response<Body> {
@@ -311,29 +342,20 @@ impl Exchange {
     }
 
     /// `POST /auth/login`.
-    async fn login(
-        &self,
-        state: &ProxyState,
-        body: Incoming,
-        decision: &mut Decision<'_>,
-    ) -> Result<Issued, Failure> {
-        let mut body = read_json(body, decision).await?;
-        let api_key = required_string(&mut body, "api_key", decision)?;
+    async fn login(&self, state: &ProxyState, body: Incoming, seen: &mut Seen) -> Result<Issued, Failure> {
+        let mut body = read_json(body).await?;
+        let api_key = required_string(&mut body, "api_key")?;
         let session_id = match body.get("session_id") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(check_session_id(s, decision)?),
-            Some(_) => return Err(bad_field(decision, "session_id must be a string.")),
+            Some(Value::String(s)) => Some(check_session_id(s)?),
+            Some(_) => return Err(bad_field("session_id must be a string.")),
         };
-        let principal = self.key_principal(state, api_key, decision).await?;
+        let principal = self.key_principal(state, api_key, seen).await?;
         let key = principal.key();
-        let plan = state.gate.check_plan(key.plan.as_deref(), decision)?;
-        state.gate.check_limits(key, plan, decision).await?;
-        let request = LoginRequest {
-            key_id: key.id.clone(),
-            client_session: session_id,
-            scopes: key.scopes.clone(),
-        };
-        self.open_session(request, decision, true).await
+        let plan = state.gate.check_plan(key.plan.as_deref())?;
+        charge(state, key, plan, seen).await?;
+        let issued = self.exchange.login(key, session_id).await;
+        issued_or_failure(issued, seen)
     }
 
     /// `POST /oauth/token` with `grant_type=client_credentials`.
@@ -342,7 +364,7 @@ impl Exchange {
         state: &ProxyState,
         parts: &Parts,
         body: Incoming,
-        decision: &mut Decision<'_>,
+        seen: &mut Seen,
     ) -> Result<Issued, Failure> {
         let form_type = parts
             .headers
@@ -351,334 +373,206 @@ impl Exchange {
             .and_then(|v| v.split(';').next())
             .map(|v| v.trim().to_ascii_lowercase());
         if form_type.as_deref() != Some("application/x-www-form-urlencoded") {
-            decision.reason = Some("token request not form-encoded");
-            return Err(Failure::OAuth(OAuthError::invalid_request(
-                "Send the token request as application/x-www-form-urlencoded (RFC 6749 §4.4.2).",
-            )));
+            return Err(Failure::oauth(
+                OAuthError::invalid_request(
+                    "Send the token request as application/x-www-form-urlencoded (RFC 6749 §4.4.2).",
+                ),
+                "token request not form-encoded",
+            ));
         }
-        let bytes = read_body(body, decision).await?;
-        let form = parse_form(&bytes).map_err(|e| {
-            decision.reason = Some("bad token request form");
-            Failure::OAuth(e)
-        })?;
+        let bytes = read_body(body).await?;
+        let form = parse_form(&bytes).map_err(|e| Failure::oauth(e, "bad token request form"))?;
         let grant_type = form.get("grant_type").ok_or_else(|| {
-            decision.reason = Some("no grant_type");
-            Failure::OAuth(OAuthError::invalid_request(
-                "The grant_type parameter is required: use grant_type=client_credentials.",
-            ))
+            Failure::oauth(
+                OAuthError::invalid_request(
+                    "The grant_type parameter is required: use grant_type=client_credentials.",
+                ),
+                "no grant_type",
+            )
         })?;
         if grant_type != "client_credentials" {
-            decision.reason = Some("unsupported grant_type");
-            return Err(Failure::OAuth(OAuthError::new(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "Only grant_type=client_credentials is supported.",
-                Code::BadRequest,
-            )));
+            return Err(Failure::oauth(
+                OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported_grant_type",
+                    "Only grant_type=client_credentials is supported.",
+                    Code::BadRequest,
+                ),
+                "unsupported grant_type",
+            ));
         }
-        let (client_id, secret) = client_credentials_of(parts, &form).map_err(|e| {
-            decision.reason = Some("bad client authentication");
-            Failure::OAuth(e)
-        })?;
-        let principal = self.key_principal(state, secret, decision).await?;
+        let (client_id, secret) = client_credentials_of(parts, &form)
+            .map_err(|e| Failure::oauth(e, "bad client authentication"))?;
+        let principal = self.key_principal(state, secret, seen).await?;
         let key = principal.key();
         if key.id.as_str() != client_id {
-            decision.reason = Some("client_id is not the key's id");
-            return Err(Failure::OAuth(OAuthError::invalid_client(
-                "Client authentication failed: the client_id must be the id of the key sent as client secret.",
-                Code::InvalidKey,
-            )));
+            return Err(Failure::oauth(
+                OAuthError::invalid_client(
+                    "Client authentication failed: the client_id must be the id of the key sent as client secret.",
+                    Code::InvalidKey,
+                ),
+                "client_id is not the key's id",
+            ));
         }
-        let plan = state.gate.check_plan(key.plan.as_deref(), decision)?;
+        let plan = state.gate.check_plan(key.plan.as_deref())?;
         let scopes = narrow_scopes(&key.scopes, form.get("scope")).map_err(|e| {
-            decision.reason = Some("scope not granted");
-            Failure::OAuth(OAuthError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_scope",
-                format!("{e}. The scope parameter may only name scopes the key holds."),
-                Code::InsufficientScope,
-            ))
+            Failure::oauth(
+                OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_scope",
+                    format!("{e}. The scope parameter may only name scopes the key holds."),
+                    Code::InsufficientScope,
+                ),
+                "scope not granted",
+            )
         })?;
-        state.gate.check_limits(key, plan, decision).await?;
-        let request = LoginRequest {
-            key_id: key.id.clone(),
-            client_session: Some(format!("{OAUTH_SESSION_PREFIX}{}", format_scope(&scopes))),
-            scopes,
-        };
-        self.open_session(request, decision, false).await
+        charge(state, key, plan, seen).await?;
+        let issued = self.exchange.client_credentials(key, scopes).await;
+        issued_or_failure(issued, seen)
     }
 
     /// `POST /auth/refresh`.
-    async fn refresh(
-        &self,
-        state: &ProxyState,
-        body: Incoming,
-        decision: &mut Decision<'_>,
-    ) -> Result<Issued, Failure> {
-        let mut body = read_json(body, decision).await?;
-        let presented = required_string(&mut body, "refresh_token", decision)?;
+    async fn refresh(&self, state: &ProxyState, body: Incoming, seen: &mut Seen) -> Result<Issued, Failure> {
+        let mut body = read_json(body).await?;
+        let presented = required_string(&mut body, "refresh_token")?;
         let presented: PresentedRefreshToken = presented.expose().parse().map_err(|e| {
-            decision.reason = Some("refresh token malformed");
             info!(error = %e, "refresh refused");
-            bad_refresh()
+            bad_refresh("refresh token malformed")
         })?;
-        decision.session_id = Some(presented.session_id().as_str().into());
-        let mut charged = false;
-        for _ in 0..MAX_ATTEMPTS {
-            let now = self.clock.now();
-            let row = self
-                .store
-                .session(presented.session_id().as_str())
-                .await
-                .map_err(|e| store_failed(&e, decision))?;
-            let Some(row) = row else {
-                decision.reason = Some("refresh token's session unknown");
-                return Err(bad_refresh());
-            };
-            let session = session_from_record(row).map_err(|e| store_failed(&e, decision))?;
-            let key = match self.store.get_key(&session.key_id).await {
-                Ok(key) => key,
-                Err(StoreError::NotFound(_)) => {
-                    decision.reason = Some("refresh token's key unknown");
-                    return Err(bad_refresh());
-                }
-                Err(e) => return Err(store_failed(&e, decision)),
-            };
-            decision.key_id = Some(key.id.as_str().into());
-            decision.short_prefix = Some(key.short_prefix.as_str().into());
-            // The refresh token is checked first (redeem has no side
-            // effects): the session id is no secret (it is every access
-            // token's `sid`), so a caller who knows only it must learn
-            // nothing of the key's state and spend none of its allowance.
-            let redemption = self
-                .tokens
-                .policy()
-                .redeem(&session, &presented, &key.scopes, now, &mut OsRng)
-                .map_err(|e| {
-                    decision.reason = Some("refresh token refused");
-                    info!(error = %e, key_id = %key.id, "refresh refused");
-                    bad_refresh()
-                })?;
-            match redemption {
-                Redemption::Rotated(rotation) => {
-                    check_key_state(&key, now, decision)?;
-                    if !charged {
-                        let plan = state.gate.check_plan(key.plan.as_deref(), decision)?;
-                        state.gate.check_limits(&key, plan, decision).await?;
-                        charged = true;
-                    }
-                    let record = record_from_session(&rotation.session);
-                    let written = self
-                        .store
-                        .save_session(
-                            &record,
-                            Some(rotation.previous_generation),
-                            None,
-                            &Actor::key(&key.id),
-                        )
-                        .await
-                        .map_err(|e| store_failed(&e, decision))?;
-                    if written == SessionWrite::Conflict {
-                        // Another redemption of the same token won: reading
-                        // again makes this one reuse.
-                        continue;
-                    }
-                    let access = self.sign(&rotation.access, decision)?;
-                    return Ok(Issued {
-                        expires_in: Tokens::expires_in(&rotation.access, now),
-                        scope: rotation.access.scope.clone(),
-                        access,
-                        refresh: Some(rotation.refresh_token.expose().to_owned()),
-                    });
-                }
-                Redemption::ReuseDetected {
-                    revoked,
-                    presented_generation,
-                } => {
-                    let reason = revoked.revoked_reason.unwrap_or(RevokeReason::RefreshReuse);
-                    self.store
-                        .revoke_session(
-                            revoked.id.as_str(),
-                            store_reason(reason),
-                            now,
-                            &Actor::key(&key.id),
-                        )
-                        .await
-                        .map_err(|e| store_failed(&e, decision))?;
-                    warn!(
-                        session_id = %revoked.id,
-                        key_id = %key.id,
-                        presented_generation,
-                        current_generation = session.refresh_generation,
-                        "a spent refresh token was presented again; the session is revoked (possible token theft)"
-                    );
-                    decision.reason = Some("refresh token reused: session revoked");
-                    return Err(bad_refresh());
-                }
-            }
-        }
-        Err(contended(decision))
+        seen.caller.session_id = Some(presented.session_id().as_str().into());
+        let redeemed = self
+            .exchange
+            .redeem(&presented)
+            .await
+            .map_err(|e| exchange_failed(e, seen))?;
+        let key = Arc::clone(redeemed.key());
+        record_key(seen, &key);
+        let plan = state.gate.check_plan(key.plan.as_deref())?;
+        charge(state, &key, plan, seen).await?;
+        let issued = self.exchange.rotate(redeemed).await;
+        issued_or_failure(issued, seen)
     }
 
     /// Authenticates the API key of a login or client-credentials grant
-    /// (never an access token) and records who it is. On `/oauth/token` a
+    /// (never an access token) and notes who it is. On `/oauth/token` a
     /// refusal becomes RFC 6749 `invalid_client` in `handle`.
     async fn key_principal(
         &self,
         state: &ProxyState,
         presented: SecretString,
-        decision: &mut Decision<'_>,
+        seen: &mut Seen,
     ) -> Result<Principal, Failure> {
-        let principal = state
+        let authenticated = state
             .gate
             .authenticator()
             .authenticate_key(SecretStr::from(&presented))
-            .await
-            .map_err(|e| Failure::Problem(refusal(e, decision)))?;
-        identify(decision, &principal);
-        Ok(principal)
-    }
-
-    /// Opens or continues the session of `request` and issues its tokens.
-    async fn open_session(
-        &self,
-        request: LoginRequest,
-        decision: &mut Decision<'_>,
-        with_refresh: bool,
-    ) -> Result<Issued, Failure> {
-        let actor = Actor::key(&request.key_id);
-        for _ in 0..MAX_ATTEMPTS {
-            let now = self.clock.now();
-            let existing = self
-                .store
-                .session_for(&request.key_id, request.client_session.as_deref())
-                .await
-                .and_then(|row| row.map(session_from_record).transpose())
-                .map_err(|e| store_failed(&e, decision))?;
-            let login = self
-                .tokens
-                .policy()
-                .login(existing.as_ref(), request.clone(), now, &mut OsRng);
-            let record = record_from_session(&login.session);
-            let written = self
-                .store
-                .save_session(
-                    &record,
-                    login.previous_generation,
-                    login.replaces.as_ref().map(|id| id.as_str()),
-                    &actor,
-                )
-                .await
-                .map_err(|e| store_failed(&e, decision))?;
-            if written == SessionWrite::Conflict {
-                continue;
+            .await;
+        match authenticated {
+            Ok(principal) => {
+                seen.caller = Caller::of(&principal);
+                Ok(principal)
             }
-            decision.session_id = Some(login.session.id.as_str().into());
-            let access = self.sign(&login.access, decision)?;
-            return Ok(Issued {
-                expires_in: Tokens::expires_in(&login.access, now),
-                scope: login.access.scope.clone(),
-                access,
-                refresh: with_refresh.then(|| login.refresh_token.expose().to_owned()),
-            });
-        }
-        Err(contended(decision))
-    }
-
-    fn sign(&self, claims: &AccessClaims, decision: &mut Decision<'_>) -> Result<String, Failure> {
-        match self.tokens.sign(claims) {
-            Ok(token) => Ok(token.expose().to_owned()),
-            Err(e) => {
-                error!(error = %e, "cannot sign an access token");
-                decision.reason = Some("signing failed");
-                Err(Problem::new(Code::InternalError).into())
+            Err(error) => {
+                seen.caller = Caller::refused(&error);
+                Err(refusal(&error).into())
             }
         }
     }
 }
 
 /// `invalid_key` for a refresh token that cannot be redeemed (every cause
-/// reads alike to the client; the log has the cause).
-fn bad_refresh() -> Failure {
-    Problem::new(Code::InvalidKey)
-        .with_message("The refresh token is not valid: it may have expired or been used already. Log in again with your API key.")
-        .into()
+/// reads alike to the client; the log has the cause, `reason`).
+fn bad_refresh(reason: &'static str) -> Failure {
+    let problem = Problem::new(Code::InvalidKey).with_message(
+        "The refresh token is not valid: it may have expired or been used already. Log in again with your API key.",
+    );
+    Failure::problem(problem, reason)
 }
 
-fn store_failed(e: &StoreError, decision: &mut Decision<'_>) -> Failure {
-    match e {
-        StoreError::Unavailable(_) => warn!(error = %e, "token exchange: key store unavailable"),
-        _ => error!(error = %e, "token exchange: key store error"),
+/// Charges the request to the key's plan limits (the gate's check, last),
+/// noting the window for the `RateLimit-*` headers.
+async fn charge(state: &ProxyState, key: &Key, plan: &PlanSettings, seen: &mut Seen) -> Result<(), Failure> {
+    let charge = state.gate.check_limits(key, plan).await;
+    seen.rate = charge.rate;
+    charge.verdict.map_err(Failure::from)
+}
+
+/// Notes the key a refresh read.
+fn record_key(seen: &mut Seen, key: &Key) {
+    seen.caller.key_id = Some(key.id.as_str().into());
+    seen.caller.short_prefix = Some(key.short_prefix.as_str().into());
+}
+
+/// The use case's outcome; the issued session is noted, and a failure is
+/// mapped by [`exchange_failed`].
+fn issued_or_failure(issued: Result<Issued, ExchangeError>, seen: &mut Seen) -> Result<Issued, Failure> {
+    let issued = issued.map_err(|e| exchange_failed(e, seen))?;
+    seen.caller.session_id = Some(issued.session_id.as_str().into());
+    Ok(issued)
+}
+
+/// The one map from an exchange failure to the problem a client sees and
+/// the reason the log records (a refused key goes through the gate's
+/// [`refusal`], like any credential).
+fn exchange_failed(e: ExchangeError, seen: &mut Seen) -> Failure {
+    if let Some(key) = &e.key {
+        record_key(seen, key);
     }
-    decision.reason = Some("key store unavailable");
-    Problem::new(Code::AuthUnavailable).into()
-}
-
-fn contended(decision: &mut Decision<'_>) -> Failure {
-    warn!("token exchange: gave up after repeated concurrent changes to one session");
-    decision.reason = Some("session contended");
-    Problem::new(Code::AuthUnavailable).into()
-}
-
-/// The key behind a refresh token must still be usable; refused as the
-/// gate refuses a key in that state.
-fn check_key_state(
-    key: &Key,
-    now: chrono::DateTime<chrono::Utc>,
-    decision: &mut Decision<'_>,
-) -> Result<(), Failure> {
-    match AuthFailure::of_state(key.state_at(now)) {
-        None => Ok(()),
-        Some(failure) => {
-            let error = AuthError::new(failure, Some(&key.short_prefix));
-            Err(refusal(error, decision).into())
+    match e.failure {
+        ExchangeFailure::UnknownSession => bad_refresh("refresh token's session unknown"),
+        ExchangeFailure::UnknownKey => bad_refresh("refresh token's key unknown"),
+        ExchangeFailure::RefreshRefused(_) => bad_refresh("refresh token refused"),
+        ExchangeFailure::RefreshReused => bad_refresh("refresh token reused: session revoked"),
+        ExchangeFailure::KeyRefused(error) => {
+            seen.caller.short_prefix = error.short_prefix.as_deref().map(Arc::from);
+            refusal(&error).into()
+        }
+        ExchangeFailure::Store(_) => Failure::problem(Code::AuthUnavailable, "key store unavailable"),
+        ExchangeFailure::Contended => Failure::problem(Code::AuthUnavailable, "session contended"),
+        ExchangeFailure::Signing { session_id, .. } => {
+            seen.caller.session_id = Some(session_id.as_str().into());
+            Failure::problem(Code::InternalError, "signing failed")
         }
     }
 }
 
 /// Reads the body, up to [`MAX_BODY_BYTES`] and within [`BODY_TIMEOUT`].
-async fn read_body(body: Incoming, decision: &mut Decision<'_>) -> Result<Bytes, Failure> {
+async fn read_body(body: Incoming) -> Result<Bytes, Failure> {
     let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await;
     match collected {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            decision.reason = Some("exchange body too large");
-            Err(Problem::new(Code::PayloadTooLarge)
-                .with_message(format!(
-                    "The body of a token request may be at most {MAX_BODY_BYTES} bytes."
-                ))
-                .into())
+            let problem = Problem::new(Code::PayloadTooLarge).with_message(format!(
+                "The body of a token request may be at most {MAX_BODY_BYTES} bytes."
+            ));
+            Err(Failure::problem(problem, "exchange body too large"))
         }
         Ok(Err(_)) => {
-            decision.reason = Some("exchange body unreadable");
-            Err(Problem::new(Code::BadRequest)
-                .with_message("The request body could not be read.")
-                .into())
+            let problem = Problem::new(Code::BadRequest).with_message("The request body could not be read.");
+            Err(Failure::problem(problem, "exchange body unreadable"))
         }
         Err(_) => {
-            decision.reason = Some("exchange body too slow");
-            Err(Problem::new(Code::BadRequest)
-                .with_message("The request body did not arrive in time.")
-                .into())
+            let problem =
+                Problem::new(Code::BadRequest).with_message("The request body did not arrive in time.");
+            Err(Failure::problem(problem, "exchange body too slow"))
         }
     }
 }
 
 /// The body as a JSON object.
-async fn read_json(
-    body: Incoming,
-    decision: &mut Decision<'_>,
-) -> Result<serde_json::Map<String, Value>, Failure> {
-    let bytes = read_body(body, decision).await?;
+async fn read_json(body: Incoming) -> Result<serde_json::Map<String, Value>, Failure> {
+    let bytes = read_body(body).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        _ => Err(bad_field(decision, "The body must be a JSON object.")),
+        _ => Err(bad_field("The body must be a JSON object.")),
     }
 }
 
-fn bad_field(decision: &mut Decision<'_>, message: &'static str) -> Failure {
-    decision.reason = Some("bad token request body");
-    Problem::new(Code::BadRequest).with_message(message).into()
+fn bad_field(message: &'static str) -> Failure {
+    Failure::problem(
+        Problem::new(Code::BadRequest).with_message(message),
+        "bad token request body",
+    )
 }
 
 /// A required string member, moved out of the body into a secret (so no
@@ -687,33 +581,28 @@ fn bad_field(decision: &mut Decision<'_>, message: &'static str) -> Failure {
 fn required_string(
     body: &mut serde_json::Map<String, Value>,
     name: &'static str,
-    decision: &mut Decision<'_>,
 ) -> Result<SecretString, Failure> {
     match body.remove(name) {
         Some(Value::String(s)) if !s.is_empty() => Ok(SecretString::new(s)),
         _ => {
-            decision.reason = Some("bad token request body");
-            Err(Problem::new(Code::BadRequest)
-                .with_message(format!(
-                    "The body must be a JSON object with a non-empty string '{name}'."
-                ))
-                .into())
+            let problem = Problem::new(Code::BadRequest).with_message(format!(
+                "The body must be a JSON object with a non-empty string '{name}'."
+            ));
+            Err(Failure::problem(problem, "bad token request body"))
         }
     }
 }
 
 /// A client's `session_id`: 1–128 bytes, no control characters, not in
 /// `/oauth/token`'s reserved space.
-fn check_session_id(s: &str, decision: &mut Decision<'_>) -> Result<String, Failure> {
+fn check_session_id(s: &str) -> Result<String, Failure> {
     if s.is_empty() || s.len() > MAX_SESSION_ID_BYTES || s.chars().any(char::is_control) {
         return Err(bad_field(
-            decision,
             "session_id must be 1 to 128 bytes of text without control characters.",
         ));
     }
     if s.starts_with(OAUTH_SESSION_PREFIX) {
         return Err(bad_field(
-            decision,
             "session_id values starting with 'oauth:' are reserved for /oauth/token.",
         ));
     }
@@ -836,12 +725,12 @@ fn malformed_basic() -> OAuthError {
 /// A successful token response (RFC 6749 §5.1): JSON, never cached.
 fn token_response(issued: &Issued, oauth: bool) -> Response<Body> {
     let mut body = json!({
-        "access_token": issued.access,
+        "access_token": issued.access.expose(),
         "token_type": "Bearer",
         "expires_in": issued.expires_in,
     });
     if let Some(refresh) = &issued.refresh {
-        body["refresh_token"] = Value::String(refresh.clone());
+        body["refresh_token"] = Value::String(refresh.expose().to_owned());
     }
     // SPEC §8's login and refresh answers have exactly the four members;
     // RFC 6749 §5.1 wants `scope` when it may differ from the request.
@@ -914,11 +803,10 @@ mod tests {
 
     #[test]
     fn session_ids_are_bounded_and_oauth_ones_reserved() {
-        let mut decision = Decision::default();
-        assert_eq!(check_session_id("phone-1", &mut decision).unwrap(), "phone-1");
-        assert!(check_session_id("", &mut decision).is_err());
-        assert!(check_session_id(&"x".repeat(129), &mut decision).is_err());
-        assert!(check_session_id("a\nb", &mut decision).is_err());
-        assert!(check_session_id("oauth:read", &mut decision).is_err());
+        assert_eq!(check_session_id("phone-1").unwrap(), "phone-1");
+        assert!(check_session_id("").is_err());
+        assert!(check_session_id(&"x".repeat(129)).is_err());
+        assert!(check_session_id("a\nb").is_err());
+        assert!(check_session_id("oauth:read").is_err());
     }
 }

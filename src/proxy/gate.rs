@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use http::request::Parts;
 
+use super::record::{Caller, Refusal};
 use crate::auth::extract::{CredentialHeaders, Presented};
-use crate::auth::{AuthError, AuthFailure, Authenticator, Identity, Principal};
+use crate::auth::{AuthError, AuthFailure, Authenticator, Principal};
 use crate::keys::Key;
 use crate::policy::path::{NormalizedPath, normalize};
 use crate::policy::routes::{Access, RouteTable};
@@ -44,50 +45,28 @@ impl Authorized {
     }
 }
 
-/// What the request log records about the gate's decision.
-#[derive(Debug, Default)]
-pub struct Decision<'a> {
-    /// Route label (`default` when no route matched).
+/// What the gate decided about a request, whatever the verdict: the route
+/// it matched, who called as far as the checks got, and the plan's
+/// tightest window once the limiter ran (for the `RateLimit-*` headers).
+#[derive(Debug)]
+pub struct Checked<'a> {
+    /// Route label (`-` for a path refused before routing).
     pub route: &'a str,
-    /// The authenticated key's identity (its id, short prefix and usage
-    /// counter), once known.
-    pub identity: Option<Arc<Identity>>,
-    /// The key's id, when known without an identity (the token exchange).
-    pub key_id: Option<Arc<str>>,
-    /// The presented key's short prefix, when known without an identity (a
-    /// refused key, the token exchange).
-    pub short_prefix: Option<Arc<str>>,
-    /// The access token's session, when the caller presented one.
-    pub session_id: Option<Arc<str>>,
-    /// Why the request was refused (for the log only).
-    pub reason: Option<&'static str>,
-    /// The plan's tightest window after the rate limiter ran, for the
-    /// `RateLimit-*` headers of whatever response follows (`None` when the
-    /// limiter did not run: refused earlier, public route, unlimited plan).
+    /// Who called.
+    pub caller: Caller,
+    /// The plan's tightest window, once the limiter ran.
     pub rate: Option<WindowStatus>,
-    /// How long the upstream took to send its response head, once forwarded
-    /// (for the latency metrics).
-    pub upstream: Option<std::time::Duration>,
-    /// When the upstream's response head (or the forwarding error) came.
-    pub answered_at: Option<std::time::Instant>,
+    /// Pass or refusal.
+    pub verdict: Result<Authorized, Refusal>,
 }
 
-impl Decision<'_> {
-    /// The key's id, once known.
-    pub fn key_id(&self) -> Option<&str> {
-        match &self.identity {
-            Some(identity) => Some(&identity.key_id),
-            None => self.key_id.as_deref(),
-        }
-    }
-
-    /// The presented key's short prefix, once known.
-    pub fn short_prefix(&self) -> Option<&str> {
-        match &self.identity {
-            Some(identity) => Some(&identity.short_prefix),
-            None => self.short_prefix.as_deref(),
-        }
-    }
+/// One request charged to a plan's limits.
+#[derive(Debug)]
+pub struct Charge {
+    /// The plan's tightest window (`None` for an unlimited plan).
+    pub rate: Option<WindowStatus>,
+    /// Whether the request may go on.
+    pub verdict: Result<(), Refusal>,
 }
 
 /// The checks, compiled once from config.
@@ -131,130 +110,131 @@ impl Gate {
         &self.authenticator
     }
 
-    /// Runs every check on a request head. `decision` collects what the
-    /// request log needs, whatever the outcome.
-    pub async fn check<'a>(
-        &'a self,
-        parts: &Parts,
-        decision: &mut Decision<'a>,
-    ) -> Result<Authorized, Problem> {
-        let path = normalize(parts.uri.path()).map_err(|e| {
-            decision.reason = Some("bad path");
-            Problem::new(Code::BadRequest).with_message(format!("Bad request path: {e}."))
-        })?;
-        let required = match self.routes.decide(&parts.method, &path) {
+    /// Runs every check on a request head and says what it decided.
+    pub async fn check<'a>(&'a self, parts: &Parts) -> Checked<'a> {
+        let refused = |route, caller, refusal| Checked {
+            route,
+            caller,
+            rate: None,
+            verdict: Err(refusal),
+        };
+        let path = match normalize(parts.uri.path()) {
+            Ok(path) => path,
+            Err(e) => {
+                let problem = Problem::new(Code::BadRequest).with_message(format!("Bad request path: {e}."));
+                return refused("-", Caller::default(), Refusal::new(problem, "bad path"));
+            }
+        };
+        let (route, required) = match self.routes.decide(&parts.method, &path) {
             Access::Public { route } => {
-                decision.route = route;
-                return Ok(Authorized {
-                    principal: None,
-                    path,
-                });
+                return Checked {
+                    route,
+                    caller: Caller::default(),
+                    rate: None,
+                    verdict: Ok(Authorized {
+                        principal: None,
+                        path,
+                    }),
+                };
             }
-            Access::Protected { route, required } => {
-                decision.route = route;
-                required
-            }
+            Access::Protected { route, required } => (route, required),
         };
         let presented = match self.credentials.extract(&parts.headers) {
             Presented::Credential(secret) => secret,
             Presented::Missing => {
-                decision.reason = Some("no credential");
-                return Err(Problem::new(Code::MissingCredentials));
+                return refused(
+                    route,
+                    Caller::default(),
+                    Refusal::new(Code::MissingCredentials, "no credential"),
+                );
             }
             Presented::Ambiguous => {
-                decision.reason = Some("two different credentials");
-                return Err(Problem::new(Code::AmbiguousCredentials));
+                let refusal = Refusal::new(Code::AmbiguousCredentials, "two different credentials");
+                return refused(route, Caller::default(), refusal);
             }
             Presented::Malformed => {
-                decision.reason = Some("empty or malformed credential header");
-                return Err(Problem::new(Code::InvalidKey));
+                let refusal = Refusal::new(Code::InvalidKey, "empty or malformed credential header");
+                return refused(route, Caller::default(), refusal);
             }
         };
-        let principal = self
-            .authenticator
-            .authenticate(presented)
-            .await
-            .map_err(|error| refusal(error, decision))?;
-        identify(decision, &principal);
+        let principal = match self.authenticator.authenticate(presented).await {
+            Ok(principal) => principal,
+            Err(error) => return refused(route, Caller::refused(&error), refusal(&error)),
+        };
+        let caller = Caller::of(&principal);
         // The identity's hot record answers the plan and scope checks; the
         // key's own data is read only by a limited plan.
-        let plan = self.check_plan(principal.identity.plan(), decision)?;
+        let plan = match self.check_plan(principal.identity.plan()) {
+            Ok(plan) => plan,
+            Err(refusal) => return refused(route, caller, refusal),
+        };
         if let Some(missing) = principal.first_missing_scope(required) {
-            decision.reason = Some("scope missing");
-            return Err(Problem::insufficient_scope(missing));
+            return refused(
+                route,
+                caller,
+                Refusal::new(Problem::insufficient_scope(missing), "scope missing"),
+            );
         }
-        self.check_limits(principal.key(), plan, decision).await?;
-        Ok(Authorized {
-            principal: Some(principal),
-            path,
-        })
+        let charge = self.check_limits(principal.key(), plan).await;
+        Checked {
+            route,
+            caller,
+            rate: charge.rate,
+            verdict: charge.verdict.map(|()| Authorized {
+                principal: Some(principal),
+                path,
+            }),
+        }
     }
 
     /// The key's plan (named `plan`), or `plan_forbidden` unless it has API
-    /// access; a key without a plan has [`NO_PLAN`](crate::policy::NO_PLAN). The plan goes on to
-    /// [`Gate::check_limits`], so a request looks it up once.
-    pub fn check_plan(
-        &self,
-        plan: Option<&str>,
-        decision: &mut Decision<'_>,
-    ) -> Result<&PlanSettings, Problem> {
+    /// access; a key without a plan has [`NO_PLAN`](crate::policy::NO_PLAN).
+    /// The plan goes on to [`Gate::check_limits`], so a request looks it up
+    /// once.
+    pub fn check_plan(&self, plan: Option<&str>) -> Result<&PlanSettings, Refusal> {
         let Some(plan) = plan else {
             return Ok(&self.no_plan);
         };
         match self.plans.get(plan) {
             Some(plan) if scopes::plan_allows(Some(plan)) => Ok(plan),
-            _ => {
-                decision.reason = Some("plan without API access");
-                Err(Problem::new(Code::PlanForbidden))
-            }
+            _ => Err(Refusal::new(Code::PlanForbidden, "plan without API access")),
         }
     }
 
     /// Charges one request to the key's plan limits (`plan`, from
     /// [`Gate::check_plan`]; the last check: call it only once everything
-    /// else passed). Records the tightest window in `decision` for the
-    /// `RateLimit-*` headers.
-    pub async fn check_limits(
-        &self,
-        key: &Key,
-        plan: &PlanSettings,
-        decision: &mut Decision<'_>,
-    ) -> Result<(), Problem> {
+    /// else passed), with the tightest window for the `RateLimit-*` headers.
+    pub async fn check_limits(&self, key: &Key, plan: &PlanSettings) -> Charge {
         if plan.unlimited || plan.limits.is_empty() {
-            return Ok(());
+            return Charge {
+                rate: None,
+                verdict: Ok(()),
+            };
         }
         let plan_name = key.plan.as_deref().unwrap_or_default();
         let subject = subject(plan, plan_name, key.id.as_str(), key.owner.as_deref());
         let verdict = self.limiter.check(&subject, &plan.limits).await;
-        decision.rate = verdict.window().copied();
-        match verdict.retry_after_secs() {
-            Some(retry_after) => {
-                decision.reason = Some("rate limited");
-                Err(Problem::rate_limited(retry_after))
-            }
-            None => Ok(()),
+        Charge {
+            rate: verdict.window().copied(),
+            verdict: match verdict.retry_after_secs() {
+                Some(retry_after) => Err(Refusal::new(Problem::rate_limited(retry_after), "rate limited")),
+                None => Ok(()),
+            },
         }
     }
 }
 
-/// The problem answering a refused credential; the reason and short prefix
-/// go to `decision` for the log.
-pub fn refusal(error: AuthError, decision: &mut Decision<'_>) -> Problem {
-    decision.short_prefix = error.short_prefix.map(Arc::from);
+/// The refusal answering a refused credential: the one map from an
+/// [`AuthFailure`] to its SPEC code and log reason (the short prefix goes
+/// to the log through [`Caller::refused`]).
+pub fn refusal(error: &AuthError) -> Refusal {
     let (code, reason) = match error.failure {
         AuthFailure::Invalid(why) => (Code::InvalidKey, why.as_str()),
         AuthFailure::Inactive => (Code::KeyInactive, "key inactive"),
         AuthFailure::Expired => (Code::KeyExpired, "key expired"),
         AuthFailure::Unavailable => (Code::AuthUnavailable, "key store unavailable"),
     };
-    decision.reason = Some(reason);
-    Problem::new(code)
-}
-
-/// Records who the caller is for the request log and usage counts.
-pub fn identify(decision: &mut Decision<'_>, principal: &Principal) {
-    decision.identity = Some(Arc::clone(&principal.identity));
-    decision.session_id = principal.grant.as_ref().map(|g| Arc::from(g.claims.sid.as_str()));
+    Refusal::new(code, reason)
 }
 
 /// Whose counters a request of key `key_id` (owned by `owner`) on `plan`
@@ -274,6 +254,35 @@ fn subject(plan: &PlanSettings, plan_name: &str, key_id: &str, owner: Option<&st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::InvalidReason;
+    use crate::keys::KeyState;
+
+    #[test]
+    fn a_refused_key_answers_the_code_its_state_maps_to() {
+        // The gate, the exchange and the verification API refuse a key in
+        // a state through `AuthFailure::of_state` and then this map; it must
+        // agree with the code `auth` names for the failure.
+        let states = [
+            (KeyState::Revoked, "invalid_key"),
+            (KeyState::Inactive, "key_inactive"),
+            (KeyState::Expired, "key_expired"),
+        ];
+        for (state, code) in states {
+            let failure = AuthFailure::of_state(state).unwrap();
+            let error = AuthError::new(failure, Some("kg_abc"));
+            let problem = refusal(&error).problem;
+            assert_eq!((problem.code.as_str(), failure.code()), (code, code), "{state:?}");
+            assert_eq!(Caller::refused(&error).short_prefix(), Some("kg_abc"));
+        }
+        assert_eq!(AuthFailure::of_state(KeyState::Active), None);
+        for failure in [
+            AuthFailure::Invalid(InvalidReason::WrongSecret),
+            AuthFailure::Unavailable,
+        ] {
+            let problem = refusal(&AuthError::new(failure, None)).problem;
+            assert_eq!(problem.code.as_str(), failure.code(), "{failure:?}");
+        }
+    }
 
     #[test]
     fn subjects_separate_keys_and_owners_per_plan() {

@@ -1,5 +1,7 @@
 //! The proxy listener: every request goes through [`stack`]: limits, the
-//! [`gate`] (authentication and policy), then [`forward`] to the upstream.
+//! [`gate`] (authentication and policy), then [`forward`] to the upstream;
+//! the outcome of the step that answered becomes the request's
+//! [`record::RequestRecord`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use crate::telemetry::metrics::Metrics;
 pub mod exchange;
 pub mod forward;
 pub mod gate;
+pub mod record;
 pub mod serve;
 pub mod sniff;
 pub mod stack;

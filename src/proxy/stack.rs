@@ -18,7 +18,8 @@
 //! 5. **Forward** ([`super::forward`]) — only an `Authorized` request; header
 //!    hygiene, streaming, upstream errors mapped to 502/504.
 //! 6. **Log** — one line per request with method, route, key id, short
-//!    prefix, decision, status and duration; never a secret.
+//!    prefix, decision, status and duration; never a secret. Built from the
+//!    [`super::record::RequestRecord`] the answering step's outcome became.
 //! 7. **Usage and metrics** — a request whose key was identified is counted
 //!    by outcome in memory ([`crate::auth::usage`]; the store is written off
 //!    this path), and every request by outcome and route, with its latency,
@@ -32,7 +33,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use super::forward::ForwardError;
-use super::gate::Decision;
+use super::record::RequestRecord;
 use super::sniff::AmbiguousFraming;
 use super::upstream::Upstream;
 use super::{Peer, ProxyState};
@@ -51,12 +52,8 @@ pub async fn handle(
     let span = tracing::info_span!("request", method = %req.method(), client = %client.addr().ip());
     async move {
         let method = req.method().clone();
-        let mut decision = Decision {
-            route: "-",
-            ..Decision::default()
-        };
-        let mut response = pipeline(state, req, client, upstream, &mut decision).await;
-        if let (Some(names), Some(window)) = (&state.rate_limit_headers, &decision.rate) {
+        let (mut response, record) = pipeline(state, req, client, upstream).await;
+        if let (Some(names), Some(window)) = (&state.rate_limit_headers, &record.rate) {
             names.apply(response.headers_mut(), window);
         }
         let status = response.status().as_u16();
@@ -65,28 +62,28 @@ pub async fn handle(
             .get::<Code>()
             .map_or("ok", |code| code.as_str());
         // Only identified keys are counted; the recorder never waits on the store.
-        if let Some(identity) = &decision.identity {
+        if let Some(identity) = &record.caller.identity {
             state.usage.record_identity_now(identity, outcome);
-        } else if let Some(key_id) = &decision.key_id {
+        } else if let Some(key_id) = &record.caller.key_id {
             state.usage.record_now(key_id, outcome);
         }
         // The forwarded request's clock reading when its response head
         // arrived serves as the end too (what follows it takes nanoseconds).
-        let duration = decision
+        let duration = record
             .answered_at
             .unwrap_or_else(Instant::now)
             .duration_since(started);
         state
             .metrics
-            .observe_request(outcome, decision.route, duration, decision.upstream);
+            .observe_request(outcome, record.route, duration, record.upstream);
         tracing::info!(
             method = %method,
-            route = decision.route,
-            key_id = decision.key_id().unwrap_or("-"),
-            short_prefix = decision.short_prefix().unwrap_or("-"),
-            session_id = decision.session_id.as_deref().unwrap_or("-"),
+            route = record.route,
+            key_id = record.caller.key_id().unwrap_or("-"),
+            short_prefix = record.caller.short_prefix().unwrap_or("-"),
+            session_id = record.caller.session_id.as_deref().unwrap_or("-"),
             decision = outcome,
-            reason = decision.reason.unwrap_or("-"),
+            reason = record.reason.unwrap_or("-"),
             status,
             duration_ms = duration.as_secs_f64() * 1000.0,
             "request"
@@ -97,21 +94,22 @@ pub async fn handle(
     .await
 }
 
+/// Answers the request and says what happened: the response, and the
+/// record built from the outcome of the step that answered.
 async fn pipeline<'a>(
     state: &'a ProxyState,
     req: Request<Incoming>,
     client: &Peer,
     upstream: &Upstream,
-    decision: &mut Decision<'a>,
-) -> Response<Body> {
+) -> (Response<Body>, RequestRecord<'a>) {
     let (parts, body) = req.into_parts();
 
     // 1. Head limits.
     if head_size(&parts.headers) + parts.uri.path_and_query().map_or(0, |p| p.as_str().len())
         > state.max_header_bytes
     {
-        decision.reason = Some("request head too large");
-        return state.render(&Problem::new(Code::HeadersTooLarge));
+        let record = RequestRecord::unrouted("request head too large");
+        return (state.render(&Problem::new(Code::HeadersTooLarge)), record);
     }
     let content_length = parts.headers.get(header::CONTENT_LENGTH);
     if let (Some(limit), Some(declared)) = (state.max_body_bytes, content_length) {
@@ -121,8 +119,8 @@ async fn pipeline<'a>(
             .and_then(|v| v.trim().parse::<u64>().ok())
             .is_some_and(|n| n > limit)
         {
-            decision.reason = Some("declared body too large");
-            return state.render(&Problem::new(Code::PayloadTooLarge));
+            let record = RequestRecord::unrouted("declared body too large");
+            return (state.render(&Problem::new(Code::PayloadTooLarge)), record);
         }
     }
     // 2. Framing.
@@ -131,11 +129,10 @@ async fn pipeline<'a>(
     let ambiguous = parts.extensions.get::<AmbiguousFraming>().is_some()
         || (content_length.is_some() && parts.headers.contains_key(header::TRANSFER_ENCODING));
     if ambiguous {
-        decision.reason = Some("Content-Length with Transfer-Encoding");
-        return state.render(
-            &Problem::new(Code::BadRequest)
-                .with_message("A request may not carry both Content-Length and Transfer-Encoding."),
-        );
+        let problem = Problem::new(Code::BadRequest)
+            .with_message("A request may not carry both Content-Length and Transfer-Encoding.");
+        let record = RequestRecord::unrouted("Content-Length with Transfer-Encoding");
+        return (state.render(&problem), record);
     }
 
     // 3. Token exchange.
@@ -147,14 +144,19 @@ async fn pipeline<'a>(
             // Boxed: the exchange's state machine is large and rare, and
             // unboxed it would size (and be copied with) every request's
             // future.
-            return Box::pin(exchange.handle(state, endpoint, parts, body, decision)).await;
+            return Box::pin(exchange.handle(state, endpoint, parts, body)).await;
         }
     }
 
     // 4. Gate.
-    let authorized = match state.gate.check(&parts, decision).await {
+    let checked = state.gate.check(&parts).await;
+    let mut record = RequestRecord::new(checked.route, checked.caller, checked.rate, None);
+    let authorized = match checked.verdict {
         Ok(authorized) => authorized,
-        Err(problem) => return state.render(&problem),
+        Err(refusal) => {
+            record.reason = Some(refusal.reason);
+            return (state.render(&refusal.problem), record);
+        }
     };
 
     // 5. Forward.
@@ -164,9 +166,9 @@ async fn pipeline<'a>(
         .forward(upstream, authorized, parts, body, client, forwarded_at)
         .await;
     let answered_at = Instant::now();
-    decision.upstream = Some(answered_at.duration_since(forwarded_at));
-    decision.answered_at = Some(answered_at);
-    match forwarded {
+    record.upstream = Some(answered_at.duration_since(forwarded_at));
+    record.answered_at = Some(answered_at);
+    let response = match forwarded {
         Ok(response) => response,
         Err(e) => {
             let code = match &e {
@@ -176,14 +178,15 @@ async fn pipeline<'a>(
             };
             // The cause goes to the log, never to the client.
             tracing::warn!(error = %e, "forwarding failed");
-            decision.reason = Some(match code {
+            record.reason = Some(match code {
                 Code::UpstreamTimeout => "upstream timeout",
                 Code::PayloadTooLarge => "streamed body too large",
                 _ => "upstream unavailable",
             });
             state.render(&Problem::new(code))
         }
-    }
+    };
+    (response, record)
 }
 
 /// Bytes of the header section as sent (names, values, separators).

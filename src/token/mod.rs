@@ -4,9 +4,10 @@
 //! This module owns the token formats, signing and verification, the JWKS
 //! document, and the pure session decisions (login, refresh rotation, reuse
 //! detection, whether a session admits a token). It holds no HTTP types and
-//! does no I/O: `proxy` parses requests and renders responses, `auth` looks
-//! up keys and caches session rows, `store` keeps the rows and announces
-//! their changes, and `config` fills [`TokenSettings`].
+//! does no I/O: `proxy` parses requests and renders responses, `auth` runs
+//! the exchange over the store (reads, conditional writes, retries, reuse
+//! revocation), looks up keys and caches session rows, `store` keeps the
+//! rows and announces their changes, and `config` fills [`TokenSettings`].
 //!
 //! # Security choices
 //!

@@ -114,3 +114,309 @@ async fn serve_logs_without_secrets_and_drains_on_sigterm() {
     assert_eq!(requests[2]["decision"], "missing_credentials");
     assert_eq!(requests[3]["decision"], "invalid_key");
 }
+
+/// Every refusal the gate and the token exchange make reaches the request
+/// log with its route, code, reason and as much of the caller as was known
+/// (key id, short prefix, session); pinned request by request, so the log
+/// record cannot change when the code that builds it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refusal_is_logged_with_its_reason_and_caller() {
+    use base64::Engine;
+    use http::Method;
+    use serde_json::{Value, json};
+
+    let echo = keygate::echo::EchoServer::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let sb = Sandbox::new(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+         [upstream]\nurl = \"http://{}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n[keys]\ndefault_plan = \"pro\"\n\
+         {DEFAULT_ROUTES}\n[plans.tiny]\nlimits = [{{ requests = 1, per = \"1h\" }}]\n\
+         [tokens]\nenabled = true\nsigning_key = \"log-record-test-signing-key-0123456789abcdef\"\n",
+        echo.addr()
+    ));
+    let create = |plan: &str| {
+        sb.run(&[
+            "keys",
+            "create",
+            "--name",
+            plan,
+            "--plan",
+            plan,
+            "--scopes",
+            "can_read_order",
+            "--json",
+        ])
+        .expect(0)
+        .json()
+    };
+    let (pro, free, tiny) = (create("pro"), create("free"), create("tiny"));
+    let secret = |key: &Value| key["key"].as_str().unwrap().to_owned();
+    let last = if secret(&pro).ends_with('0') { '1' } else { '0' };
+    let mistyped = format!("{}{last}", &secret(&pro)[..secret(&pro).len() - 1]);
+
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let served = Served::start(&sb, proxy).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let send = |method: Method, path: &str, headers: Vec<(&'static str, String)>, body: String| {
+        let client = client.clone();
+        let uri = format!("http://{proxy}{path}");
+        async move {
+            let mut req = http::Request::builder().method(method).uri(uri);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            let response = client
+                .request(
+                    req.body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let key_header = |key: &str| vec![("x-api-key", key.to_owned())];
+    let json_body = || vec![("content-type", "application/json".to_owned())];
+    let form_body = || vec![("content-type", "application/x-www-form-urlencoded".to_owned())];
+    let get_orders = |headers| send(Method::GET, "/v1/orders/1", headers, String::new());
+    let login = |body: Value| send(Method::POST, "/auth/login", json_body(), body.to_string());
+    let refresh = |token: &str| {
+        send(
+            Method::POST,
+            "/auth/refresh",
+            json_body(),
+            json!({ "refresh_token": token }).to_string(),
+        )
+    };
+
+    let mut statuses = vec![
+        get_orders(vec![]).await.0,
+        get_orders(key_header(&mistyped)).await.0,
+        send(
+            Method::GET,
+            "/v1/admin/x",
+            key_header(&secret(&pro)),
+            String::new(),
+        )
+        .await
+        .0,
+        get_orders(key_header(&secret(&free))).await.0,
+        get_orders(key_header(&secret(&tiny))).await.0,
+        get_orders(key_header(&secret(&tiny))).await.0,
+        send(Method::POST, "/auth/login", json_body(), "{".into()).await.0,
+        login(json!({ "api_key": mistyped })).await.0,
+        login(json!({ "api_key": secret(&free) })).await.0,
+    ];
+    let (status, first) = login(json!({ "api_key": secret(&pro) })).await;
+    statuses.push(status);
+    let spent = first["refresh_token"].as_str().unwrap().to_owned();
+    let grant = |body: String| send(Method::POST, "/oauth/token", form_body(), body);
+    statuses.extend([
+        refresh("kgr_not-a-token").await.0,
+        refresh(&spent).await.0,
+        refresh(&spent).await.0,
+        send(Method::GET, "/auth/login", vec![], String::new()).await.0,
+        grant("grant_type=password".into()).await.0,
+    ]);
+    let client_credentials = format!(
+        "grant_type=client_credentials&client_id={}&client_secret={}",
+        pro["id"].as_str().unwrap(),
+        secret(&pro)
+    );
+    let (status, oauth) = grant(client_credentials).await;
+    statuses.push(status);
+    let (status, second) = login(json!({ "api_key": secret(&pro), "session_id": "s2" })).await;
+    statuses.push(status);
+    sb.run(&["keys", "disable", pro["id"].as_str().unwrap()])
+        .expect(0);
+    statuses.push(refresh(second["refresh_token"].as_str().unwrap()).await.0);
+
+    let (code, logs) = served.stop().await;
+    assert_eq!(code, Some(0), "{logs}");
+    let sid = |tokens: &Value| {
+        let payload = tokens["access_token"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .nth(1)
+            .unwrap();
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice::<Value>(&payload).unwrap()["sid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (sid1, sid2, oauth_sid) = (sid(&first), sid(&second), sid(&oauth));
+    let field = |key: &Value, name: &str| key[name].as_str().unwrap().to_owned();
+    let (pro_id, pro_short) = (field(&pro, "id"), field(&pro, "short_prefix"));
+    let (free_id, free_short) = (field(&free, "id"), field(&free, "short_prefix"));
+    let (tiny_id, tiny_short) = (field(&tiny, "id"), field(&tiny, "short_prefix"));
+    let none = || "-".to_owned();
+    let logged: Vec<[String; 7]> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["message"] == "request")
+        .map(|r| {
+            let text = |name: &str| match &r[name] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            [
+                text("status"),
+                text("route"),
+                text("decision"),
+                text("reason"),
+                text("key_id"),
+                text("short_prefix"),
+                text("session_id"),
+            ]
+        })
+        .collect();
+    let row = |status: u16, route: &str, decision: &str, reason: &str, key: (String, String), sid: String| {
+        [
+            status.to_string(),
+            route.to_owned(),
+            decision.to_owned(),
+            reason.to_owned(),
+            key.0,
+            key.1,
+            sid,
+        ]
+    };
+    let orders = "GET /v1/orders/**";
+    let pro_key = || (pro_id.clone(), pro_short.clone());
+    let nobody = || (none(), none());
+    let expected = vec![
+        row(
+            401,
+            orders,
+            "missing_credentials",
+            "no credential",
+            nobody(),
+            none(),
+        ),
+        row(401, orders, "invalid_key", "bad_checksum", nobody(), none()),
+        row(
+            403,
+            "/v1/admin/**",
+            "insufficient_scope",
+            "scope missing",
+            pro_key(),
+            none(),
+        ),
+        row(
+            403,
+            orders,
+            "plan_forbidden",
+            "plan without API access",
+            (free_id.clone(), free_short.clone()),
+            none(),
+        ),
+        row(
+            200,
+            orders,
+            "ok",
+            "-",
+            (tiny_id.clone(), tiny_short.clone()),
+            none(),
+        ),
+        row(
+            429,
+            orders,
+            "rate_limited",
+            "rate limited",
+            (tiny_id, tiny_short),
+            none(),
+        ),
+        row(
+            400,
+            "POST /auth/login",
+            "bad_request",
+            "bad token request body",
+            nobody(),
+            none(),
+        ),
+        row(
+            401,
+            "POST /auth/login",
+            "invalid_key",
+            "bad_checksum",
+            nobody(),
+            none(),
+        ),
+        row(
+            403,
+            "POST /auth/login",
+            "plan_forbidden",
+            "plan without API access",
+            (free_id, free_short),
+            none(),
+        ),
+        row(200, "POST /auth/login", "ok", "-", pro_key(), sid1.clone()),
+        row(
+            401,
+            "POST /auth/refresh",
+            "invalid_key",
+            "refresh token malformed",
+            nobody(),
+            none(),
+        ),
+        row(200, "POST /auth/refresh", "ok", "-", pro_key(), sid1.clone()),
+        row(
+            401,
+            "POST /auth/refresh",
+            "invalid_key",
+            "refresh token reused: session revoked",
+            pro_key(),
+            sid1,
+        ),
+        row(
+            405,
+            "POST /auth/login",
+            "bad_request",
+            "method not allowed",
+            nobody(),
+            none(),
+        ),
+        row(
+            400,
+            "POST /oauth/token",
+            "bad_request",
+            "unsupported grant_type",
+            nobody(),
+            none(),
+        ),
+        row(200, "POST /oauth/token", "ok", "-", pro_key(), oauth_sid),
+        row(200, "POST /auth/login", "ok", "-", pro_key(), sid2.clone()),
+        row(
+            401,
+            "POST /auth/refresh",
+            "key_inactive",
+            "key inactive",
+            pro_key(),
+            sid2,
+        ),
+    ];
+    assert_eq!(
+        statuses,
+        expected
+            .iter()
+            .map(|r| r[0].parse::<u16>().unwrap())
+            .collect::<Vec<_>>(),
+        "{logs}"
+    );
+    assert_eq!(logged, expected, "{logs}");
+}
