@@ -22,8 +22,9 @@ use utoipa::ToSchema;
 use super::error::AdminError;
 use crate::keys::model::{parse_duration, parse_expiry};
 use crate::keys::{KeyId, KeyPatch, KeyStatus, SecretString};
+use crate::keys::{RevokeReason, Session, SessionId};
 use crate::manage::{CreateKey, FieldError, Issued, KeyFields, KeyManager, KeyView};
-use crate::store::{AuditEntry, SessionRecord, SessionRevokeReason, Usage};
+use crate::store::{AuditEntry, Usage};
 
 /// Items per page when `limit` is not given.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -637,8 +638,8 @@ pub struct UsageView {
 #[schema(as = Session)]
 pub struct SessionView {
     /// The session id, the `sid` claim of its access tokens.
-    #[schema(example = "ses_01kaqz3m5v8x2c4n6b7d9f0g1h")]
-    pub id: String,
+    #[schema(value_type = String, example = "ses_01kaqz3m5v8x2c4n6b7d9f0g1h")]
+    pub id: SessionId,
     /// The key the session was opened with.
     #[schema(value_type = String, example = "key_01kaqz3m5v8x2c4n6b7d9f0g1h")]
     pub key_id: KeyId,
@@ -655,12 +656,12 @@ pub struct SessionView {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Why it was revoked; `null` while it is not.
     #[schema(schema_with = revoke_reason_schema)]
-    pub revoked_reason: Option<SessionRevokeReason>,
+    pub revoked_reason: Option<RevokeReason>,
 }
 
 impl SessionView {
     /// The view of a stored session.
-    pub fn new(record: &SessionRecord) -> Self {
+    pub fn new(record: &Session) -> Self {
         Self {
             id: record.id.clone(),
             key_id: record.key_id.clone(),
@@ -674,11 +675,11 @@ impl SessionView {
     }
 }
 
-/// The schema of an optional [`SessionRevokeReason`]: its stored spellings,
+/// The schema of an optional [`RevokeReason`]: its stored spellings,
 /// or `null`.
 fn revoke_reason_schema() -> utoipa::openapi::Object {
     use utoipa::openapi::{ObjectBuilder, Type, schema::SchemaType};
-    let reasons = [SessionRevokeReason::Admin, SessionRevokeReason::RefreshReuse];
+    let reasons = [RevokeReason::Admin, RevokeReason::RefreshReuse];
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
         .enum_values(Some(
@@ -728,6 +729,7 @@ pub struct FieldErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::TokenDigest;
 
     fn json_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -832,17 +834,17 @@ mod tests {
         let at = DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let record = SessionRecord {
-            id: "ses_01jd3m5k7r9t2v4w6x8y0z1a2b".into(),
+        let record = Session {
+            id: "ses_01jd3m5k7r9t2v4w6x8y0z1a2b".parse().unwrap(),
             key_id: "key_01jd3m5k7r9t2v4w6x8y0z1a2b".parse().unwrap(),
             client_session: Some("tab-1".into()),
             scopes: ["orders:read".to_owned()].into(),
             created_at: at,
             expires_at: at + chrono::Duration::days(30),
             revoked_at: Some(at),
-            revoked_reason: Some(SessionRevokeReason::RefreshReuse),
-            family_digest: [0xf0; 32],
-            refresh_digest: [0x0f; 32],
+            revoked_reason: Some(RevokeReason::RefreshReuse),
+            family_digest: TokenDigest::from_bytes([0xf0; 32]),
+            refresh_digest: TokenDigest::from_bytes([0x0f; 32]),
             refresh_generation: 3,
             access_jti: "jti-must-not-show".into(),
             access_issued_at: at,
@@ -866,7 +868,7 @@ mod tests {
         assert_eq!(json["revoked_reason"], "refresh_reuse");
         assert!(!json.to_string().contains("jti-must-not-show"));
         // The schema's enum lists the spellings serde writes.
-        for reason in [SessionRevokeReason::Admin, SessionRevokeReason::RefreshReuse] {
+        for reason in [RevokeReason::Admin, RevokeReason::RefreshReuse] {
             assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
         }
     }

@@ -24,7 +24,6 @@ use rand::rngs::OsRng;
 use thiserror::Error;
 use tracing::{error, info, warn};
 
-use super::token::{record_from_session, session_from_record, store_reason};
 use super::{AuthError, AuthFailure};
 use crate::clock::SharedClock;
 use crate::keys::Key;
@@ -216,7 +215,7 @@ impl TokenExchange {
             let written = self
                 .store
                 .save_session(
-                    &record_from_session(&decided.rotation.session),
+                    &decided.rotation.session,
                     Some(decided.rotation.previous_generation),
                     None,
                     &Actor::key(&decided.key.id),
@@ -256,15 +255,14 @@ impl TokenExchange {
     /// it means now; a reuse verdict is written (revoking) before it returns.
     async fn decide_refresh(&self, presented: &PresentedRefreshToken) -> Result<Decided, ExchangeError> {
         let now = self.clock.now();
-        let row = self
+        let session = self
             .store
-            .session(presented.session_id().as_str())
+            .session(presented.session_id())
             .await
             .map_err(|e| store_failed(e, None))?;
-        let Some(row) = row else {
+        let Some(session) = session else {
             return Err(ExchangeError::new(ExchangeFailure::UnknownSession, None));
         };
-        let session = session_from_record(row).map_err(|e| store_failed(e, None))?;
         let key = match self.store.get_key(&session.key_id).await {
             Ok(key) => Arc::new(key),
             Err(StoreError::NotFound(_)) => {
@@ -294,12 +292,7 @@ impl TokenExchange {
             } => {
                 let reason = revoked.revoked_reason.unwrap_or(RevokeReason::RefreshReuse);
                 self.store
-                    .revoke_session(
-                        revoked.id.as_str(),
-                        store_reason(reason),
-                        now,
-                        &Actor::key(&key.id),
-                    )
+                    .revoke_session(&revoked.id, reason, now, &Actor::key(&key.id))
                     .await
                     .map_err(|e| store_failed(e, Some(&key)))?;
                 warn!(
@@ -324,7 +317,6 @@ impl TokenExchange {
                 .store
                 .session_for(&request.key_id, request.client_session.as_deref())
                 .await
-                .and_then(|row| row.map(session_from_record).transpose())
                 .map_err(|e| store_failed(e, None))?;
             let login = self
                 .tokens
@@ -333,9 +325,9 @@ impl TokenExchange {
             let written = self
                 .store
                 .save_session(
-                    &record_from_session(&login.session),
+                    &login.session,
                     login.previous_generation,
-                    login.replaces.as_ref().map(SessionId::as_str),
+                    login.replaces.as_ref(),
                     &actor,
                 )
                 .await

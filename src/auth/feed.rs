@@ -71,9 +71,8 @@ impl Authenticator {
                     // A session change (token exchange) says nothing about
                     // the key's own record: dropping the key's cached entries
                     // for it would cost an argon2 re-check per login on every
-                    // replica. An id that does not parse was never issued,
-                    // so nothing cached carries it.
-                    Change::Session { id, .. } => session_ids.extend(id.parse::<SessionId>().ok()),
+                    // replica.
+                    Change::Session { id, .. } => session_ids.push(id.clone()),
                     Change::Key {
                         id,
                         added_short_prefix,

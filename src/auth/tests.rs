@@ -18,14 +18,14 @@ use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::keys::format::{GeneratedKey, parse_generated};
 use crate::keys::{
-    HashParams, KeyFormat, KeyHash, KeyPatch, KeyPrefix, KeySettings, KeyStatus, SecretStr, SecretString,
+    HashParams, KeyFormat, KeyHash, KeyPatch, KeyPrefix, KeySettings, KeyStatus, RevokeReason, SecretStr,
+    SecretString, Session, SessionId,
 };
 use crate::manage::{CreateKey, KeyGenerator, KeyManager};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
     Actor, AuditEntry, Candidate, KeyFilter, KeyStore, MigrationReport, NewKey, Page, PageRequest,
-    SessionRecord, SessionRevokeReason, SessionWrite, SharedStore, StoreError, StoreSettings, Usage,
-    UsageDelta,
+    SessionWrite, SharedStore, StoreError, StoreSettings, Usage, UsageDelta,
 };
 
 const TINY: HashParams = HashParams {
@@ -189,7 +189,7 @@ impl KeyStore for TestStore {
         self.inner.usage(id).await
     }
 
-    async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+    async fn session(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
         self.inner.session(id).await
     }
 
@@ -197,15 +197,15 @@ impl KeyStore for TestStore {
         &self,
         key_id: &KeyId,
         client_session: Option<&str>,
-    ) -> Result<Option<SessionRecord>, StoreError> {
+    ) -> Result<Option<Session>, StoreError> {
         self.inner.session_for(key_id, client_session).await
     }
 
     async fn save_session(
         &self,
-        record: &SessionRecord,
+        record: &Session,
         expected_generation: Option<u64>,
-        replaces: Option<&str>,
+        replaces: Option<&SessionId>,
         actor: &Actor,
     ) -> Result<SessionWrite, StoreError> {
         self.saves.fetch_add(1, Ordering::SeqCst);
@@ -233,11 +233,11 @@ impl KeyStore for TestStore {
 
     async fn revoke_session(
         &self,
-        id: &str,
-        reason: SessionRevokeReason,
+        id: &SessionId,
+        reason: RevokeReason,
         at: DateTime<Utc>,
         actor: &Actor,
-    ) -> Result<Option<SessionRecord>, StoreError> {
+    ) -> Result<Option<Session>, StoreError> {
         self.inner.revoke_session(id, reason, at, actor).await
     }
 
@@ -563,7 +563,7 @@ async fn session_changes_do_not_drop_the_keys_cached_entries() {
         .unwrap();
     assert_eq!(written, SessionWrite::Written);
     f.store
-        .revoke_session(&record.id, SessionRevokeReason::Admin, now, &Actor::cli())
+        .revoke_session(&record.id, RevokeReason::Admin, now, &Actor::cli())
         .await
         .unwrap();
     assert_eq!(

@@ -25,7 +25,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -35,10 +34,8 @@ use tracing::{debug, warn};
 use super::cache::{DigestKey, DigestMap};
 use super::{AuthError, AuthFailure, Grant, Identity, InvalidReason, Principal, scopes_header};
 use crate::keys::KeyId;
-use crate::store::{SessionRecord, SessionRevokeReason, SharedStore, StoreError};
-use crate::token::{
-    AccessClaims, RevokeReason, Session, SessionId, TokenDigest, TokenError, Tokens, effective_scopes,
-};
+use crate::store::{SharedStore, StoreError};
+use crate::token::{AccessClaims, Session, SessionId, TokenError, Tokens, effective_scopes};
 
 /// Whether a presented credential has a JWT's shape (three dot-separated
 /// parts, the first a base64url JSON object): such values go to the token
@@ -300,10 +297,7 @@ impl TokenAuth {
                 return Lookup::Found(entry.value.clone());
             }
         }
-        let read = store
-            .session(id.as_str())
-            .await
-            .and_then(|row| row.map(session_from_record).transpose());
+        let read = store.session(id).await;
         match read {
             Ok(session) => {
                 let session = session.map(Arc::new);
@@ -445,59 +439,6 @@ fn log_reason(e: &TokenError) -> &'static str {
 /// `at + d`, saturating at the end of time.
 fn later(at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     at.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-/// A stored session as `token` sees it.
-pub fn session_from_record(row: SessionRecord) -> Result<Session, StoreError> {
-    let id = SessionId::from_str(&row.id)
-        .map_err(|e| StoreError::Corrupt(format!("session id {:?}: {e}", row.id)))?;
-    Ok(Session {
-        id,
-        key_id: row.key_id,
-        client_session: row.client_session,
-        scopes: row.scopes,
-        created_at: row.created_at,
-        expires_at: row.expires_at,
-        revoked_at: row.revoked_at,
-        revoked_reason: row.revoked_reason.map(|r| match r {
-            SessionRevokeReason::Admin => RevokeReason::Admin,
-            SessionRevokeReason::RefreshReuse => RevokeReason::RefreshReuse,
-        }),
-        family_digest: TokenDigest::from_bytes(row.family_digest),
-        refresh_digest: TokenDigest::from_bytes(row.refresh_digest),
-        refresh_generation: row.refresh_generation,
-        access_jti: row.access_jti,
-        access_issued_at: row.access_issued_at,
-        access_expires_at: row.access_expires_at,
-    })
-}
-
-/// A session as the store keeps it.
-pub fn record_from_session(session: &Session) -> SessionRecord {
-    SessionRecord {
-        id: session.id.as_str().to_owned(),
-        key_id: session.key_id.clone(),
-        client_session: session.client_session.clone(),
-        scopes: session.scopes.clone(),
-        created_at: session.created_at,
-        expires_at: session.expires_at,
-        revoked_at: session.revoked_at,
-        revoked_reason: session.revoked_reason.map(store_reason),
-        family_digest: *session.family_digest.as_bytes(),
-        refresh_digest: *session.refresh_digest.as_bytes(),
-        refresh_generation: session.refresh_generation,
-        access_jti: session.access_jti.clone(),
-        access_issued_at: session.access_issued_at,
-        access_expires_at: session.access_expires_at,
-    }
-}
-
-/// The stored spelling of a revocation reason.
-pub fn store_reason(reason: RevokeReason) -> SessionRevokeReason {
-    match reason {
-        RevokeReason::Admin => SessionRevokeReason::Admin,
-        RevokeReason::RefreshReuse => SessionRevokeReason::RefreshReuse,
-    }
 }
 
 #[cfg(test)]

@@ -8,11 +8,13 @@ pub mod format;
 pub mod hash;
 pub mod model;
 pub mod secret;
+pub mod session;
 
 pub use format::{KeyFormat, KeyFormatError, KeyParts, KeyPrefix};
 pub use hash::{HashParams, KeyHash};
 pub use model::{Key, KeyId, KeyPatch, KeySource, KeyState, KeyStatus, ModelError, SecretRecord};
 pub use secret::{SecretStr, SecretString};
+pub use session::{RevokeReason, Session, SessionId, SessionState, TokenDigest};
 
 /// Settings for issuing keys (`[keys]`).
 #[derive(Debug, Clone, PartialEq)]

@@ -327,6 +327,10 @@ pub enum ModelError {
     /// Not a key id.
     #[error("{0:?} is not a key id (expected key_ followed by 26 letters and digits)")]
     BadId(String),
+    /// A session id that is not `ses_` + 26 alphanumerics (truncated,
+    /// printable copy).
+    #[error("'{0}' is not a session id")]
+    BadSessionId(String),
     /// Not a status.
     #[error("unknown status {0:?}: expected active, inactive or revoked")]
     BadStatus(String),
@@ -364,6 +368,16 @@ pub fn validate_text(field: &'static str, value: &str) -> Result<(), ModelError>
         return Err(ModelError::BadText { field });
     }
     Ok(())
+}
+
+/// A copy of untrusted text fit for an error message or a log line: at most
+/// `max` characters, anything but printable ASCII replaced by `?`, so a
+/// presented value cannot forge log lines or smuggle control characters.
+pub(crate) fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .collect()
 }
 
 /// Validates one scope string.

@@ -19,13 +19,9 @@ use crate::clock::SharedClock;
 use crate::keys::format::{self, GeneratedKey};
 use crate::keys::{
     Key, KeyFormat, KeyId, KeyPatch, KeyPrefix, KeySettings, KeySource, KeyState, KeyStatus, ModelError,
-    SecretString, hash,
+    RevokeReason, SecretString, Session, SessionId, hash,
 };
-use crate::store::{
-    Actor, AuditEntry, KeyFilter, NewKey, Page, PageRequest, SessionRecord, SessionRevokeReason, SharedStore,
-    StoreError, Usage,
-};
-use crate::token::SessionId;
+use crate::store::{Actor, AuditEntry, KeyFilter, NewKey, Page, PageRequest, SharedStore, StoreError, Usage};
 
 mod fields;
 pub mod import;
@@ -449,11 +445,11 @@ impl KeyManager {
     /// `session_revoked` is audited. Revoking a revoked session changes
     /// nothing and returns it with its first revocation instant and reason.
     /// An id that is not `ses_` + a ULID is refused before any store call.
-    pub async fn revoke_session(&self, id: &str, actor: &Actor) -> Result<SessionRecord, ManageError> {
+    pub async fn revoke_session(&self, id: &str, actor: &Actor) -> Result<Session, ManageError> {
         let id = parse_session_id(id)?;
         let now = self.clock.now();
         self.store
-            .revoke_session(id.as_str(), SessionRevokeReason::Admin, now, actor)
+            .revoke_session(&id, RevokeReason::Admin, now, actor)
             .await?
             .ok_or_else(|| ManageError::SessionNotFound(id.to_string()))
     }

@@ -389,17 +389,21 @@ async fn revoking_a_session_is_audited_once_and_unknown_ids_are_not_found() {
 
     f.clock.advance(Duration::minutes(5));
     let revoked_at = f.manager.now();
-    let revoked = f.manager.revoke_session(&opened.id, &admin).await.unwrap();
+    let revoked = f
+        .manager
+        .revoke_session(opened.id.as_str(), &admin)
+        .await
+        .unwrap();
     assert_eq!(revoked.id, opened.id);
     assert_eq!(revoked.revoked_at, Some(revoked_at));
-    assert_eq!(revoked.revoked_reason, Some(SessionRevokeReason::Admin));
+    assert_eq!(revoked.revoked_reason, Some(RevokeReason::Admin));
 
     // Again, later and spelled in upper case: the first revocation stands.
     f.clock.advance(Duration::minutes(5));
-    let shouted = format!("ses_{}", opened.id["ses_".len()..].to_ascii_uppercase());
+    let shouted = format!("ses_{}", opened.id.as_str()["ses_".len()..].to_ascii_uppercase());
     let again = f.manager.revoke_session(&shouted, &admin).await.unwrap();
     assert_eq!(again.revoked_at, Some(revoked_at));
-    assert_eq!(again.revoked_reason, Some(SessionRevokeReason::Admin));
+    assert_eq!(again.revoked_reason, Some(RevokeReason::Admin));
 
     let audit = f
         .manager

@@ -35,10 +35,13 @@ use sqlx::{ConnectOptions, Connection, Executor};
 use super::postgres::PostgresStore;
 use super::rows::timestamp_text;
 use super::{
-    Actor, AuditEntry, Change, KeyFilter, KeyStore, NewKey, PageRequest, SessionRecord, SessionRevokeReason,
-    SessionWrite, SharedStore, StoreError, StoreSettings, UsageDelta, redact_url,
+    Actor, AuditEntry, Change, KeyFilter, KeyStore, NewKey, PageRequest, SessionWrite, SharedStore,
+    StoreError, StoreSettings, UsageDelta, redact_url,
 };
-use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeySource, KeyStatus, ModelError};
+use crate::keys::{
+    Key, KeyHash, KeyId, KeyPatch, KeySource, KeyStatus, ModelError, RevokeReason, Session, SessionId,
+    TokenDigest,
+};
 
 /// A store for one test, and whatever must live as long as it (a temporary
 /// directory, a Postgres schema to drop).
@@ -1084,17 +1087,14 @@ pub async fn migrate_is_idempotent(store: &dyn KeyStore) {
 }
 
 /// A fresh session id (`ses_<ulid>`) for `at`.
-fn session_id(at: DateTime<Utc>) -> String {
-    format!(
-        "ses_{}",
-        ulid::Ulid::from_datetime(at.into()).to_string().to_lowercase()
-    )
+fn session_id(at: DateTime<Utc>) -> SessionId {
+    SessionId::generate(at)
 }
 
 /// A new, active session of `key_id` opened at `at` (generation 0, a 30-day
 /// refresh token, a 2-hour access token).
-pub fn session(key_id: &KeyId, client_session: Option<&str>, at: DateTime<Utc>) -> SessionRecord {
-    SessionRecord {
+pub fn session(key_id: &KeyId, client_session: Option<&str>, at: DateTime<Utc>) -> Session {
+    Session {
         id: session_id(at),
         key_id: key_id.clone(),
         client_session: client_session.map(String::from),
@@ -1103,8 +1103,8 @@ pub fn session(key_id: &KeyId, client_session: Option<&str>, at: DateTime<Utc>) 
         expires_at: at + Duration::days(30),
         revoked_at: None,
         revoked_reason: None,
-        family_digest: [0xf0; 32],
-        refresh_digest: [0x00; 32],
+        family_digest: TokenDigest::from_bytes([0xf0; 32]),
+        refresh_digest: TokenDigest::from_bytes([0x00; 32]),
         refresh_generation: 0,
         access_jti: format!("jti-{}", at.timestamp()),
         access_issued_at: at,
@@ -1114,10 +1114,10 @@ pub fn session(key_id: &KeyId, client_session: Option<&str>, at: DateTime<Utc>) 
 
 /// `current` after a rotation at `at`: the next generation, a new refresh
 /// digest (distinct per `tag`), a new access token, a later expiry.
-fn rotated(current: &SessionRecord, at: DateTime<Utc>, tag: u8) -> SessionRecord {
-    SessionRecord {
+fn rotated(current: &Session, at: DateTime<Utc>, tag: u8) -> Session {
+    Session {
         expires_at: at + Duration::days(30),
-        refresh_digest: [tag; 32],
+        refresh_digest: TokenDigest::from_bytes([tag; 32]),
         refresh_generation: current.refresh_generation + 1,
         access_jti: format!("jti-{}-{tag}", at.timestamp()),
         access_issued_at: at,
@@ -1128,9 +1128,9 @@ fn rotated(current: &SessionRecord, at: DateTime<Utc>, tag: u8) -> SessionRecord
 
 async fn save(
     store: &dyn KeyStore,
-    record: &SessionRecord,
+    record: &Session,
     expected_generation: Option<u64>,
-    replaces: Option<&str>,
+    replaces: Option<&SessionId>,
 ) -> SessionWrite {
     store
         .save_session(record, expected_generation, replaces, &Actor::key(&record.key_id))
@@ -1142,7 +1142,7 @@ async fn change_seq(store: &dyn KeyStore) -> i64 {
     store.change_seq().await.expect("change_seq")
 }
 
-async fn stored_session(store: &dyn KeyStore, id: &str) -> Option<SessionRecord> {
+async fn stored_session(store: &dyn KeyStore, id: &SessionId) -> Option<Session> {
     store.session(id).await.expect("session")
 }
 
@@ -1162,8 +1162,9 @@ pub async fn session_round_trip(store: &dyn KeyStore) {
     let k = create(store, "ses00001", t(0)).await;
     let mut full = session(&k.id, Some("device-1"), t(1));
     full.scopes = ["a", "orders:write"].into_iter().map(String::from).collect();
-    full.family_digest = std::array::from_fn(|i| u8::try_from(i).expect("small"));
-    full.refresh_digest = std::array::from_fn(|i| 255 - u8::try_from(i).expect("small"));
+    full.family_digest = TokenDigest::from_bytes(std::array::from_fn(|i| u8::try_from(i).expect("small")));
+    full.refresh_digest =
+        TokenDigest::from_bytes(std::array::from_fn(|i| 255 - u8::try_from(i).expect("small")));
     full.refresh_generation = 7;
     assert_eq!(save(store, &full, None, None).await, SessionWrite::Written);
     assert_eq!(stored_session(store, &full.id).await, Some(full.clone()));
@@ -1205,8 +1206,14 @@ pub async fn session_round_trip(store: &dyn KeyStore) {
     );
 
     let printed = format!("{full:?}");
-    assert!(printed.contains("family_digest: \"[redacted]\""), "{printed}");
-    assert!(printed.contains("refresh_digest: \"[redacted]\""), "{printed}");
+    assert!(
+        printed.contains("family_digest: TokenDigest([redacted])"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("refresh_digest: TokenDigest([redacted])"),
+        "{printed}"
+    );
     assert!(!printed.contains("[0, 1, 2"), "{printed}");
     assert!(!printed.contains("[255, 254"), "{printed}");
 }
@@ -1305,7 +1312,7 @@ pub async fn session_updates_are_conditional_on_the_generation(store: &dyn KeySt
     // A login continuing the session: new family, scopes and access token;
     // id, key, client session and creation never change.
     let mut s2 = rotated(&s1, t(20), 3);
-    s2.family_digest = [0xf2; 32];
+    s2.family_digest = TokenDigest::from_bytes([0xf2; 32]);
     s2.scopes = ["orders:write"].into_iter().map(String::from).collect();
     let mut sent = s2.clone();
     sent.created_at = t(19);
@@ -1338,7 +1345,7 @@ pub async fn session_updates_are_conditional_on_the_generation(store: &dyn KeySt
     let actor = Actor::key(&k.id);
     let mut revoked = rotated(&current, t(40), 7);
     revoked.revoked_at = Some(t(40));
-    revoked.revoked_reason = Some(SessionRevokeReason::Admin);
+    revoked.revoked_reason = Some(RevokeReason::Admin);
     assert!(refused(store.save_session(&revoked, Some(3), None, &actor).await));
     let next = rotated(&current, t(40), 8);
     assert!(refused(
@@ -1350,7 +1357,7 @@ pub async fn session_updates_are_conditional_on_the_generation(store: &dyn KeySt
 
     // A revoked row is never updated.
     store
-        .revoke_session(&s0.id, SessionRevokeReason::Admin, t(41), &Actor::cli())
+        .revoke_session(&s0.id, RevokeReason::Admin, t(41), &Actor::cli())
         .await
         .expect("revoke");
     assert_eq!(save(store, &next, Some(3), None).await, SessionWrite::Conflict);
@@ -1379,7 +1386,7 @@ pub async fn session_insert_replaces_an_unusable_row(store: &dyn KeyStore) {
 
     // Revoked: deleted with the insert; both audited, in that order.
     store
-        .revoke_session(&old.id, SessionRevokeReason::Admin, t(3), &Actor::cli())
+        .revoke_session(&old.id, RevokeReason::Admin, t(3), &Actor::cli())
         .await
         .expect("revoke");
     let seq = store.change_seq().await.expect("seq");
@@ -1436,7 +1443,7 @@ pub async fn session_insert_replaces_an_unusable_row(store: &dyn KeyStore) {
     let elsewhere = session(&k.id, Some("other"), t(6));
     assert_eq!(save(store, &elsewhere, None, None).await, SessionWrite::Written);
     store
-        .revoke_session(&elsewhere.id, SessionRevokeReason::Admin, t(7), &Actor::cli())
+        .revoke_session(&elsewhere.id, RevokeReason::Admin, t(7), &Actor::cli())
         .await
         .expect("revoke");
     let seq = store.change_seq().await.expect("seq");
@@ -1457,7 +1464,7 @@ pub async fn session_revocation(store: &dyn KeyStore) {
     let k = create(store, "ses00006", t(0)).await;
     let seq = store.change_seq().await.expect("seq");
     let unknown = store
-        .revoke_session(&session_id(t(1)), SessionRevokeReason::Admin, t(1), &Actor::cli())
+        .revoke_session(&session_id(t(1)), RevokeReason::Admin, t(1), &Actor::cli())
         .await
         .expect("revoke");
     assert_eq!(unknown, None);
@@ -1468,13 +1475,13 @@ pub async fn session_revocation(store: &dyn KeyStore) {
     let seq = store.change_seq().await.expect("seq");
     let admin = Actor::admin_token("t1");
     let revoked = store
-        .revoke_session(&s.id, SessionRevokeReason::Admin, t(5), &admin)
+        .revoke_session(&s.id, RevokeReason::Admin, t(5), &admin)
         .await
         .expect("revoke")
         .expect("known");
-    let expected = SessionRecord {
+    let expected = Session {
         revoked_at: Some(t(5)),
-        revoked_reason: Some(SessionRevokeReason::Admin),
+        revoked_reason: Some(RevokeReason::Admin),
         ..s.clone()
     };
     assert_eq!(revoked, expected);
@@ -1499,7 +1506,7 @@ pub async fn session_revocation(store: &dyn KeyStore) {
     // Again, for another reason: the first revocation stands, nothing written.
     let seq = store.change_seq().await.expect("seq");
     let again = store
-        .revoke_session(&s.id, SessionRevokeReason::RefreshReuse, t(6), &Actor::key(&k.id))
+        .revoke_session(&s.id, RevokeReason::RefreshReuse, t(6), &Actor::key(&k.id))
         .await
         .expect("revoke");
     assert_eq!(again, Some(expected.clone()));
@@ -1509,16 +1516,11 @@ pub async fn session_revocation(store: &dyn KeyStore) {
     let other = session(&k.id, Some("phone"), t(7));
     assert_eq!(save(store, &other, None, None).await, SessionWrite::Written);
     let reuse = store
-        .revoke_session(
-            &other.id,
-            SessionRevokeReason::RefreshReuse,
-            t(8),
-            &Actor::key(&k.id),
-        )
+        .revoke_session(&other.id, RevokeReason::RefreshReuse, t(8), &Actor::key(&k.id))
         .await
         .expect("revoke")
         .expect("known");
-    assert_eq!(reuse.revoked_reason, Some(SessionRevokeReason::RefreshReuse));
+    assert_eq!(reuse.revoked_reason, Some(RevokeReason::RefreshReuse));
     let last = all_audit(store).await.pop().expect("a row");
     assert_eq!(
         last.details,
@@ -1560,18 +1562,13 @@ pub async fn session_changes_on_the_change_feed(store: &dyn KeyStore) {
     );
 
     store
-        .revoke_session(
-            &s0.id,
-            SessionRevokeReason::RefreshReuse,
-            t(3),
-            &Actor::key(&k.id),
-        )
+        .revoke_session(&s0.id, RevokeReason::RefreshReuse, t(3), &Actor::key(&k.id))
         .await
         .expect("revoke");
     let after_revoke = change_seq(store).await;
     assert!(after_revoke > after_insert);
     store
-        .revoke_session(&s0.id, SessionRevokeReason::Admin, t(4), &Actor::cli())
+        .revoke_session(&s0.id, RevokeReason::Admin, t(4), &Actor::cli())
         .await
         .expect("revoke");
     assert_eq!(change_seq(store).await, after_revoke);
@@ -1657,7 +1654,7 @@ pub async fn the_change_feed_is_typed(store: &dyn KeyStore) {
     let s = session(&made.id, None, t(5));
     assert_eq!(save(store, &s, None, None).await, SessionWrite::Written);
     store
-        .revoke_session(&s.id, SessionRevokeReason::Admin, t(6), &cli)
+        .revoke_session(&s.id, RevokeReason::Admin, t(6), &cli)
         .await
         .expect("revoke the session");
 
@@ -1718,7 +1715,7 @@ pub async fn expired_session_cleanup(store: &dyn KeyStore) {
         assert_eq!(save(store, s, None, None).await, SessionWrite::Written);
     }
     store
-        .revoke_session(&revoked.id, SessionRevokeReason::Admin, t(2), &Actor::cli())
+        .revoke_session(&revoked.id, RevokeReason::Admin, t(2), &Actor::cli())
         .await
         .expect("revoke");
 

@@ -12,11 +12,19 @@
 //! audit row; the audit row's sequence number is the store's change sequence,
 //! which running gateways watch to invalidate their caches.
 //!
-//! The store also keeps token-exchange sessions ([`SessionRecord`]) as plain
-//! rows: `auth` converts them to and from `token`'s `Session`, which this
-//! module does not know (STYLE.md §2). Session writes that change which
-//! tokens a gateway admits are audited the same way, so they ride the same
-//! change feed.
+//! The store also keeps token-exchange sessions: it reads and writes the
+//! domain's [`Session`] directly (`token` decides what happens to one).
+//! Session writes that change which tokens a gateway admits are audited the
+//! same way, so they ride the same change feed.
+//!
+//! Which fields of a session decide admission: `Session::admits` looks
+//! only at `id`, `key_id` and `revoked_at`. `id`, `key_id`,
+//! `client_session` and `created_at` never change once inserted;
+//! `revoked_at` changes only through [`KeyStore::revoke_session`], which is
+//! audited. The other fields move at every rotation, which is not audited,
+//! so a cached copy may hold stale ones: fine for admitting access tokens,
+//! never for deciding a login or a refresh (read those with
+//! [`KeyStore::session`] / [`KeyStore::session_for`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -27,7 +35,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeySource, KeyStatus, ModelError, SecretRecord};
+use crate::keys::{
+    Key, KeyHash, KeyId, KeyPatch, KeySource, KeyStatus, ModelError, RevokeReason, SecretRecord, Session,
+    SessionId,
+};
 
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -194,8 +205,8 @@ pub enum Change {
     Session {
         /// The session's key.
         key_id: KeyId,
-        /// The session (`ses_<ulid>`).
-        id: String,
+        /// The session.
+        id: SessionId,
     },
 }
 
@@ -287,105 +298,6 @@ pub enum StoreError {
     /// that keeps no sessions (a test double that does not forward it).
     #[error("refused store call: {0}")]
     Refused(String),
-}
-
-/// Why a session was revoked, as stored (`sessions.revoked_reason`). The
-/// same two reasons as `token::RevokeReason`, which `auth` converts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SessionRevokeReason {
-    /// By an operator (admin API or CLI).
-    Admin,
-    /// A spent refresh token of the session was presented again.
-    RefreshReuse,
-}
-
-impl SessionRevokeReason {
-    /// The stored spelling: `admin`, `refresh_reuse`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::RefreshReuse => "refresh_reuse",
-        }
-    }
-}
-
-impl std::str::FromStr for SessionRevokeReason {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "admin" => Ok(Self::Admin),
-            "refresh_reuse" => Ok(Self::RefreshReuse),
-            other => Err(StoreError::Corrupt(format!(
-                "'{other}' is not a session revocation reason"
-            ))),
-        }
-    }
-}
-
-/// One stored token-exchange session: every field of `token::Session`, as
-/// plain data. `Debug` redacts the two digests.
-///
-/// Which fields decide admission: `token::Session::admits` looks only at
-/// `id`, `key_id` and `revoked_at`. `id`, `key_id`, `client_session` and
-/// `created_at` never change once inserted; `revoked_at` changes only
-/// through [`KeyStore::revoke_session`], which is audited. The other fields
-/// move at every rotation, which is not audited, so a cached copy may hold
-/// stale ones: fine for admitting access tokens, never for deciding a login
-/// or a refresh (read those with [`KeyStore::session`] /
-/// [`KeyStore::session_for`]).
-#[derive(Clone, PartialEq, Eq)]
-pub struct SessionRecord {
-    /// Primary key, `ses_<ulid>`; the `sid` claim.
-    pub id: String,
-    /// The key the session was opened with; the `sub` claim.
-    pub key_id: KeyId,
-    /// The client's `session_id` (`None`: the key's default session);
-    /// `None` and `Some("")` are distinct sessions.
-    pub client_session: Option<String>,
-    /// Scopes granted at login.
-    pub scopes: BTreeSet<String>,
-    /// When the session was opened.
-    pub created_at: DateTime<Utc>,
-    /// When its current refresh token expires.
-    pub expires_at: DateTime<Utc>,
-    /// When it was revoked (never cleared).
-    pub revoked_at: Option<DateTime<Utc>>,
-    /// Why it was revoked (set exactly when `revoked_at` is).
-    pub revoked_reason: Option<SessionRevokeReason>,
-    /// Digest of the refresh family secret.
-    pub family_digest: [u8; 32],
-    /// Digest of the current refresh token.
-    pub refresh_digest: [u8; 32],
-    /// Rotations so far; only ever increases.
-    pub refresh_generation: u64,
-    /// `jti` of the current access token.
-    pub access_jti: String,
-    /// `iat` of the current access token.
-    pub access_issued_at: DateTime<Utc>,
-    /// `exp` of the current access token.
-    pub access_expires_at: DateTime<Utc>,
-}
-
-impl std::fmt::Debug for SessionRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionRecord")
-            .field("id", &self.id)
-            .field("key_id", &self.key_id)
-            .field("client_session", &self.client_session)
-            .field("scopes", &self.scopes)
-            .field("created_at", &self.created_at)
-            .field("expires_at", &self.expires_at)
-            .field("revoked_at", &self.revoked_at)
-            .field("revoked_reason", &self.revoked_reason)
-            .field("family_digest", &"[redacted]")
-            .field("refresh_digest", &"[redacted]")
-            .field("refresh_generation", &self.refresh_generation)
-            .field("access_jti", &self.access_jti)
-            .field("access_issued_at", &self.access_issued_at)
-            .field("access_expires_at", &self.access_expires_at)
-            .finish()
-    }
 }
 
 /// What [`KeyStore::save_session`] did.
@@ -506,7 +418,7 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     async fn usage(&self, id: &KeyId) -> Result<Usage, StoreError>;
 
     /// One session by id (`None`: no such session).
-    async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
+    async fn session(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;
 
     /// The session of a key and client session id (`None` matches only the
     /// key's default session, never `Some("")`).
@@ -514,7 +426,7 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
         &self,
         key_id: &KeyId,
         client_session: Option<&str>,
-    ) -> Result<Option<SessionRecord>, StoreError>;
+    ) -> Result<Option<Session>, StoreError>;
 
     /// Writes a session decided by `token` (a login or a rotation).
     ///
@@ -531,7 +443,7 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     ///   fields a login or rotation moves (scopes, expiry, digests,
     ///   generation, access token); `key_id`, `client_session` and
     ///   `created_at` are never changed. Not audited: no field that decides
-    ///   admission changes (see [`SessionRecord`]), and an audit row per
+    ///   admission changes (see the module docs), and an audit row per
     ///   refresh would grow the append-only trail without bound.
     ///
     /// Refused ([`StoreError::Refused`]): a revoked `record` (use
@@ -539,9 +451,9 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// not raise the generation.
     async fn save_session(
         &self,
-        record: &SessionRecord,
+        record: &Session,
         expected_generation: Option<u64>,
-        replaces: Option<&str>,
+        replaces: Option<&SessionId>,
         actor: &Actor,
     ) -> Result<SessionWrite, StoreError>;
 
@@ -552,11 +464,11 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// row, or `None` for an unknown id.
     async fn revoke_session(
         &self,
-        id: &str,
-        reason: SessionRevokeReason,
+        id: &SessionId,
+        reason: RevokeReason,
         at: DateTime<Utc>,
         actor: &Actor,
-    ) -> Result<Option<SessionRecord>, StoreError>;
+    ) -> Result<Option<Session>, StoreError>;
 
     /// Deletes sessions whose refresh token and last access token both
     /// expired before `before`; returns how many. Not audited: such a row

@@ -19,11 +19,10 @@ use sqlx::error::DatabaseError;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::types::Json;
 
-use super::{
-    Actor, AuditEntry, Candidate, Change, ChangeEntry, Page, SessionRecord, SessionRevokeReason, StoreError,
-    Usage, source_from_db,
+use super::{Actor, AuditEntry, Candidate, Change, ChangeEntry, Page, StoreError, Usage, source_from_db};
+use crate::keys::{
+    Key, KeyHash, KeyId, KeySource, KeyStatus, RevokeReason, SecretRecord, Session, SessionId, TokenDigest,
 };
-use crate::keys::{Key, KeyHash, KeyId, KeySource, KeyStatus, SecretRecord};
 
 /// The `keys` columns in [`KeyRow`] order, for a `keys` table aliased `k`.
 pub(crate) const KEY_COLUMNS: &str = "k.id, k.name, k.owner, k.scopes, k.plan, k.status, k.expires_at, \
@@ -253,29 +252,31 @@ pub(crate) struct SessionRow {
 }
 
 impl SessionRow {
-    /// The record, or [`StoreError::Corrupt`] naming the session and the
-    /// column.
-    pub(crate) fn into_record(self) -> Result<SessionRecord, StoreError> {
+    /// The session, or [`StoreError::Corrupt`] naming it and the column.
+    pub(crate) fn into_session(self) -> Result<Session, StoreError> {
         let corrupt = |what: &str, e: &dyn std::fmt::Display| {
             StoreError::Corrupt(format!("session {}: {what}: {e}", self.id))
         };
-        let digest = |what: &str, bytes: Vec<u8>| -> Result<[u8; 32], StoreError> {
+        let digest = |what: &str, bytes: Vec<u8>| -> Result<TokenDigest, StoreError> {
             let len = bytes.len();
-            <[u8; 32]>::try_from(bytes).map_err(|_| corrupt(what, &format!("{len} bytes, not 32")))
+            <[u8; 32]>::try_from(bytes)
+                .map(TokenDigest::from_bytes)
+                .map_err(|_| corrupt(what, &format!("{len} bytes, not 32")))
         };
         let family_digest = digest("family_digest", self.family_digest)?;
         let refresh_digest = digest("refresh_digest", self.refresh_digest)?;
         let revoked_reason = self
             .revoked_reason
             .as_deref()
-            .map(str::parse::<SessionRevokeReason>)
+            .map(str::parse::<RevokeReason>)
             .transpose()
             .map_err(|e| corrupt("revoked_reason", &e))?;
         let refresh_generation = count_from_db("refresh_generation", self.refresh_generation)
             .map_err(|e| corrupt("refresh_generation", &e))?;
         let key_id = key_id_from_db(self.key_id).map_err(|e| corrupt("key_id", &e))?;
-        Ok(SessionRecord {
-            id: self.id,
+        let id: SessionId = self.id.parse().map_err(|e| corrupt("id", &e))?;
+        Ok(Session {
+            id,
             key_id,
             client_session: self.client_session,
             scopes: self.scopes.0,
@@ -300,7 +301,7 @@ pub(crate) enum SessionSave<'a> {
     /// Insert, first deleting `replaces` if it is unusable.
     Insert {
         /// The row to delete first.
-        replaces: Option<&'a str>,
+        replaces: Option<&'a SessionId>,
     },
     /// Update the row while its stored generation is `expected`.
     Update {
@@ -312,9 +313,9 @@ pub(crate) enum SessionSave<'a> {
 /// Checks a `save_session` call (see `KeyStore::save_session` for the
 /// refusals) and returns what to do and the record's generation as stored.
 pub(crate) fn check_session_save<'a>(
-    record: &SessionRecord,
+    record: &Session,
     expected_generation: Option<u64>,
-    replaces: Option<&'a str>,
+    replaces: Option<&'a SessionId>,
 ) -> Result<(SessionSave<'a>, i64), StoreError> {
     let refused = |why: String| Err(StoreError::Refused(format!("save_session {}: {why}", record.id)));
     if record.revoked_at.is_some() || record.revoked_reason.is_some() {
@@ -354,7 +355,7 @@ pub(crate) fn session_replaced_details(id: &str, replaced_by: &str) -> Value {
 }
 
 /// Details of a `session_revoked` audit row.
-pub(crate) fn session_revoked_details(id: &str, reason: SessionRevokeReason) -> Value {
+pub(crate) fn session_revoked_details(id: &SessionId, reason: RevokeReason) -> Value {
     json!({ "session_id": id, "reason": reason.as_str() })
 }
 
@@ -371,12 +372,12 @@ pub(crate) fn change_entry(entry: &AuditEntry) -> ChangeEntry {
     };
     let change = match entry.action.as_str() {
         ACTION_SESSION_CREATED | ACTION_SESSION_REPLACED | ACTION_SESSION_REVOKED => {
-            match detail("session_id") {
-                Some(id) => Change::Session {
+            match detail("session_id").map(str::parse::<SessionId>) {
+                Some(Ok(id)) => Change::Session {
                     key_id: entry.key_id.clone(),
-                    id: id.to_owned(),
+                    id,
                 },
-                None => key_change(None, false),
+                _ => key_change(None, false),
             }
         }
         action @ (ACTION_CREATED | ACTION_IMPORTED | ACTION_ROTATED) => {
@@ -605,8 +606,9 @@ mod tests {
     #[test]
     fn a_session_row_with_a_bad_column_is_corrupt_naming_it() {
         let at = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
-        let row = |digest_len: usize, reason: Option<&str>, generation: i64| SessionRow {
-            id: "ses_01jd3m5k7r9t2v4w6x8y0z1a2b".into(),
+        const ID: &str = "ses_01jd3m5k7r9t2v4w6x8y0z1a2b";
+        let row = |id: &str, digest_len: usize, reason: Option<&str>, generation: i64| SessionRow {
+            id: id.into(),
             key_id: KeyId::generate(at).to_string(),
             client_session: None,
             scopes: Json(BTreeSet::new()),
@@ -621,21 +623,23 @@ mod tests {
             access_issued_at: at,
             access_expires_at: at,
         };
-        let record = row(32, Some("refresh_reuse"), 3).into_record().unwrap();
-        assert_eq!(record.revoked_reason, Some(SessionRevokeReason::RefreshReuse));
-        assert_eq!((record.refresh_digest, record.refresh_generation), ([9; 32], 3));
-        for (bad, column) in [
-            (row(31, None, 0), "refresh_digest"),
-            (row(32, Some("bored"), 0), "revoked_reason"),
-            (row(32, None, -1), "refresh_generation"),
+        let session = row(ID, 32, Some("refresh_reuse"), 3).into_session().unwrap();
+        assert_eq!(session.id.as_str(), ID);
+        assert_eq!(session.revoked_reason, Some(RevokeReason::RefreshReuse));
+        assert_eq!(
+            (session.refresh_digest, session.refresh_generation),
+            (TokenDigest::from_bytes([9; 32]), 3)
+        );
+        for (bad, id, column) in [
+            (row(ID, 31, None, 0), ID, "refresh_digest"),
+            (row(ID, 32, Some("bored"), 0), ID, "revoked_reason"),
+            (row(ID, 32, None, -1), ID, "refresh_generation"),
+            (row("ses_short", 32, None, 0), "ses_short", "id"),
         ] {
-            let err = bad.into_record().expect_err("corrupt");
+            let err = bad.into_session().expect_err("corrupt");
             let message = err.to_string();
             assert!(matches!(err, StoreError::Corrupt(_)), "{message}");
-            assert!(
-                message.contains("ses_01jd3m5k7r9t2v4w6x8y0z1a2b") && message.contains(column),
-                "{message}"
-            );
+            assert!(message.contains(id) && message.contains(column), "{message}");
             assert!(!message.contains("[9, 9"), "{message}");
         }
     }

@@ -39,9 +39,9 @@ use super::rows::{
 };
 use super::{
     Actor, AuditEntry, Candidate, KeyFilter, KeyStore, MigrationReport, NewKey, Page, PageRequest,
-    SessionRecord, SessionRevokeReason, SessionWrite, StoreError, Usage, UsageDelta,
+    SessionWrite, StoreError, Usage, UsageDelta,
 };
-use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeyStatus, ModelError};
+use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeyStatus, ModelError, RevokeReason, Session, SessionId};
 
 /// A connection of the dialect's driver.
 type Conn<D> = <<D as Dialect>::Db as Database>::Connection;
@@ -307,7 +307,7 @@ where
     /// either error aborts the transaction, which the caller then drops.
     pub(super) async fn insert_session(
         conn: &mut Conn<D>,
-        record: &SessionRecord,
+        record: &Session,
         generation: i64,
     ) -> Result<bool, StoreError> {
         let inserted = sqlx::query(&format!(
@@ -320,8 +320,8 @@ where
         .bind(Json(&record.scopes))
         .bind(D::stamp(record.created_at))
         .bind(D::stamp(record.expires_at))
-        .bind(&record.family_digest[..])
-        .bind(&record.refresh_digest[..])
+        .bind(&record.family_digest.as_bytes()[..])
+        .bind(&record.refresh_digest.as_bytes()[..])
         .bind(generation)
         .bind(record.access_jti.as_str())
         .bind(D::stamp(record.access_issued_at))
@@ -339,14 +339,14 @@ where
     }
 
     /// One session row.
-    async fn fetch_session(conn: &mut Conn<D>, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+    async fn fetch_session(conn: &mut Conn<D>, id: &SessionId) -> Result<Option<Session>, StoreError> {
         let row: Option<SessionRow> =
             sqlx::query_as(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
-                .bind(id)
+                .bind(id.as_str())
                 .fetch_optional(conn)
                 .await
                 .map_err(D::store_error)?;
-        row.map(SessionRow::into_record).transpose()
+        row.map(SessionRow::into_session).transpose()
     }
 }
 
@@ -626,7 +626,7 @@ where
         rows::usage_from_rows(fetched)?.ok_or_else(|| StoreError::NotFound(id.clone()))
     }
 
-    async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+    async fn session(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(D::store_error)?;
         Self::fetch_session(&mut conn, id).await
     }
@@ -635,7 +635,7 @@ where
         &self,
         key_id: &KeyId,
         client_session: Option<&str>,
-    ) -> Result<Option<SessionRecord>, StoreError> {
+    ) -> Result<Option<Session>, StoreError> {
         // A key has few sessions: the unique index's leading key_id finds
         // them, and IS NOT DISTINCT FROM matches a bound NULL too (and ''
         // only to '').
@@ -647,14 +647,14 @@ where
         .fetch_optional(&self.pool)
         .await
         .map_err(D::store_error)?;
-        row.map(SessionRow::into_record).transpose()
+        row.map(SessionRow::into_session).transpose()
     }
 
     async fn save_session(
         &self,
-        record: &SessionRecord,
+        record: &Session,
         expected_generation: Option<u64>,
-        replaces: Option<&str>,
+        replaces: Option<&SessionId>,
         actor: &Actor,
     ) -> Result<SessionWrite, StoreError> {
         let (save, generation) = rows::check_session_save(record, expected_generation, replaces)?;
@@ -673,7 +673,7 @@ where
                          AND client_session IS NOT DISTINCT FROM $3 \
                          AND (revoked_at IS NOT NULL OR expires_at <= $4)",
                     )
-                    .bind(old)
+                    .bind(old.as_str())
                     .bind(record.key_id.as_str())
                     .bind(record.client_session.as_deref())
                     .bind(D::stamp(record.created_at))
@@ -690,11 +690,11 @@ where
                 D::lock_audit(&mut tx).await?;
                 let (key_id, at) = (&record.key_id, record.created_at);
                 if let Some(old) = replaced {
-                    let details = rows::session_replaced_details(old, &record.id);
+                    let details = rows::session_replaced_details(old.as_str(), record.id.as_str());
                     let action = rows::ACTION_SESSION_REPLACED;
                     Self::append_audit(&mut tx, key_id, actor, action, &details, at).await?;
                 }
-                let details = rows::session_created_details(&record.id);
+                let details = rows::session_created_details(record.id.as_str());
                 let action = rows::ACTION_SESSION_CREATED;
                 let seq = Self::append_audit(&mut tx, key_id, actor, action, &details, at).await?;
                 D::announce(&mut tx, seq).await?;
@@ -711,8 +711,8 @@ where
                 )
                 .bind(Json(&record.scopes))
                 .bind(D::stamp(record.expires_at))
-                .bind(&record.family_digest[..])
-                .bind(&record.refresh_digest[..])
+                .bind(&record.family_digest.as_bytes()[..])
+                .bind(&record.refresh_digest.as_bytes()[..])
                 .bind(generation)
                 .bind(record.access_jti.as_str())
                 .bind(D::stamp(record.access_issued_at))
@@ -732,11 +732,11 @@ where
 
     async fn revoke_session(
         &self,
-        id: &str,
-        reason: SessionRevokeReason,
+        id: &SessionId,
+        reason: RevokeReason,
         at: DateTime<Utc>,
         actor: &Actor,
-    ) -> Result<Option<SessionRecord>, StoreError> {
+    ) -> Result<Option<Session>, StoreError> {
         let mut tx = self.begin_write().await?;
         let revoked: Option<SessionRow> = sqlx::query_as(&format!(
             "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL \
@@ -744,7 +744,7 @@ where
         ))
         .bind(D::stamp(at))
         .bind(reason.as_str())
-        .bind(id)
+        .bind(id.as_str())
         .fetch_optional(&mut *tx)
         .await
         .map_err(D::store_error)?;
@@ -755,7 +755,7 @@ where
             tx.rollback().await.map_err(D::store_error)?;
             return Ok(existing);
         };
-        let revoked = revoked.into_record()?;
+        let revoked = revoked.into_session()?;
         let details = rows::session_revoked_details(id, reason);
         let action = rows::ACTION_SESSION_REVOKED;
         Self::audit_one(&mut tx, &revoked.key_id, actor, action, &details, at).await?;

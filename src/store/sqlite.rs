@@ -363,8 +363,9 @@ mod tests {
 
     use super::*;
     use crate::keys::KeyPatch;
+    use crate::keys::{RevokeReason, Session, TokenDigest};
     use crate::store::conformance::{self, Fixture, key, new_key, session, t};
-    use crate::store::{Actor, KeyStore, SessionRecord, SessionRevokeReason, SessionWrite};
+    use crate::store::{Actor, KeyStore, SessionWrite};
 
     fn settings(url: String) -> StoreSettings {
         StoreSettings {
@@ -609,9 +610,9 @@ mod tests {
             let store = Arc::clone(&stores[usize::try_from(i % 2).unwrap()]);
             let id = k.id.clone();
             tasks.push(tokio::spawn(async move {
-                let next = SessionRecord {
+                let next = Session {
                     refresh_generation: 1,
-                    refresh_digest: [1; 32],
+                    refresh_digest: TokenDigest::from_bytes([1; 32]),
                     ..s
                 };
                 let written = store.save_session(&next, Some(0), None, &Actor::cli()).await?;
@@ -717,7 +718,7 @@ mod tests {
         let s = session(&k.id, Some("dev"), t(1));
         let _ = store.save_session(&s, None, None, &Actor::cli()).await.unwrap();
         store
-            .revoke_session(&s.id, SessionRevokeReason::RefreshReuse, t(2), &Actor::cli())
+            .revoke_session(&s.id, RevokeReason::RefreshReuse, t(2), &Actor::cli())
             .await
             .unwrap();
         let (digest_type, digest_len, created, revoked, reason, scopes): (
@@ -731,7 +732,7 @@ mod tests {
             "SELECT typeof(refresh_digest), length(refresh_digest), created_at, revoked_at, revoked_reason, \
                  scopes FROM sessions WHERE id = ?",
         )
-        .bind(&s.id)
+        .bind(s.id.as_str())
         .fetch_one(&store.pool)
         .await
         .unwrap();

@@ -6,8 +6,6 @@
 //! session may mint them is `session.rs`'s.
 
 use std::collections::BTreeSet;
-use std::fmt;
-use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,70 +15,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
 use crate::keys::KeyId;
+pub(crate) use crate::keys::model::printable;
+use crate::keys::session::SessionId;
 
 /// Random bytes in a `jti` (128 bits: unique without coordination).
 const JTI_BYTES: usize = 16;
-
-/// A session's public, stable identifier: `ses_` + a ULID (26 Crockford
-/// base32 characters, lowercase), like [`KeyId`]. It is the `sid` claim,
-/// the id in `DELETE /v1/sessions/{id}`, and part of every refresh token.
-/// Not a secret: knowing it grants nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct SessionId(String);
-
-impl SessionId {
-    /// Prefix of every session id.
-    pub const PREFIX: &'static str = "ses_";
-    /// Length of the ULID after the prefix.
-    pub const ULID_LEN: usize = 26;
-
-    /// A new id for `now` (ULIDs sort by creation time).
-    pub fn generate(now: DateTime<Utc>) -> Self {
-        let ulid = ulid::Ulid::from_datetime(now.into());
-        Self(format!("{}{}", Self::PREFIX, ulid.to_string().to_lowercase()))
-    }
-
-    /// The id text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The ULID part (what a refresh token carries).
-    pub(crate) fn ulid_part(&self) -> &str {
-        &self.0[Self::PREFIX.len()..]
-    }
-
-    /// The id whose ULID part is `ulid`, if `ulid` has that shape.
-    pub(crate) fn from_ulid_part(ulid: &str) -> Option<Self> {
-        let valid = ulid.len() == Self::ULID_LEN && ulid.bytes().all(|b| b.is_ascii_alphanumeric());
-        valid.then(|| Self(format!("{}{}", Self::PREFIX, ulid.to_ascii_lowercase())))
-    }
-}
-
-impl FromStr for SessionId {
-    type Err = ClaimsError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.strip_prefix(Self::PREFIX)
-            .and_then(Self::from_ulid_part)
-            .ok_or_else(|| ClaimsError::BadSessionId(printable(s, 64)))
-    }
-}
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for SessionId {
-    // Validated, not transparent: a session id read back from a token or a
-    // request must have the shape we issue before it reaches a store query.
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
 
 /// The claims of a keygate access token (RFC 7519 registered claims plus
 /// `sid` and `scope`). Times are whole seconds (NumericDate).
@@ -150,9 +89,6 @@ fn deserialize_scope<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTree
 /// Why a claim or a `scope` parameter was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ClaimsError {
-    /// A session id that is not `ses_` + 26 alphanumerics (truncated, printable copy).
-    #[error("'{0}' is not a session id")]
-    BadSessionId(String),
     /// A scope token with a character RFC 6749 §3.3 does not allow
     /// (truncated, printable copy).
     #[error("'{0}' is not a valid scope")]
@@ -161,16 +97,6 @@ pub enum ClaimsError {
     /// answers RFC 6749 `invalid_scope`.
     #[error("the scope '{0}' is not granted to this key")]
     ScopeNotGranted(String),
-}
-
-/// A copy of untrusted text fit for an error message or a log line: at most
-/// `max` characters, anything but printable ASCII replaced by `?`, so a
-/// presented value cannot forge log lines or smuggle control characters.
-pub(crate) fn printable(text: &str, max: usize) -> String {
-    text.chars()
-        .take(max)
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
-        .collect()
 }
 
 /// Renders a scope set as one space-separated string (sorted).

@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use thiserror::Error;
 
-use super::claims::{AccessClaims, SessionId, printable};
+use super::claims::{AccessClaims, printable};
 use super::keys::{Algorithm, KeyError, KeySpec, PrivateKey, valid_kid};
 use crate::keys::SecretString;
+use crate::keys::session::SessionId;
 
 /// Longest presented token looked at, in bytes; anything longer is refused
 /// before any decoding. Our tokens are a few hundred bytes (a key with many

@@ -57,13 +57,14 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use thiserror::Error;
 
-pub use self::claims::{AccessClaims, ClaimsError, SessionId, effective_scopes, narrow_scopes};
+pub use self::claims::{AccessClaims, ClaimsError, effective_scopes, narrow_scopes};
 pub use self::jwt::{AccessToken, Expected, IssueError, SigningKeys, TokenError};
 pub use self::keys::{Algorithm, KeyError, KeySpec};
-pub use self::refresh::{PresentedRefreshToken, RefreshError, RefreshToken, TokenDigest};
-pub use self::session::{
-    Login, LoginRequest, Redemption, RevokeReason, Rotation, Session, SessionPolicy, SessionState,
-};
+pub use self::refresh::{PresentedRefreshToken, RefreshError, RefreshToken};
+pub use self::session::{Login, LoginRequest, Redemption, Rotation, SessionPolicy};
+// A session's data is domain (`keys::session`), where `store` can name it
+// too; `token` adds the decisions about it.
+pub use crate::keys::session::{RevokeReason, Session, SessionId, SessionState, TokenDigest};
 
 /// Token-exchange settings (`[tokens]`), filled by `config`.
 #[derive(Debug, Clone)]

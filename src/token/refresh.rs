@@ -45,9 +45,8 @@ use rand::{CryptoRng, RngCore};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use super::claims::SessionId;
 use crate::keys::SecretString;
-use crate::keys::secret::constant_time_eq;
+use crate::keys::session::{SessionId, TokenDigest};
 
 /// Prefix of every refresh token.
 pub const REFRESH_TOKEN_PREFIX: &str = "kgr_";
@@ -77,36 +76,6 @@ impl RefreshToken {
 impl fmt::Debug for RefreshToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("RefreshToken([redacted])")
-    }
-}
-
-/// A 32-byte digest the store keeps in place of a refresh token or its
-/// family secret (a `BLOB`/`BYTEA`, or 64 hex digits). Compared in constant
-/// time; `Debug` redacts it, like every other credential digest.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct TokenDigest([u8; 32]);
-
-impl TokenDigest {
-    /// Wraps bytes read back from the store.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-
-    /// The bytes to store.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// Constant-time equality (the derived `PartialEq` is for tests and
-    /// the store's round trips; decisions go through this).
-    pub(crate) fn matches(&self, other: &Self) -> bool {
-        constant_time_eq(&self.0, &other.0)
-    }
-}
-
-impl fmt::Debug for TokenDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TokenDigest([redacted])")
     }
 }
 
@@ -277,7 +246,7 @@ pub(crate) fn mint<R: RngCore + CryptoRng>(
 fn family_digest(family: &[u8; SECRET_BYTES]) -> TokenDigest {
     let mut hasher = blake3::Hasher::new_derive_key(FAMILY_CONTEXT);
     hasher.update(family);
-    TokenDigest(*hasher.finalize().as_bytes())
+    TokenDigest::from_bytes(*hasher.finalize().as_bytes())
 }
 
 fn token_digest(
@@ -292,7 +261,7 @@ fn token_digest(
     hasher.update(&generation.to_be_bytes());
     hasher.update(family);
     hasher.update(rotation);
-    TokenDigest(*hasher.finalize().as_bytes())
+    TokenDigest::from_bytes(*hasher.finalize().as_bytes())
 }
 
 fn push_lower_hex(out: &mut String, bytes: &[u8]) {

@@ -1,24 +1,24 @@
-//! Sessions: the one stored row behind a family of access and refresh
-//! tokens, and the pure decisions about it — what a login does to it, what
-//! presenting a refresh token means (rotate, or detect reuse and revoke),
-//! and whether it still admits an access token.
+//! Sessions: the pure decisions about the one stored row behind a family of
+//! access and refresh tokens ([`Session`], whose data lives in
+//! `keys::session`) — what a login does to it, what presenting a refresh
+//! token means (rotate, or detect reuse and revoke), and whether it still
+//! admits an access token.
 //!
 //! Storing the row, announcing changes on the change feed and caching rows
-//! per replica belong to `store` and `auth`; this file says what they must
-//! keep (see [`Session`]) and how to apply each decision (conditional on the
-//! generation read).
+//! per replica belong to `store` and `auth`; [`Session`]'s docs say what
+//! they must keep, and this file how to apply each decision (conditional on
+//! the generation read).
 
 use std::collections::BTreeSet;
-use std::fmt;
-use std::str::FromStr;
 
 use chrono::{DateTime, Duration, Utc};
 use rand::{CryptoRng, RngCore};
 
-use super::claims::{AccessClaims, SessionId, effective_scopes, new_jti};
+use super::claims::{AccessClaims, effective_scopes, new_jti};
 use super::jwt::{CLOCK_SKEW_SECS, TokenError};
-use super::refresh::{self, PresentedRefreshToken, RefreshError, RefreshToken, TokenDigest};
+use super::refresh::{self, PresentedRefreshToken, RefreshError, RefreshToken};
 use crate::keys::KeyId;
+use crate::keys::session::{RevokeReason, Session, SessionId, SessionState};
 
 /// A login returns the session's current access token only while it stays
 /// valid for at least this long, in seconds; closer to its expiry a new one
@@ -41,127 +41,7 @@ pub struct SessionPolicy {
     pub audience: Option<String>,
 }
 
-/// Why a session was revoked (kept for the admin API and audit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevokeReason {
-    /// `DELETE /v1/sessions/{id}` or the CLI.
-    Admin,
-    /// A spent refresh token of the session was presented again.
-    RefreshReuse,
-}
-
-impl RevokeReason {
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::RefreshReuse => "refresh_reuse",
-        }
-    }
-}
-
-impl fmt::Display for RevokeReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RevokeReason {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "admin" => Ok(Self::Admin),
-            "refresh_reuse" => Ok(Self::RefreshReuse),
-            other => Err(format!("'{other}' is not a session revocation reason")),
-        }
-    }
-}
-
-/// A session: the row the store keeps, and all it must keep, for one
-/// family of tokens (one per key and client session id). No token is
-/// stored, only digests; no other table is needed.
-///
-/// Store notes: `id` is the primary key; `(key_id, client_session)` is
-/// unique (a login finds the row by it, treating `None` as one more value);
-/// every change that alters what [`Session::admits`] answers (insert,
-/// revocation, replacement) goes on the change feed so each replica's
-/// session cache sees it within a second, while rotations, which do not,
-/// stay off it; logins and refreshes therefore read the row from the store,
-/// never from a cache. Rotations are conditional updates on the generation
-/// read (see
-/// [`Rotation::previous_generation`]). Rows whose `expires_at` and
-/// `access_expires_at` have both passed may be deleted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    /// Primary key; the `sid` claim.
-    pub id: SessionId,
-    /// The key the session was opened with; the `sub` claim.
-    pub key_id: KeyId,
-    /// The client's `session_id` at login (`None`: the key's default
-    /// session). Opaque to keygate; not a secret.
-    pub client_session: Option<String>,
-    /// Scopes granted at login (possibly narrowed). Tokens carry these
-    /// minus any the key has lost since.
-    pub scopes: BTreeSet<String>,
-    /// When the session was opened.
-    pub created_at: DateTime<Utc>,
-    /// When its current refresh token expires (moves forward at each
-    /// rotation and login).
-    pub expires_at: DateTime<Utc>,
-    /// When it was revoked; a revoked session admits no token and never
-    /// comes back.
-    pub revoked_at: Option<DateTime<Utc>>,
-    /// Why it was revoked.
-    pub revoked_reason: Option<RevokeReason>,
-    /// Digest of the refresh family secret (see `refresh.rs`).
-    pub family_digest: TokenDigest,
-    /// Digest of the current refresh token.
-    pub refresh_digest: TokenDigest,
-    /// Rotations so far; only ever increases, also across logins.
-    pub refresh_generation: u64,
-    /// `jti` of the current access token. With the two instants below and
-    /// the scopes it rebuilds that token's exact claims, so a repeated
-    /// login re-signs the identical token instead of storing it.
-    pub access_jti: String,
-    /// `iat` of the current access token.
-    pub access_issued_at: DateTime<Utc>,
-    /// `exp` of the current access token.
-    pub access_expires_at: DateTime<Utc>,
-}
-
-/// A session's state at an instant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionState {
-    /// Its refresh token may be redeemed.
-    Active,
-    /// Its refresh token expired; its last access token may still be valid
-    /// until its own `exp`.
-    Expired,
-    /// Revoked: nothing of it is accepted any more.
-    Revoked,
-}
-
 impl Session {
-    /// The state at `now`.
-    pub fn state_at(&self, now: DateTime<Utc>) -> SessionState {
-        if self.revoked_at.is_some() {
-            SessionState::Revoked
-        } else if self.expires_at <= now {
-            SessionState::Expired
-        } else {
-            SessionState::Active
-        }
-    }
-
-    /// Revokes the session at `now`; a second revocation keeps the first
-    /// instant and reason.
-    pub fn revoke(&mut self, now: DateTime<Utc>, reason: RevokeReason) {
-        if self.revoked_at.is_none() {
-            self.revoked_at = Some(now);
-            self.revoked_reason = Some(reason);
-        }
-    }
-
     /// Whether this session (the cached row for `claims.sid`) admits an
     /// access token whose signature and times already verified: same
     /// session and key, not revoked. Expiry needs no check here: access

@@ -6,7 +6,8 @@
 use chrono::Duration;
 use http::{Method, StatusCode};
 use keygate::clock::Clock;
-use keygate::store::{Actor, SessionRecord, SessionWrite};
+use keygate::keys::{Session, TokenDigest};
+use keygate::store::{Actor, SessionWrite};
 use keygate::token::SessionId;
 use serde_json::Value;
 
@@ -39,11 +40,11 @@ fn problem(reply: &Reply, status: StatusCode, code: &str) -> String {
 /// Opens a session of a new key directly in the gateway's store, as a login
 /// through the token exchange would: generation 0, a 30-day refresh token,
 /// a 2-hour access token.
-async fn open_session(gw: &TestGateway) -> SessionRecord {
+async fn open_session(gw: &TestGateway) -> Session {
     let issued = gw.key(&["can_read_order"], "pro").await;
     let now = gw.clock.now();
-    let record = SessionRecord {
-        id: SessionId::generate(now).to_string(),
+    let record = Session {
+        id: SessionId::generate(now),
         key_id: issued.key.id.clone(),
         client_session: Some("checkout-tab".into()),
         scopes: ["can_read_order".to_owned()].into(),
@@ -51,8 +52,8 @@ async fn open_session(gw: &TestGateway) -> SessionRecord {
         expires_at: now + Duration::days(30),
         revoked_at: None,
         revoked_reason: None,
-        family_digest: [0x5a; 32],
-        refresh_digest: [0xa5; 32],
+        family_digest: TokenDigest::from_bytes([0x5a; 32]),
+        refresh_digest: TokenDigest::from_bytes([0xa5; 32]),
         refresh_generation: 0,
         access_jti: "jti-not-for-admin-eyes".into(),
         access_issued_at: now,
@@ -91,7 +92,7 @@ async fn revoking_a_session_answers_its_view_once_and_for_all() {
     gw.clock.advance(Duration::minutes(10));
     let revoked_at = "2026-11-23T12:10:00Z";
 
-    let first = ok(&delete(&gw, &session.id, Some(ADMIN_TOKEN)).await);
+    let first = ok(&delete(&gw, session.id.as_str(), Some(ADMIN_TOKEN)).await);
     let fields: Vec<&str> = {
         let mut names: Vec<&str> = first.as_object().unwrap().keys().map(String::as_str).collect();
         names.sort_unstable();
@@ -127,7 +128,7 @@ async fn revoking_a_session_answers_its_view_once_and_for_all() {
     // Again, later: same answer, the first instant and reason stand, and
     // nothing more is audited.
     gw.clock.advance(Duration::minutes(10));
-    let second = ok(&delete(&gw, &session.id, Some(ADMIN_TOKEN)).await);
+    let second = ok(&delete(&gw, session.id.as_str(), Some(ADMIN_TOKEN)).await);
     assert_eq!(second, first);
 
     let rows = session_revocations(&gw).await;
@@ -185,7 +186,7 @@ async fn revoking_a_session_needs_the_admin_token() {
     let gw = TestGateway::with_admin_token(DEFAULT_ROUTES).await;
     let session = open_session(&gw).await;
     for token in [None, Some("not-the-admin-token")] {
-        let reply = delete(&gw, &session.id, token).await;
+        let reply = delete(&gw, session.id.as_str(), token).await;
         problem(&reply, StatusCode::UNAUTHORIZED, "admin_unauthorized");
     }
     let stored = gw.gateway().store().session(&session.id).await.unwrap().unwrap();

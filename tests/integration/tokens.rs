@@ -1035,27 +1035,13 @@ async fn the_served_binary_logs_why_a_token_failed_and_never_a_token() {
         .build_http::<http_body_util::Full<bytes::Bytes>>();
     let send = |method: Method, path: &str, headers: Vec<(&'static str, String)>, body: String| {
         let client = client.clone();
-        let uri = format!("http://{proxy}{path}");
+        let path = path.to_owned();
         async move {
-            let mut req = http::Request::builder().method(method).uri(uri);
-            for (k, v) in headers {
-                req = req.header(k, v);
-            }
-            let response = client
-                .request(
-                    req.body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
-            let status = response.status();
-            let body = http_body_util::BodyExt::collect(response.into_body())
-                .await
-                .unwrap()
-                .to_bytes();
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let reply = crate::support::gateway::send(&client, proxy, method, &path, &headers, &body).await;
             (
-                status,
-                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+                reply.status,
+                serde_json::from_slice::<Value>(&reply.body).unwrap_or(Value::Null),
             )
         }
     };

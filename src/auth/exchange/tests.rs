@@ -11,8 +11,9 @@ use tokio::sync::oneshot;
 use super::*;
 use crate::auth::tests::{Fixture, fixture, named};
 use crate::clock::Clock;
+use crate::keys::RevokeReason;
 use crate::keys::{KeyStatus, SecretString};
-use crate::store::{KeyStore, SessionRevokeReason};
+use crate::store::KeyStore;
 use crate::token::{KeySpec, TokenSettings};
 
 const SIGNING_KEY: &str = "exchange-tests-signing-key-0123456789abcdef";
@@ -49,8 +50,8 @@ fn conflicts(f: &Fixture) -> usize {
     f.store.conflicts.load(Ordering::SeqCst)
 }
 
-async fn stored(f: &Fixture, session_id: &SessionId) -> crate::store::SessionRecord {
-    f.store.session(session_id.as_str()).await.unwrap().unwrap()
+async fn stored(f: &Fixture, session_id: &SessionId) -> crate::keys::Session {
+    f.store.session(session_id).await.unwrap().unwrap()
 }
 
 #[tokio::test]
@@ -123,7 +124,7 @@ async fn two_redemptions_of_one_refresh_token_are_reuse_and_revoke_the_session()
     assert_eq!(conflicts(&f), 1, "the second rotation lost its conditional write");
     let row = stored(&f, &login.session_id).await;
     assert!(row.revoked_at.is_some());
-    assert_eq!(row.revoked_reason, Some(SessionRevokeReason::RefreshReuse));
+    assert_eq!(row.revoked_reason, Some(RevokeReason::RefreshReuse));
     // The winner's new token dies with the session.
     let refused = x.redeem(&presented(&won)).await.unwrap_err();
     assert!(
@@ -152,7 +153,7 @@ async fn a_spent_refresh_token_presented_again_revokes_the_session_at_once() {
     );
     assert_eq!(saves(&f), saves_before, "reuse revokes; it writes no rotation");
     let row = stored(&f, &login.session_id).await;
-    assert_eq!(row.revoked_reason, Some(SessionRevokeReason::RefreshReuse));
+    assert_eq!(row.revoked_reason, Some(RevokeReason::RefreshReuse));
     assert_eq!(row.refresh_generation, 1);
     let refused = x.redeem(&presented(&rotated)).await.unwrap_err();
     assert!(
@@ -204,8 +205,8 @@ async fn a_rotation_that_loses_to_an_admin_revocation_stays_revoked_by_the_admin
     let redeemed = x.redeem(&token).await.unwrap();
     f.store
         .revoke_session(
-            login.session_id.as_str(),
-            SessionRevokeReason::Admin,
+            &login.session_id,
+            RevokeReason::Admin,
             f.clock.now(),
             &Actor::cli(),
         )
@@ -222,7 +223,7 @@ async fn a_rotation_that_loses_to_an_admin_revocation_stays_revoked_by_the_admin
     );
     assert_eq!(conflicts(&f), 1);
     let row = stored(&f, &login.session_id).await;
-    assert_eq!(row.revoked_reason, Some(SessionRevokeReason::Admin));
+    assert_eq!(row.revoked_reason, Some(RevokeReason::Admin));
     assert_eq!(row.refresh_generation, 0, "nothing rotated");
 }
 

@@ -8,11 +8,12 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
+use crate::keys::RevokeReason;
 use crate::keys::{KeyId, KeyPatch, KeyStatus};
 use crate::store::conformance::{PgSchema, hash, key, new_key, session, t};
 use crate::store::sql::{Dialect, insert_error};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Actor, AuditEntry, KeyStore, PageRequest, SessionRevokeReason, SessionWrite};
+use crate::store::{Actor, AuditEntry, KeyStore, PageRequest, SessionWrite};
 
 mod conformance_suite {
     use crate::store::conformance::{self, postgres_fixture};
@@ -672,7 +673,7 @@ async fn session_changes_wake_the_listener() {
     assert_eq!(written, SessionWrite::Written);
     assert_eq!(next_wake(&mut rx).await, writer.change_seq().await.unwrap());
     writer
-        .revoke_session(&s.id, SessionRevokeReason::Admin, t(2), &Actor::cli())
+        .revoke_session(&s.id, RevokeReason::Admin, t(2), &Actor::cli())
         .await
         .unwrap();
     assert_eq!(next_wake(&mut rx).await, writer.change_seq().await.unwrap());
@@ -724,7 +725,7 @@ async fn deleting_a_key_deletes_its_sessions_and_the_table_refuses_bad_rows() {
     let s = session(&k.id, None, t(1));
     let _ = store.save_session(&s, None, None, &Actor::cli()).await.unwrap();
     store
-        .revoke_session(&s.id, SessionRevokeReason::Admin, t(2), &Actor::cli())
+        .revoke_session(&s.id, RevokeReason::Admin, t(2), &Actor::cli())
         .await
         .unwrap();
     for (what, sql) in [
