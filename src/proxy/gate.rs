@@ -228,12 +228,15 @@ impl Gate {
 /// [`AuthFailure`] to its SPEC code and log reason (the short prefix goes
 /// to the log through [`Caller::refused`]).
 pub fn refusal(error: &AuthError) -> Refusal {
-    let (code, reason) = match error.failure {
-        AuthFailure::Invalid(why) => (Code::InvalidKey, why.as_str()),
-        AuthFailure::Inactive => (Code::KeyInactive, "key inactive"),
-        AuthFailure::Expired => (Code::KeyExpired, "key expired"),
-        AuthFailure::Unavailable => (Code::AuthUnavailable, "key store unavailable"),
+    let reason = match error.failure {
+        AuthFailure::Invalid(why) => why.as_str(),
+        AuthFailure::Inactive => "key inactive",
+        AuthFailure::Expired => "key expired",
+        AuthFailure::Unavailable => "key store unavailable",
     };
+    // `AuthFailure::code` is the one map from a failure to its SPEC code;
+    // every code it names is one of `Code`'s (the test below walks them).
+    let code = Code::from_name(error.failure.code()).unwrap_or(Code::InternalError);
     Refusal::new(code, reason)
 }
 
@@ -260,8 +263,8 @@ mod tests {
     #[test]
     fn a_refused_key_answers_the_code_its_state_maps_to() {
         // The gate, the exchange and the verification API refuse a key in
-        // a state through `AuthFailure::of_state` and then this map; it must
-        // agree with the code `auth` names for the failure.
+        // a state through `AuthFailure::of_state`; the problem carries the
+        // code `auth` names for the failure, never the fallback.
         let states = [
             (KeyState::Revoked, "invalid_key"),
             (KeyState::Inactive, "key_inactive"),
@@ -277,10 +280,13 @@ mod tests {
         assert_eq!(AuthFailure::of_state(KeyState::Active), None);
         for failure in [
             AuthFailure::Invalid(InvalidReason::WrongSecret),
+            AuthFailure::Inactive,
+            AuthFailure::Expired,
             AuthFailure::Unavailable,
         ] {
             let problem = refusal(&AuthError::new(failure, None)).problem;
             assert_eq!(problem.code.as_str(), failure.code(), "{failure:?}");
+            assert_ne!(problem.code, Code::InternalError, "{failure:?}");
         }
     }
 
