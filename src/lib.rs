@@ -2,19 +2,23 @@
 //!
 //! Map of the tree (see STYLE.md §1 and §2; arrows point down only):
 //!
-//! - Domain (pure): [`keys`] — key format, secrets, hashing, model;
-//!   [`policy`] — path normalisation, routes, scopes.
+//! - Domain (pure): [`keys`] — key format, secrets, hashing, model, and
+//!   token-exchange sessions as data (`keys::session`, which the store
+//!   reads and writes and `token` decides about); [`policy`] — path
+//!   normalisation, routes, scopes, plans.
 //! - Adapters: [`store`] — the `KeyStore` trait, its SQLite and Postgres
 //!   implementations (one SQL body per query, a dialect per backend);
 //!   [`ratelimit`] — plan windows counted locally or in Redis;
-//!   [`token`] — JWT exchange: claims, signing keys, sessions, refresh rotation.
+//!   [`token`] — JWT exchange: claims, signing keys, the session decisions,
+//!   refresh rotation.
 //! - Use case: [`manage`] — key lifecycle operations shared by the CLI and
 //!   the admin API (create, update, rotate, revoke, import), and the one
 //!   set of rules a key's fields follow (`manage::KeyFields`); [`auth`] — who
 //!   is calling: credential extraction, presented key → principal, with a
 //!   verified-key cache kept current by the store's change feed; and the
 //!   token exchange (login, refresh, client credentials) over the store.
-//! - Edges: [`proxy`] — the proxy listener (serving lanes, gate, forward); [`admin`] — the
+//! - Edges: [`proxy`] — the proxy listener (serving lanes, gate, forward,
+//!   the request's log record); [`admin`] — the
 //!   admin listener; [`echo`] — the built-in echo upstream (demo, tests);
 //!   [`problem`] — the one renderer of keygate's own error responses
 //!   (problem+json or the `[errors]` templates).
