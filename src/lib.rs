@@ -13,7 +13,8 @@
 //!   refresh rotation.
 //! - Use case: [`manage`] — key lifecycle operations shared by the CLI and
 //!   the admin API (create, update, rotate, revoke, import), and the one
-//!   set of rules a key's fields follow (`manage::KeyFields`); [`auth`] — who
+//!   set of rules a key's fields follow (`manage::KeyFields`), and what a
+//!   usage-history query means (`manage::series`); [`auth`] — who
 //!   is calling: credential extraction, presented key → principal, with a
 //!   verified-key cache kept current by the store's change feed; and the
 //!   token exchange (login, refresh, client credentials) over the store.

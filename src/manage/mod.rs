@@ -25,6 +25,7 @@ use crate::store::{Actor, AuditEntry, KeyFilter, NewKey, Page, PageRequest, Shar
 
 mod fields;
 pub mod import;
+pub mod series;
 
 pub use fields::{FieldError, KeyFields};
 pub use import::{ImportError, ImportLine, ImportProgress};

@@ -1,0 +1,442 @@
+//! What a usage-history query means (SPEC §13), before any store is asked:
+//! the bucket width, the half-open range rounded out to bucket edges, and
+//! the zero-filled, ascending series the answer is built from.
+//!
+//! The rules, written once for the admin API, the CLI and the console:
+//! - `from`/`to` default to the last 24 hours; `from` rounds down and `to`
+//!   up to bucket edges (UTC-aligned), and the series reports those edges;
+//! - without a granularity, the finest whose retention still covers `from`
+//!   and that gives at most [`AUTO_MAX_BUCKETS`] buckets, else `day`;
+//! - refused, naming the field: an unknown granularity, one whose retention
+//!   does not cover `from`, `from >= to`, or more than [`MAX_BUCKETS`]
+//!   buckets.
+//!
+//! Pure: `now` and the retention are arguments.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+
+use super::FieldError;
+
+/// Most buckets an automatic granularity may give before a coarser one is
+/// chosen (a chart's width in points, with room to spare).
+pub const AUTO_MAX_BUCKETS: i64 = 1_000;
+
+/// Most buckets any query may return (SPEC §13: more is refused).
+pub const MAX_BUCKETS: i64 = 10_000;
+
+/// The default range: the last day.
+const DEFAULT_SPAN: Duration = Duration::hours(24);
+
+/// A bucket width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Granularity {
+    /// One minute.
+    Minute,
+    /// One hour.
+    Hour,
+    /// One day (UTC).
+    Day,
+}
+
+impl Granularity {
+    /// Finest first.
+    pub const ALL: [Self; 3] = [Self::Minute, Self::Hour, Self::Day];
+
+    /// The query and JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minute => "minute",
+            Self::Hour => "hour",
+            Self::Day => "day",
+        }
+    }
+
+    /// The bucket width in seconds.
+    pub fn seconds(self) -> i64 {
+        match self {
+            Self::Minute => 60,
+            Self::Hour => 3_600,
+            Self::Day => 86_400,
+        }
+    }
+
+    /// The start of the bucket holding `at`.
+    pub fn floor(self, at: DateTime<Utc>) -> DateTime<Utc> {
+        let step = self.seconds();
+        instant(at.timestamp().div_euclid(step) * step)
+    }
+
+    /// The first bucket edge at or after `at`.
+    pub fn ceil(self, at: DateTime<Utc>) -> DateTime<Utc> {
+        let floor = self.floor(at);
+        if floor == at {
+            floor
+        } else {
+            floor + Duration::seconds(self.seconds())
+        }
+    }
+}
+
+impl fmt::Display for Granularity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Granularity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|g| g.as_str() == s)
+            .ok_or_else(|| "unknown granularity: use minute, hour or day".to_owned())
+    }
+}
+
+/// How long the store keeps each tier of buckets (`usage.retention.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Minute buckets (default 48 h).
+    pub minute: Duration,
+    /// Hour buckets (default 90 d).
+    pub hour: Duration,
+    /// Day buckets (default 730 d).
+    pub day: Duration,
+}
+
+impl Retention {
+    /// SPEC §13's defaults.
+    pub const DEFAULT: Self = Self {
+        minute: Duration::hours(48),
+        hour: Duration::days(90),
+        day: Duration::days(730),
+    };
+
+    /// How long buckets of `granularity` are kept.
+    pub fn of(&self, granularity: Granularity) -> Duration {
+        match granularity {
+            Granularity::Minute => self.minute,
+            Granularity::Hour => self.hour,
+            Granularity::Day => self.day,
+        }
+    }
+
+    /// Whether buckets of `granularity` still cover `from` at `now`.
+    fn covers(&self, granularity: Granularity, from: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        now.checked_sub_signed(self.of(granularity))
+            .is_none_or(|oldest| granularity.floor(oldest) <= from)
+    }
+}
+
+/// A query's range as asked: `None` fields take their defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeriesQuery {
+    /// Start (inclusive); default `to` minus 24 h.
+    pub from: Option<DateTime<Utc>>,
+    /// End (exclusive); default now (a future `to` is allowed).
+    pub to: Option<DateTime<Utc>>,
+    /// Bucket width; default automatic.
+    pub granularity: Option<Granularity>,
+}
+
+/// A resolved range: `[from, to)` on bucket edges of `granularity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesRange {
+    /// First bucket's start.
+    pub from: DateTime<Utc>,
+    /// End of the last bucket.
+    pub to: DateTime<Utc>,
+    /// Bucket width.
+    pub granularity: Granularity,
+}
+
+impl SeriesQuery {
+    /// The range this query means at `now`, or every problem with it (the
+    /// fields named as in the query string).
+    pub fn resolve(&self, retention: &Retention, now: DateTime<Utc>) -> Result<SeriesRange, Vec<FieldError>> {
+        let to = self.to.unwrap_or(now);
+        let from = self
+            .from
+            .unwrap_or_else(|| to.checked_sub_signed(DEFAULT_SPAN).unwrap_or(to));
+        if from >= to {
+            return Err(vec![FieldError::new(
+                "from",
+                "from must be before to (the range is [from, to))",
+            )]);
+        }
+        let granularity = match self.granularity {
+            Some(g) if !retention.covers(g, from, now) => {
+                return Err(vec![FieldError::new(
+                    "granularity",
+                    format!(
+                        "{g} buckets are kept for {} only, which does not reach back to from; use a coarser granularity or a later from",
+                        days_or_hours(retention.of(g))
+                    ),
+                )]);
+            }
+            Some(g) => g,
+            None => Granularity::ALL
+                .into_iter()
+                .find(|&g| retention.covers(g, from, now) && buckets(g, from, to) <= AUTO_MAX_BUCKETS)
+                .unwrap_or(Granularity::Day),
+        };
+        let count = buckets(granularity, from, to);
+        if count > MAX_BUCKETS {
+            return Err(vec![FieldError::new(
+                "from",
+                format!(
+                    "the range holds {count} {granularity} buckets; at most {MAX_BUCKETS} are returned: narrow it or use a coarser granularity"
+                ),
+            )]);
+        }
+        Ok(SeriesRange {
+            from: granularity.floor(from),
+            to: granularity.ceil(to),
+            granularity,
+        })
+    }
+}
+
+impl SeriesRange {
+    /// How many buckets the range holds.
+    pub fn len(&self) -> i64 {
+        buckets(self.granularity, self.from, self.to)
+    }
+
+    /// Whether the range holds no bucket (never, once resolved).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The series over this range from stored counts (bucket start,
+    /// outcome, count; any order, buckets outside the range ignored):
+    /// every bucket present, ascending, zero where nothing was counted.
+    pub fn fill(&self, counts: impl IntoIterator<Item = (DateTime<Utc>, String, u64)>) -> Vec<SeriesPoint> {
+        let step = self.granularity.seconds();
+        let start = self.from.timestamp();
+        let mut points: Vec<SeriesPoint> = (0..self.len())
+            .map(|i| SeriesPoint {
+                time: instant(start + i * step),
+                total: 0,
+                by_outcome: BTreeMap::new(),
+            })
+            .collect();
+        for (at, outcome, count) in counts {
+            let index = (self.granularity.floor(at).timestamp() - start).div_euclid(step);
+            let Some(point) = usize::try_from(index).ok().and_then(|i| points.get_mut(i)) else {
+                continue;
+            };
+            point.total = point.total.saturating_add(count);
+            let slot = point.by_outcome.entry(outcome).or_insert(0);
+            *slot = slot.saturating_add(count);
+        }
+        points
+    }
+}
+
+/// One bucket of a series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesPoint {
+    /// The bucket's start.
+    pub time: DateTime<Utc>,
+    /// Requests in the bucket, all outcomes.
+    pub total: u64,
+    /// Requests per outcome (`ok` or a SPEC code); absent outcomes are 0.
+    pub by_outcome: BTreeMap<String, u64>,
+}
+
+/// Buckets of `granularity` that `[from, to)` touches once rounded out.
+fn buckets(granularity: Granularity, from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
+    (granularity.ceil(to).timestamp() - granularity.floor(from).timestamp()) / granularity.seconds()
+}
+
+/// The instant `secs` after the epoch, clamped to chrono's range.
+fn instant(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(secs, 0).single().unwrap_or(if secs < 0 {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    })
+}
+
+/// A retention for messages: whole days, else hours.
+fn days_or_hours(d: Duration) -> String {
+    if d.num_hours() % 24 == 0 {
+        format!("{} days", d.num_days())
+    } else {
+        format!("{} hours", d.num_hours())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-12-07T12:34:56Z plus `secs`.
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 7, 12, 34, 56).unwrap() + Duration::seconds(secs)
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    fn resolve(query: SeriesQuery) -> Result<SeriesRange, Vec<String>> {
+        query
+            .resolve(&Retention::DEFAULT, t(0))
+            .map_err(|errors| errors.into_iter().map(|e| e.field).collect())
+    }
+
+    #[test]
+    fn edges_are_utc_aligned() {
+        let x = at("2026-12-07T12:34:56Z");
+        assert_eq!(Granularity::Minute.floor(x), at("2026-12-07T12:34:00Z"));
+        assert_eq!(Granularity::Minute.ceil(x), at("2026-12-07T12:35:00Z"));
+        assert_eq!(Granularity::Hour.floor(x), at("2026-12-07T12:00:00Z"));
+        assert_eq!(Granularity::Day.ceil(x), at("2026-12-08T00:00:00Z"));
+        let edge = at("2026-12-07T00:00:00Z");
+        for g in Granularity::ALL {
+            assert_eq!((g.floor(edge), g.ceil(edge)), (edge, edge), "{g}");
+        }
+        // Before the epoch too.
+        assert_eq!(
+            Granularity::Day.floor(at("1969-12-31T23:00:00Z")),
+            at("1969-12-31T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn granularities_parse_by_name_only() {
+        for g in Granularity::ALL {
+            assert_eq!(g.as_str().parse::<Granularity>(), Ok(g));
+        }
+        for bad in ["", "Minute", "week", "minutes", "1m"] {
+            assert!(bad.parse::<Granularity>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_default_is_the_last_day_in_minutes_when_that_fits_else_hours() {
+        // 24 h is 1,441 minute buckets once rounded out: over the automatic
+        // cap, so hours (25 of them).
+        let range = resolve(SeriesQuery::default()).unwrap();
+        assert_eq!(range.granularity, Granularity::Hour);
+        assert_eq!(
+            (range.from, range.to),
+            (at("2026-12-06T12:00:00Z"), at("2026-12-07T13:00:00Z"))
+        );
+        assert_eq!(range.len(), 25);
+        // The last 6 hours fit in minutes.
+        let range = resolve(SeriesQuery {
+            from: Some(t(-6 * 3600)),
+            ..SeriesQuery::default()
+        })
+        .unwrap();
+        assert_eq!(range.granularity, Granularity::Minute);
+        assert_eq!(range.from, at("2026-12-07T06:34:00Z"));
+        assert_eq!(range.to, at("2026-12-07T12:35:00Z"));
+    }
+
+    #[test]
+    fn automatic_granularity_follows_retention_then_size() {
+        let auto = |from_secs: i64, to_secs: i64| {
+            resolve(SeriesQuery {
+                from: Some(t(from_secs)),
+                to: Some(t(to_secs)),
+                granularity: None,
+            })
+            .unwrap()
+            .granularity
+        };
+        const DAY: i64 = 86_400;
+        // Ten minutes three days ago: minutes are no longer kept.
+        assert_eq!(auto(-3 * DAY, -3 * DAY + 600), Granularity::Hour);
+        // Thirty days: 721 hours.
+        assert_eq!(auto(-30 * DAY, 0), Granularity::Hour);
+        // Sixty days: 1,441 hours, over the cap.
+        assert_eq!(auto(-60 * DAY, 0), Granularity::Day);
+        // A year ago: only days are kept.
+        assert_eq!(auto(-365 * DAY, -364 * DAY), Granularity::Day);
+        // Older than every retention: still days (what is left of them).
+        assert_eq!(auto(-1000 * DAY, -999 * DAY), Granularity::Day);
+    }
+
+    #[test]
+    fn bad_ranges_name_their_field() {
+        let cases = [
+            (t(0), t(0), None, "from"),
+            (t(10), t(0), None, "from"),
+            (t(-3 * 86_400), t(0), Some(Granularity::Minute), "granularity"),
+            (t(-100 * 86_400), t(0), Some(Granularity::Hour), "granularity"),
+            (t(-9 * 86_400), t(0), Some(Granularity::Minute), "granularity"),
+            // Retention bounds every tier's past, so only a far future `to`
+            // or a range older than every retention reaches the cap.
+            (t(-3600), t(20_000 * 60), Some(Granularity::Minute), "from"),
+            (t(-400 * 86_400 * 100), t(0), None, "from"),
+        ];
+        for (from, to, granularity, field) in cases {
+            let query = SeriesQuery {
+                from: Some(from),
+                to: Some(to),
+                granularity,
+            };
+            assert_eq!(resolve(query), Err(vec![field.to_owned()]), "{query:?}");
+        }
+        // A future `to` is allowed, and so is exactly the retention's edge.
+        assert!(
+            resolve(SeriesQuery {
+                from: Some(t(-3600)),
+                to: Some(t(3600)),
+                granularity: Some(Granularity::Minute),
+            })
+            .is_ok()
+        );
+        assert!(
+            resolve(SeriesQuery {
+                from: Some(Granularity::Minute.floor(t(-48 * 3600))),
+                to: Some(t(-47 * 3600)),
+                granularity: Some(Granularity::Minute),
+            })
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn series_are_zero_filled_ascending_and_summed_per_bucket() {
+        let range = SeriesRange {
+            from: at("2026-12-07T10:00:00Z"),
+            to: at("2026-12-07T14:00:00Z"),
+            granularity: Granularity::Hour,
+        };
+        let points = range.fill([
+            (at("2026-12-07T13:00:00Z"), "ok".to_owned(), 5),
+            (at("2026-12-07T11:00:00Z"), "invalid_key".to_owned(), 2),
+            (at("2026-12-07T11:00:00Z"), "ok".to_owned(), 3),
+            (at("2026-12-07T11:30:00Z"), "ok".to_owned(), 1),
+            // Outside the range: ignored.
+            (at("2026-12-07T09:00:00Z"), "ok".to_owned(), 100),
+            (at("2026-12-07T14:00:00Z"), "ok".to_owned(), 100),
+        ]);
+        let times: Vec<DateTime<Utc>> = points.iter().map(|p| p.time).collect();
+        assert_eq!(
+            times,
+            [
+                at("2026-12-07T10:00:00Z"),
+                at("2026-12-07T11:00:00Z"),
+                at("2026-12-07T12:00:00Z"),
+                at("2026-12-07T13:00:00Z")
+            ]
+        );
+        let totals: Vec<u64> = points.iter().map(|p| p.total).collect();
+        assert_eq!(totals, [0, 6, 0, 5]);
+        assert_eq!(
+            points[1].by_outcome,
+            BTreeMap::from([("invalid_key".to_owned(), 2), ("ok".to_owned(), 4)])
+        );
+        assert!(points[0].by_outcome.is_empty());
+    }
+}
