@@ -140,7 +140,7 @@ impl Gateway {
         let usage = Arc::new(UsageRecorder::new(
             store.clone(),
             clock.clone(),
-            usage::FLUSH_INTERVAL,
+            config.usage.flush_interval,
             usage::MAX_RETAINED,
         ));
         let state = Arc::new(ProxyState {

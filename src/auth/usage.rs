@@ -40,13 +40,28 @@ use crate::clock::SharedClock;
 use crate::keys::KeyId;
 use crate::store::{SharedStore, StoreError, UsageDelta};
 
-/// How often the background flusher writes counts to the store (5 s: usage
-/// shown by the admin API lags by at most about this). A flush writes one
+/// How often the background flusher writes counts to the store by default
+/// (`usage.flush_interval`, 5 s: usage shown by the admin API lags by at
+/// most about this). A flush writes one
 /// row per key and outcome seen since the last one, so on a busy gateway its
 /// cost grows with the interval's distinct keys, not its requests: at 1 s,
 /// 10,000 keys in rotation kept SQLite's writer at about 13% of the
 /// gateway's CPU in `bench/proxy.sh`.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Usage counting settings (`[usage]`), filled by `config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageSettings {
+    /// How often counts are written to the store (`usage.flush_interval`).
+    pub flush_interval: Duration,
+}
+
+impl UsageSettings {
+    /// The defaults SPEC §13 gives.
+    pub const DEFAULT: Self = Self {
+        flush_interval: FLUSH_INTERVAL,
+    };
+}
 
 /// Most (key, outcome) pairs kept for retry while the store refuses
 /// batches (~100 bytes each, so about 10 MB at worst); past it the pairs

@@ -44,6 +44,7 @@ pub use settings::{
 // The owning modules' settings types that `Config` holds, re-exported so
 // wiring code can name every field's type from here.
 pub use crate::auth::AuthSettings;
+pub use crate::auth::usage::UsageSettings;
 pub use crate::policy::{LimitScope, PathGlob, PlanLimit, PlanSettings, RouteSettings};
 pub use crate::problem::{ErrorTemplate, TEMPLATE_PLACEHOLDERS};
 pub use crate::proxy::upstream::UpstreamSettings;
@@ -82,6 +83,8 @@ pub struct Config {
     pub plans: BTreeMap<String, PlanSettings>,
     /// `[errors.<code>]`, by code.
     pub errors: BTreeMap<String, ErrorTemplate>,
+    /// `[usage]`.
+    pub usage: UsageSettings,
     /// `[log]`.
     pub log: LogSettings,
     /// `[tokens]`: the token exchange's settings, every key already parsed
@@ -407,7 +410,7 @@ fn covering<'a>(applied: &'a [Option<env::Applied>], path: &str) -> Option<&'a e
 /// Orders errors by section as the default file lists them; unknown top-level
 /// keys and environment problems first.
 fn section_rank(path: &str) -> usize {
-    const SECTIONS: [&str; 13] = [
+    const SECTIONS: [&str; 14] = [
         "server",
         "database",
         "upstream",
@@ -418,6 +421,7 @@ fn section_rank(path: &str) -> usize {
         "routes",
         "plans",
         "errors",
+        "usage",
         "log",
         "tokens",
         "admin",

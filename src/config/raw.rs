@@ -377,6 +377,8 @@ pub struct RawConfig {
     pub plans: Named<RawPlan>,
     /// `[errors.<code>]`: response templates per SPEC code.
     pub errors: Named<RawErrorTemplate>,
+    /// `[usage]`: usage counting.
+    pub usage: Section<RawUsage>,
     /// `[log]`: logging.
     pub log: Section<RawLog>,
     /// `[tokens]`: JWT exchange.
@@ -578,6 +580,14 @@ pub struct RawErrorTemplate {
     pub content_type: Lenient<String>,
     /// Status override.
     pub status: Lenient<u16>,
+}
+
+/// `[usage]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct RawUsage {
+    /// How often usage counts are written to the store.
+    pub flush_interval: Lenient<String>,
 }
 
 /// `[log]`.

@@ -19,14 +19,15 @@ use zeroize::Zeroizing;
 
 use super::raw::{
     Field, Lenient, RawAdmin, RawAuth, RawCache, RawConfig, RawDatabase, RawErrorTemplate, RawHashParams,
-    RawKeys, RawLog, RawPlan, RawRateLimit, RawRoute, RawServer, RawTokenKey, RawTokens, RawUpstream, Secret,
-    Section, index_path, key_path,
+    RawKeys, RawLog, RawPlan, RawRateLimit, RawRoute, RawServer, RawTokenKey, RawTokens, RawUpstream,
+    RawUsage, Secret, Section, index_path, key_path,
 };
 use super::settings::{
     AdminSettings, AuthRules, CredentialHeader, CredentialScheme, ERROR_CODES, LogSettings, ServerSettings,
 };
 use super::{Config, ConfigError};
 use crate::auth::AuthSettings;
+use crate::auth::usage::UsageSettings;
 use crate::keys::model::{parse_duration, validate_scope};
 use crate::keys::{HashParams, KeyFormat, KeyHash, KeyPrefix, KeySettings, SecretString};
 use crate::policy::{LimitScope, PathGlob, PlanLimit, PlanSettings, RouteSettings};
@@ -71,6 +72,9 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// Longest duration any setting accepts; keeps arithmetic on it far from
 /// overflow.
 const FOREVER: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// Longest `usage.flush_interval`: counts wait in memory that long, and a
+/// crash loses them.
+const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(600);
 /// Shortest and longest rate-limit window (SPEC: "from 1s to 30d").
 const WINDOWS: RangeInclusive<Duration> = SECOND..=Duration::from_secs(30 * 86_400);
 /// Headers that cannot carry a credential: they mean something to HTTP or
@@ -143,6 +147,7 @@ impl Resolver {
         let routes = self.routes(raw);
         let plans = self.plans(raw);
         let errors = self.errors(raw);
+        let usage = self.usage(&raw.usage);
         let log = self.log(&raw.log);
         let tokens = self.tokens(&raw.tokens);
         let admin = self.admin(&raw.admin, admin_env_token);
@@ -177,6 +182,7 @@ impl Resolver {
                 routes,
                 plans,
                 errors,
+                usage,
                 log,
                 tokens,
                 admin,
@@ -1034,6 +1040,18 @@ impl Resolver {
             );
         }
         templates
+    }
+
+    fn usage(&mut self, raw: &Section<RawUsage>) -> UsageSettings {
+        let u = self.section("usage", raw);
+        UsageSettings {
+            flush_interval: self.duration(
+                "usage.flush_interval",
+                &u.flush_interval,
+                UsageSettings::DEFAULT.flush_interval,
+                SECOND..=MAX_FLUSH_INTERVAL,
+            ),
+        }
     }
 
     fn log(&mut self, raw: &Section<RawLog>) -> LogSettings {

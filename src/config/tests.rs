@@ -100,6 +100,22 @@ fn value_checks_table() {
     // (snippet, path with the error, a word the message contains)
     let cases: &[(&str, &str, &str)] = &[
         (
+            "usage.flush_interval = \"500ms\"",
+            "usage.flush_interval",
+            "too short",
+        ),
+        (
+            "usage.flush_interval = \"1h\"",
+            "usage.flush_interval",
+            "too long",
+        ),
+        ("usage.flush_interval = 5", "usage.flush_interval", "string"),
+        (
+            "usage.flush_intervals = \"5s\"",
+            "usage.flush_intervals",
+            "unknown key",
+        ),
+        (
             "server.listen = \"localhost:80\"",
             "server.listen",
             "socket address",
@@ -373,6 +389,15 @@ fn secrets_never_appear_in_errors() {
         .unwrap_err()
         .to_string();
     assert!(!printed.contains("plain-admin-secret"), "{printed}");
+}
+
+#[test]
+fn the_usage_flush_interval_is_read_from_the_file_or_the_environment() {
+    assert_eq!(ok("", &no_env()).usage.flush_interval, Duration::from_secs(5));
+    let config = ok("[usage]\nflush_interval = \"1s\"\n", &no_env());
+    assert_eq!(config.usage.flush_interval, Duration::from_secs(1));
+    let config = ok("", &env(&[("KEYGATE_USAGE__FLUSH_INTERVAL", "10m")]));
+    assert_eq!(config.usage.flush_interval, Duration::from_secs(600));
 }
 
 #[test]
@@ -743,6 +768,7 @@ fn default_file_matches_the_built_in_defaults() {
     assert_eq!(file.authenticator, built_in.authenticator);
     assert_eq!(file.rate_limit, built_in.rate_limit);
     assert_eq!(file.plans, built_in.plans);
+    assert_eq!(file.usage, built_in.usage);
     assert_eq!(file.log, built_in.log);
     assert_eq!(file.auth.headers, built_in.auth.headers);
     assert!(file.tokens.is_none() && built_in.tokens.is_none());
