@@ -76,7 +76,10 @@ impl Granularity {
         if floor == at {
             floor
         } else {
-            floor + Duration::seconds(self.seconds())
+            // Saturating: a `to` at the end of time must not panic.
+            floor
+                .checked_add_signed(Duration::seconds(self.seconds()))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC)
         }
     }
 }
@@ -302,6 +305,12 @@ mod tests {
         for g in Granularity::ALL {
             assert_eq!((g.floor(edge), g.ceil(edge)), (edge, edge), "{g}");
         }
+        // At the ends of time, no overflow.
+        assert_eq!(
+            Granularity::Day.ceil(DateTime::<Utc>::MAX_UTC),
+            DateTime::<Utc>::MAX_UTC
+        );
+        let _ = Granularity::Day.floor(DateTime::<Utc>::MIN_UTC);
         // Before the epoch too.
         assert_eq!(
             Granularity::Day.floor(at("1969-12-31T23:00:00Z")),

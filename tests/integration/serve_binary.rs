@@ -1,23 +1,14 @@
 //! `keygate serve` as a process: it serves, logs one line per request with
 //! the SPEC fields and never a secret, and exits 0 after SIGTERM.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::gateway::DEFAULT_ROUTES;
-use crate::support::{Sandbox, Served, free_port};
+use crate::support::{Served, serve_sandbox};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_logs_without_secrets_and_drains_on_sigterm() {
-    let echo = keygate::echo::EchoServer::start(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
-    let (port, admin_port) = (free_port(), free_port());
-    let sb = Sandbox::new(&format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-         [upstream]\nurl = \"http://{}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n[keys]\ndefault_plan = \"pro\"\n{DEFAULT_ROUTES}",
-        echo.addr()
-    ));
+    let (sb, _echo, proxy) = serve_sandbox("info", DEFAULT_ROUTES).await;
     let created = sb
         .run(&[
             "keys",
@@ -32,7 +23,6 @@ async fn serve_logs_without_secrets_and_drains_on_sigterm() {
         .json();
     let secret = created["key"].as_str().unwrap().to_owned();
 
-    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
     let served = Served::start(&sb, proxy).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<bytes::Bytes>>();
@@ -125,17 +115,14 @@ async fn each_refusal_is_logged_with_its_reason_and_caller() {
     use http::Method;
     use serde_json::{Value, json};
 
-    let echo = keygate::echo::EchoServer::start(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
-    let (port, admin_port) = (free_port(), free_port());
-    let sb = Sandbox::new(&format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-         [upstream]\nurl = \"http://{}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n[keys]\ndefault_plan = \"pro\"\n\
-         {DEFAULT_ROUTES}\n[plans.tiny]\nlimits = [{{ requests = 1, per = \"1h\" }}]\n\
-         [tokens]\nenabled = true\nsigning_key = \"log-record-test-signing-key-0123456789abcdef\"\n",
-        echo.addr()
-    ));
+    let (sb, _echo, proxy) = serve_sandbox(
+        "info",
+        &format!(
+            "{DEFAULT_ROUTES}\n[plans.tiny]\nlimits = [{{ requests = 1, per = \"1h\" }}]\n\
+             [tokens]\nenabled = true\nsigning_key = \"log-record-test-signing-key-0123456789abcdef\"\n"
+        ),
+    )
+    .await;
     let create = |plan: &str| {
         sb.run(&[
             "keys",
@@ -156,21 +143,11 @@ async fn each_refusal_is_logged_with_its_reason_and_caller() {
     let last = if secret(&pro).ends_with('0') { '1' } else { '0' };
     let mistyped = format!("{}{last}", &secret(&pro)[..secret(&pro).len() - 1]);
 
-    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
     let served = Served::start(&sb, proxy).await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let send = |method: Method, path: &str, headers: Vec<(&'static str, String)>, body: String| {
-        let client = client.clone();
-        let path = path.to_owned();
-        async move {
-            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let reply = crate::support::gateway::send(&client, proxy, method, &path, &headers, &body).await;
-            (
-                reply.status.as_u16(),
-                serde_json::from_slice::<Value>(&reply.body).unwrap_or(Value::Null),
-            )
-        }
+    let http = &crate::support::gateway::JsonClient::new(proxy);
+    let send = |method: Method, path: &'static str, headers: Vec<(&'static str, String)>, body: String| async move {
+        let (status, json) = http.send(method, path, headers, body).await;
+        (status.as_u16(), json)
     };
     let key_header = |key: &str| vec![("x-api-key", key.to_owned())];
     let json_body = || vec![("content-type", "application/json".to_owned())];

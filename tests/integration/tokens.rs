@@ -1001,21 +1001,9 @@ async fn two_replicas_on_postgres_share_sessions_and_revocations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_served_binary_logs_why_a_token_failed_and_never_a_token() {
-    use std::net::SocketAddr;
+    use crate::support::{Served, serve_sandbox};
 
-    use crate::support::{Served, free_port};
-
-    let echo = keygate::echo::EchoServer::start(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
-    let (port, admin_port) = (free_port(), free_port());
-    let sb = crate::support::Sandbox::new(&format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-         [upstream]\nurl = \"http://{}\"\n[log]\nformat = \"json\"\nlevel = \"debug\"\n\
-         [keys]\ndefault_plan = \"pro\"\n{}",
-        echo.addr(),
-        tokens_config("")
-    ));
+    let (sb, _echo, proxy) = serve_sandbox("debug", &tokens_config("")).await;
     let created = sb
         .run(&[
             "keys",
@@ -1029,55 +1017,49 @@ async fn the_served_binary_logs_why_a_token_failed_and_never_a_token() {
         .expect(0)
         .json();
     let key = created["key"].as_str().unwrap().to_owned();
-    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
     let served = Served::start(&sb, proxy).await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let send = |method: Method, path: &str, headers: Vec<(&'static str, String)>, body: String| {
-        let client = client.clone();
-        let path = path.to_owned();
-        async move {
-            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let reply = crate::support::gateway::send(&client, proxy, method, &path, &headers, &body).await;
-            (
-                reply.status,
-                serde_json::from_slice::<Value>(&reply.body).unwrap_or(Value::Null),
-            )
-        }
-    };
+    let http = crate::support::gateway::JsonClient::new(proxy);
     let json_type = || vec![("content-type", "application/json".to_owned())];
-    let (status, tokens) = send(
-        Method::POST,
-        "/auth/login",
-        json_type(),
-        json!({ "api_key": key }).to_string(),
-    )
-    .await;
+    let (status, tokens) = http
+        .send(
+            Method::POST,
+            "/auth/login",
+            json_type(),
+            json!({ "api_key": key }).to_string(),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
     let access = access_token(&tokens);
     let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
     let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
-    let (status, _) = send(Method::GET, "/v1/orders/1", bearer(&access), String::new()).await;
+    let (status, _) = http
+        .send(Method::GET, "/v1/orders/1", bearer(&access), String::new())
+        .await;
     assert_eq!(status, StatusCode::OK);
     let forged = forge(
         &decode_part(&access, 0),
         &decode_part(&access, 1),
         "not-the-signing-key-but-long-enough-0000",
     );
-    let (status, _) = send(Method::GET, "/v1/orders/1", bearer(&forged), String::new()).await;
+    let (status, _) = http
+        .send(Method::GET, "/v1/orders/1", bearer(&forged), String::new())
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let mut claims = decode_part(&access, 1);
     claims["exp"] = json!(claims["iat"].as_i64().unwrap() - 1);
     let expired = forge(&decode_part(&access, 0), &claims, SIGNING_KEY);
-    let (status, _) = send(Method::GET, "/v1/orders/1", bearer(&expired), String::new()).await;
+    let (status, _) = http
+        .send(Method::GET, "/v1/orders/1", bearer(&expired), String::new())
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, rotated) = send(
-        Method::POST,
-        "/auth/refresh",
-        json_type(),
-        json!({ "refresh_token": refresh }).to_string(),
-    )
-    .await;
+    let (status, rotated) = http
+        .send(
+            Method::POST,
+            "/auth/refresh",
+            json_type(),
+            json!({ "refresh_token": refresh }).to_string(),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
 
     let (code, logs) = served.stop().await;

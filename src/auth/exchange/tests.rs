@@ -50,6 +50,22 @@ fn conflicts(f: &Fixture) -> usize {
     f.store.conflicts.load(Ordering::SeqCst)
 }
 
+/// Whether a refresh was refused because its session is revoked.
+fn refused_as_revoked(e: &ExchangeError) -> bool {
+    matches!(
+        e.failure,
+        ExchangeFailure::RefreshRefused(RefreshError::Revoked { .. })
+    )
+}
+
+/// Whether a refresh was refused as not of its session's current family.
+fn refused_as_not_in_family(e: &ExchangeError) -> bool {
+    matches!(
+        e.failure,
+        ExchangeFailure::RefreshRefused(RefreshError::NotInFamily { .. })
+    )
+}
+
 async fn stored(f: &Fixture, session_id: &SessionId) -> crate::keys::Session {
     f.store.session(session_id).await.unwrap().unwrap()
 }
@@ -89,13 +105,7 @@ async fn a_login_that_loses_its_insert_continues_the_session_that_won() {
     // Our retry started a new refresh family: the rival's refresh token is
     // refused, and that is no reuse (nothing is revoked).
     let refused = x.redeem(&presented(&theirs)).await.unwrap_err();
-    assert!(
-        matches!(
-            refused.failure,
-            ExchangeFailure::RefreshRefused(RefreshError::NotInFamily { .. })
-        ),
-        "{refused:?}"
-    );
+    assert!(refused_as_not_in_family(&refused), "{refused:?}");
     assert_eq!(stored(&f, &ours.session_id).await.revoked_at, None);
     let token = presented(&ours);
     x.rotate(x.redeem(&token).await.unwrap()).await.unwrap();
@@ -127,13 +137,7 @@ async fn two_redemptions_of_one_refresh_token_are_reuse_and_revoke_the_session()
     assert_eq!(row.revoked_reason, Some(RevokeReason::RefreshReuse));
     // The winner's new token dies with the session.
     let refused = x.redeem(&presented(&won)).await.unwrap_err();
-    assert!(
-        matches!(
-            refused.failure,
-            ExchangeFailure::RefreshRefused(RefreshError::Revoked { .. })
-        ),
-        "{refused:?}"
-    );
+    assert!(refused_as_revoked(&refused), "{refused:?}");
 }
 
 #[tokio::test]
@@ -156,13 +160,7 @@ async fn a_spent_refresh_token_presented_again_revokes_the_session_at_once() {
     assert_eq!(row.revoked_reason, Some(RevokeReason::RefreshReuse));
     assert_eq!(row.refresh_generation, 1);
     let refused = x.redeem(&presented(&rotated)).await.unwrap_err();
-    assert!(
-        matches!(
-            refused.failure,
-            ExchangeFailure::RefreshRefused(RefreshError::Revoked { .. })
-        ),
-        "{refused:?}"
-    );
+    assert!(refused_as_revoked(&refused), "{refused:?}");
 }
 
 #[tokio::test]
@@ -179,13 +177,7 @@ async fn a_rotation_that_loses_to_a_login_refuses_the_token_without_revoking() {
     assert_eq!(relogin.session_id, login.session_id);
 
     let refused = x.rotate(redeemed).await.unwrap_err();
-    assert!(
-        matches!(
-            refused.failure,
-            ExchangeFailure::RefreshRefused(RefreshError::NotInFamily { .. })
-        ),
-        "{refused:?}"
-    );
+    assert!(refused_as_not_in_family(&refused), "{refused:?}");
     assert_eq!(conflicts(&f), 1);
     let row = stored(&f, &login.session_id).await;
     assert_eq!(row.revoked_at, None, "a login is no sign of theft");
@@ -214,13 +206,7 @@ async fn a_rotation_that_loses_to_an_admin_revocation_stays_revoked_by_the_admin
         .unwrap();
 
     let refused = x.rotate(redeemed).await.unwrap_err();
-    assert!(
-        matches!(
-            refused.failure,
-            ExchangeFailure::RefreshRefused(RefreshError::Revoked { .. })
-        ),
-        "{refused:?}"
-    );
+    assert!(refused_as_revoked(&refused), "{refused:?}");
     assert_eq!(conflicts(&f), 1);
     let row = stored(&f, &login.session_id).await;
     assert_eq!(row.revoked_reason, Some(RevokeReason::Admin));
@@ -287,13 +273,7 @@ async fn a_refresh_checks_its_token_before_the_keys_state_and_refuses_as_the_gat
 
     // A token of a replaced family says nothing about the key.
     let stale = x.redeem(&presented(&first)).await.unwrap_err();
-    assert!(
-        matches!(
-            stale.failure,
-            ExchangeFailure::RefreshRefused(RefreshError::NotInFamily { .. })
-        ),
-        "{stale:?}"
-    );
+    assert!(refused_as_not_in_family(&stale), "{stale:?}");
     // The current token meets the key's state, mapped by AuthFailure::of_state.
     let inactive = x.redeem(&presented(&current)).await.unwrap_err();
     match &inactive.failure {

@@ -368,6 +368,38 @@ pub async fn send(
     }
 }
 
+/// A client for tests that send many requests to one address: each answer
+/// as its status and its body read as JSON (`null` when it is not JSON).
+#[derive(Clone)]
+pub struct JsonClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+}
+
+impl JsonClient {
+    /// A client of `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            addr,
+        }
+    }
+
+    /// Sends one request and reads the answer.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: Vec<(&'static str, String)>,
+        body: String,
+    ) -> (StatusCode, serde_json::Value) {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let reply = send(&self.client, self.addr, method, path, &headers, &body).await;
+        let json = serde_json::from_slice(&reply.body).unwrap_or(serde_json::Value::Null);
+        (reply.status, json)
+    }
+}
+
 /// Sends raw bytes on a fresh connection and returns everything read until
 /// the server closes or 2 s pass (for requests an HTTP client refuses to
 /// build).

@@ -134,6 +134,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A sandbox for `keygate serve`: an echo upstream, free proxy and admin
+/// ports, JSON logs at `level`, `keys.default_plan = "pro"`, then `extra`
+/// TOML. Keep the echo server alive as long as the gateway.
+pub async fn serve_sandbox(
+    level: &str,
+    extra: &str,
+) -> (Sandbox, keygate::echo::EchoServer, std::net::SocketAddr) {
+    let echo = keygate::echo::EchoServer::start(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let sb = Sandbox::new(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
+         [upstream]\nurl = \"http://{}\"\n[log]\nformat = \"json\"\nlevel = \"{level}\"\n\
+         [keys]\ndefault_plan = \"pro\"\n{extra}",
+        echo.addr()
+    ));
+    (sb, echo, ([127, 0, 0, 1], port).into())
+}
+
 /// `keygate serve` running as a process on a sandbox's config, its stderr
 /// (the logs) captured.
 pub struct Served {
