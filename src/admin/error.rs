@@ -121,6 +121,9 @@ impl From<ManageError> for AdminError {
             },
             ManageError::NotFound(id) => Self::NotFound(format!("No key has the id {id}.")),
             ManageError::SessionNotFound(id) => Self::NotFound(format!("No session has the id {id}.")),
+            ManageError::OwnerNotFound(_) => {
+                Self::NotFound("No key has this owner, and it has no usage history.".into())
+            }
             ManageError::Conflict(message) => Self::Conflict(message),
             // Every failure of the store itself is the store's state, not
             // the request's: an outage, a lock held too long, but also a

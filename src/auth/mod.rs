@@ -414,6 +414,11 @@ pub struct AuthError {
     pub failure: AuthFailure,
     /// The presented key's short prefix, if it had a recognisable one.
     pub short_prefix: Option<String>,
+    /// The key the credential was found to be (a wrong secret for its
+    /// short prefix, a revoked, disabled or expired key), for its usage
+    /// history: SPEC §13 counts such requests on that key, so a leaked or
+    /// guessed key shows up. Never in a response.
+    pub key_id: Option<Arc<str>>,
 }
 
 impl AuthError {
@@ -421,6 +426,15 @@ impl AuthError {
         Self {
             failure,
             short_prefix: short_prefix.map(str::to_owned),
+            key_id: None,
+        }
+    }
+
+    /// The same failure, attributed to the key `key_id`.
+    pub(crate) fn of_key(self, key_id: &Arc<str>) -> Self {
+        Self {
+            key_id: Some(Arc::clone(key_id)),
+            ..self
         }
     }
 

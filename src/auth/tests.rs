@@ -17,6 +17,7 @@ use rand::Rng;
 use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::keys::format::{GeneratedKey, parse_generated};
+use crate::keys::usage::{Granularity, SeriesRange};
 use crate::keys::{
     HashParams, KeyFormat, KeyHash, KeyPatch, KeyPrefix, KeySettings, KeyStatus, RevokeReason, SecretStr,
     SecretString, Session, SessionId,
@@ -24,8 +25,9 @@ use crate::keys::{
 use crate::manage::{CreateKey, KeyGenerator, KeyManager};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
-    Actor, AuditEntry, Candidate, KeyFilter, KeyStore, MigrationReport, NewKey, Page, PageRequest,
-    SessionWrite, SharedStore, StoreError, StoreSettings, Usage, UsageDelta,
+    Actor, AuditEntry, BucketCount, Candidate, KeyFilter, KeyStore, KeyTotals, MigrationReport, NewKey, Page,
+    PageRequest, SessionWrite, SharedStore, StoreError, StoreSettings, Usage, UsageDelta, UsageRank,
+    UsageSubject,
 };
 
 const TINY: HashParams = HashParams {
@@ -187,6 +189,32 @@ impl KeyStore for TestStore {
 
     async fn usage(&self, id: &KeyId) -> Result<Usage, StoreError> {
         self.inner.usage(id).await
+    }
+
+    async fn owner_usage(&self, owner: &str) -> Result<Option<Usage>, StoreError> {
+        self.inner.owner_usage(owner).await
+    }
+
+    async fn usage_buckets(
+        &self,
+        subject: UsageSubject<'_>,
+        span: SeriesRange,
+    ) -> Result<Vec<BucketCount>, StoreError> {
+        self.inner.usage_buckets(subject, span).await
+    }
+
+    async fn usage_top(
+        &self,
+        span: SeriesRange,
+        rank: UsageRank,
+        limit: u32,
+    ) -> Result<Vec<KeyTotals>, StoreError> {
+        self.inner.usage_top(span, rank, limit).await
+    }
+
+    async fn prune_usage(&self, cutoffs: &[(Granularity, DateTime<Utc>)]) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.prune_usage(cutoffs).await
     }
 
     async fn session(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {

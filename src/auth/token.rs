@@ -220,7 +220,7 @@ impl TokenAuth {
         let key = &identity.key;
         let short = Some(key.short_prefix.as_str());
         if let Some(failure) = AuthFailure::of_state(identity.state_at(now)) {
-            return Err(AuthError::new(failure, short));
+            return Err(AuthError::new(failure, short).of_key(&Arc::from(key.id.as_str())));
         }
         // The token carries what was granted at login; the key may have lost
         // scopes since (a scope change is on the feed like a revocation).

@@ -1,25 +1,29 @@
-//! Usage counting (request count and last use per key and outcome), kept off
-//! the request path: the proxy calls [`UsageRecorder::record`], which only
+//! Usage counting (request count and last use per key, outcome and minute:
+//! the all-time counters and the usage history of SPEC §13), kept off the
+//! request path: the proxy calls [`UsageRecorder::record`], which only
 //! bumps an in-memory counter; a background flusher writes the counts to the
 //! store every [`FLUSH_INTERVAL`]; the gateway calls [`UsageRecorder::flush`]
 //! once more after draining on shutdown, so SIGTERM loses nothing.
 //!
 //! Design: counters live in 16 `std::sync::Mutex<HashMap>` shards
-//! keyed by (key id, outcome), picked by a hash of the key id; a flush swaps
+//! keyed by (key id, outcome, minute), picked by a hash of the key id; a flush swaps
 //! each shard's map out wholesale. Chosen over a bounded channel because a
 //! request then costs one short uncontended lock and a map update instead of
 //! a message per request, memory is bounded by distinct (key, outcome) pairs
-//! seen per interval rather than by request rate, and nothing is ever
+//! (and minutes) seen per interval rather than by request rate, and nothing is ever
 //! dropped on a traffic burst. A batch the store refused is kept and merged
 //! into the next flush, bounded by a cap (the oldest pairs are dropped and
 //! counted past it).
 //!
 //! The most frequent pair, a key's forwarded (`ok`) requests, skips the map:
 //! each cached key's [`Identity`] carries an [`OkCounter`], which a request
-//! bumps with three atomic operations on memory it has just read anyway; the
+//! bumps with a few atomic operations on memory it has just read anyway; the
 //! first bump after a flush queues the identity, and the flush drains the
-//! queue into its batch. With thousands of keys in rotation this is what
-//! keeps counting from costing a cache miss per request.
+//! queue into its batch. The counter holds one minute's count (minute and
+//! count packed in one word, so a request changes both at once): the first
+//! request of a new minute moves the previous minute's count to the shards.
+//! With thousands of keys in rotation this is what keeps counting from
+//! costing a cache miss per request.
 //!
 //! What counts as usage (identified keys only) is the caller's decision;
 //! the store does the arithmetic.
@@ -72,11 +76,15 @@ pub const MAX_RETAINED: usize = 100_000;
 /// rarely meet on one lock, few enough that a flush's sweep is trivial.
 const SHARDS: usize = 16;
 
-/// Counts per (key id, outcome code). FNV, not SipHash: the ids are the
+/// Minutes since the Unix epoch: the usage-history bucket a request is
+/// counted in.
+type Minute = i64;
+
+/// Counts per (key id, outcome code, minute). FNV, not SipHash: the ids are the
 /// gateway's own (only identified keys are counted), so no caller can pick
 /// colliding ones, and the hash runs on every counted request that is not a
 /// cached key's `ok` (those go to its [`OkCounter`]).
-type Tally = HashMap<(Arc<str>, &'static str), Count, fnv::FnvBuildHasher>;
+type Tally = HashMap<(Arc<str>, &'static str, Minute), Count, fnv::FnvBuildHasher>;
 
 /// One pair's requests since the last flush and their latest instant.
 #[derive(Debug, Clone, Copy)]
@@ -92,11 +100,13 @@ impl Count {
     }
 }
 
-/// A key's `ok` requests since the last flush, kept in its cached
-/// [`Identity`] (see the module docs).
+/// A key's `ok` requests of one minute since the last flush, kept in its
+/// cached [`Identity`] (see the module docs).
 #[derive(Debug, Default)]
 pub struct OkCounter {
-    count: AtomicU64,
+    /// The minute (high 32 bits, minutes since the epoch) and its count
+    /// (low 32 bits); 0 when empty.
+    packed: AtomicU64,
     /// Latest use, in milliseconds since the epoch.
     last_ms: AtomicI64,
     /// Whether the identity is in the recorder's queue.
@@ -105,6 +115,29 @@ pub struct OkCounter {
 
 /// The outcome [`OkCounter`] counts.
 const OK: &str = "ok";
+
+/// An [`OkCounter`] word: `minute` and `count`.
+fn pack(minute: u32, count: u32) -> u64 {
+    (u64::from(minute) << 32) | u64::from(count)
+}
+
+/// The minute and count of an [`OkCounter`] word.
+fn unpack(word: u64) -> (Minute, u64) {
+    (
+        Minute::from(u32::try_from(word >> 32).unwrap_or(u32::MAX)),
+        word & u64::from(u32::MAX),
+    )
+}
+
+/// The minute holding `at_ms` (Unix ms).
+fn minute_of_ms(at_ms: i64) -> Minute {
+    at_ms.div_euclid(60_000)
+}
+
+/// The start of `minute`, clamped to chrono's range.
+fn minute_start(minute: Minute) -> DateTime<Utc> {
+    crate::keys::usage::instant(minute.saturating_mul(60))
+}
 
 /// Batches usage counts in memory and writes them to the store off the
 /// request path. Shared as an `Arc` between the proxy and the flusher.
@@ -150,12 +183,18 @@ impl UsageRecorder {
     /// Counts one request by an identified key with its outcome (`ok` or a
     /// SPEC code) at `at`. Never touches the store; never waits on I/O.
     pub fn record(&self, key_id: &Arc<str>, outcome: &'static str, at: DateTime<Utc>) {
+        let minute = minute_of_ms(at.timestamp_millis());
+        self.add(key_id, outcome, minute, Count { count: 1, last: at });
+    }
+
+    /// Adds `count` to the shards' tally of (`key_id`, `outcome`, `minute`).
+    fn add(&self, key_id: &Arc<str>, outcome: &'static str, minute: Minute, count: Count) {
         let shard = self.hasher.hash_one(&**key_id) as usize % self.shards.len();
         let mut tally = lock(&self.shards[shard]);
-        let slot = tally
-            .entry((Arc::clone(key_id), outcome))
-            .or_insert(Count { count: 0, last: at });
-        slot.add(Count { count: 1, last: at });
+        tally
+            .entry((Arc::clone(key_id), outcome, minute))
+            .and_modify(|c| c.add(count))
+            .or_insert(count);
     }
 
     /// [`record`](Self::record) at the injected clock's now.
@@ -184,11 +223,44 @@ impl UsageRecorder {
     /// Counts an `ok` request of `identity` used at `at_ms` (Unix ms).
     fn count_ok(&self, identity: &Arc<Identity>, at_ms: i64) {
         let counter = &identity.usage;
+        let minute = minute_of_ms(at_ms);
+        let Ok(packed_minute) = u32::try_from(minute) else {
+            // Before 1970 or after the year 10,000: the shards take it.
+            let at = DateTime::from_timestamp_millis(at_ms).unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+            return self.record(&identity.key_id, OK, at);
+        };
         counter.last_ms.fetch_max(at_ms, Ordering::Relaxed);
         // SeqCst on both sides (here and in `drain_queued`): a count added
         // after a flush took the counter always finds `queued` cleared and
         // queues the identity again.
-        counter.count.fetch_add(1, Ordering::SeqCst);
+        let mut word = counter.packed.load(Ordering::SeqCst);
+        loop {
+            let (held, count) = unpack(word);
+            let next = if count == 0 || held < minute {
+                pack(packed_minute, 1)
+            } else if held == minute && count < u64::from(u32::MAX) {
+                word + 1
+            } else {
+                // A request of an earlier minute finishing late (another
+                // thread already counts the next one), or a full word.
+                let at = DateTime::from_timestamp_millis(at_ms).unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+                return self.record(&identity.key_id, OK, at);
+            };
+            match counter
+                .packed
+                .compare_exchange_weak(word, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => {
+                    if count > 0 && held < minute {
+                        // The first request of a new minute moves the
+                        // previous minute's count to the shards.
+                        self.add(&identity.key_id, OK, held, minute_count(held, count, counter));
+                    }
+                    break;
+                }
+                Err(actual) => word = actual,
+            }
+        }
         // The load spares a write to the flag while the identity is queued
         // (every request but the first of a flush period); a flush that
         // cleared the flag before taking the count is seen by it as well.
@@ -204,16 +276,15 @@ impl UsageRecorder {
             let counter = &identity.usage;
             // Cleared before the count is taken (see `record_identity`).
             counter.queued.store(false, Ordering::SeqCst);
-            let count = counter.count.swap(0, Ordering::SeqCst);
+            let (minute, count) = unpack(counter.packed.swap(0, Ordering::SeqCst));
             if count == 0 {
                 continue;
             }
-            let last = DateTime::from_timestamp_millis(counter.last_ms.load(Ordering::Relaxed))
-                .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+            let count = minute_count(minute, count, counter);
             batch
-                .entry((Arc::clone(&identity.key_id), OK))
-                .and_modify(|c| c.add(Count { count, last }))
-                .or_insert(Count { count, last });
+                .entry((Arc::clone(&identity.key_id), OK, minute))
+                .and_modify(|c| c.add(count))
+                .or_insert(count);
         }
     }
 
@@ -238,13 +309,14 @@ impl UsageRecorder {
         let mut requests = 0;
         let deltas: Vec<UsageDelta> = batch
             .iter()
-            .filter_map(|((id, outcome), count)| {
+            .filter_map(|((id, outcome, minute), count)| {
                 // Ids come from stored keys, so this only skips the impossible.
                 let key_id = id.parse::<KeyId>().ok()?;
                 requests += count.count;
                 Some(UsageDelta {
                     key_id,
                     outcome: (*outcome).to_owned(),
+                    minute: minute_start(*minute),
                     count: count.count,
                     last_used_at: count.last,
                 })
@@ -337,6 +409,20 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
         if shutdown.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// `count` requests of an [`OkCounter`] in `minute`: their latest use is
+/// the counter's, or the minute's last millisecond if that is earlier (the
+/// counter's latest use may already be of a later minute).
+fn minute_count(minute: Minute, count: u64, counter: &OkCounter) -> Count {
+    let last_ms = counter
+        .last_ms
+        .load(Ordering::Relaxed)
+        .min(minute.saturating_add(1).saturating_mul(60_000) - 1);
+    Count {
+        count,
+        last: DateTime::from_timestamp_millis(last_ms).unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
     }
 }
 

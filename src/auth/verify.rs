@@ -441,7 +441,15 @@ impl Authenticator {
                         counted.push(short);
                     }
                 }
-                Err(AuthError::invalid(InvalidReason::WrongSecret, first_short))
+                let refused = AuthError::invalid(InvalidReason::WrongSecret, first_short);
+                // Counted on the key whose short prefix this is (SPEC §13),
+                // when that is one key (imported prefixes may share one).
+                match candidates.split_first() {
+                    Some((first, rest)) if rest.iter().all(|c| c.key.id == first.key.id) => {
+                        Err(refused.of_key(&Arc::from(first.key.id.as_str())))
+                    }
+                    _ => Err(refused),
+                }
             }
         }
     }
@@ -542,11 +550,12 @@ fn verified_from(candidate: Candidate) -> Verified {
 fn admit(verified: &Verified, now: DateTime<Utc>) -> Result<Principal, AuthError> {
     let short = Some(verified.secret.short_prefix.as_str());
     // The entry and the identity only: the key's other data is cold.
+    let key_id = &verified.identity.key_id;
     if !SecretRecord::usable_until(verified.secret_valid_until, now) {
-        return Err(AuthError::invalid(InvalidReason::GraceOver, short));
+        return Err(AuthError::invalid(InvalidReason::GraceOver, short).of_key(key_id));
     }
     if let Some(failure) = AuthFailure::of_state(verified.identity.state_at(now)) {
-        return Err(AuthError::new(failure, short));
+        return Err(AuthError::new(failure, short).of_key(key_id));
     }
     Ok(Principal {
         secret_valid_until: verified.secret_valid_until,

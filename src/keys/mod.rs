@@ -9,6 +9,7 @@ pub mod hash;
 pub mod model;
 pub mod secret;
 pub mod session;
+pub mod usage;
 
 pub use format::{KeyFormat, KeyFormatError, KeyParts, KeyPrefix};
 pub use hash::{HashParams, KeyHash};

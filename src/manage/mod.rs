@@ -24,6 +24,7 @@ use crate::keys::{
 use crate::store::{Actor, AuditEntry, KeyFilter, NewKey, Page, PageRequest, SharedStore, StoreError, Usage};
 
 mod fields;
+pub mod history;
 pub mod import;
 pub mod series;
 
@@ -171,6 +172,10 @@ pub enum ManageError {
     /// No such key (exit 1, HTTP 404).
     #[error("no key with id {0}")]
     NotFound(String),
+    /// No key has this owner, and it has no usage history (exit 1, HTTP
+    /// 404).
+    #[error("no key or usage history has the owner {0:?}")]
+    OwnerNotFound(String),
     /// No token-exchange session with this (well-formed) id (exit 1, HTTP
     /// 404).
     #[error("no session with id {0}")]
@@ -221,6 +226,7 @@ pub struct KeyManager {
     plans: Arc<BTreeSet<String>>,
     clock: SharedClock,
     generator: KeyGenerator,
+    retention: series::Retention,
 }
 
 impl std::fmt::Debug for KeyManager {
@@ -248,7 +254,15 @@ impl KeyManager {
             plans: Arc::new(plans),
             clock,
             generator: Arc::new(format::generate),
+            retention: series::Retention::DEFAULT,
         }
+    }
+
+    /// Sets how long the usage history keeps each tier
+    /// (`usage.retention.*`; SPEC §13's defaults otherwise).
+    pub fn with_retention(mut self, retention: series::Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// Replaces the key generator (tests force short-prefix collisions).

@@ -43,7 +43,8 @@ pub struct Caller {
     /// The authenticated key's identity (its id, short prefix and usage
     /// counter).
     pub identity: Option<Arc<Identity>>,
-    /// The key's id, when known without an identity (a refresh).
+    /// The key's id, when known without an identity (a refresh, a refused
+    /// key).
     pub key_id: Option<Arc<str>>,
     /// The presented key's short prefix, when known without an identity (a
     /// refused key, a refresh).
@@ -64,10 +65,13 @@ impl Caller {
         }
     }
 
-    /// A refused credential: only its short prefix, when it had one.
+    /// A refused credential: its short prefix, when it had one, and the
+    /// key it was found to be, if any (so the refusal counts in that key's
+    /// usage).
     pub fn refused(error: &AuthError) -> Self {
         Self {
             short_prefix: error.short_prefix.as_deref().map(Arc::from),
+            key_id: error.key_id.clone(),
             ..Self::default()
         }
     }

@@ -35,9 +35,10 @@ use sqlx::{ConnectOptions, Connection, Executor};
 use super::postgres::PostgresStore;
 use super::rows::timestamp_text;
 use super::{
-    Actor, AuditEntry, Change, KeyFilter, KeyStore, NewKey, PageRequest, SessionWrite, SharedStore,
-    StoreError, StoreSettings, UsageDelta, redact_url,
+    Actor, AuditEntry, BucketCount, Change, KeyFilter, KeyStore, NewKey, PageRequest, SessionWrite,
+    SharedStore, StoreError, StoreSettings, UsageDelta, UsageRank, UsageSubject, redact_url,
 };
+use crate::keys::usage::{Granularity, SeriesRange};
 use crate::keys::{
     Key, KeyHash, KeyId, KeyPatch, KeySource, KeyStatus, ModelError, RevokeReason, Session, SessionId,
     TokenDigest,
@@ -69,6 +70,9 @@ macro_rules! conformance_tests {
             import_is_atomic,
             audit_order_and_change_seq,
             usage_recording,
+            usage_history_buckets,
+            usage_history_ranking,
+            usage_history_pruning,
             migrate_is_idempotent,
             session_round_trip,
             session_uniqueness_per_key_and_client_session,
@@ -1014,6 +1018,7 @@ pub async fn usage_recording(store: &dyn KeyStore) {
     let delta = |id: &KeyId, outcome: &str, count: u64, at: i64| UsageDelta {
         key_id: id.clone(),
         outcome: outcome.into(),
+        minute: Granularity::Minute.floor(t(at)),
         count,
         last_used_at: t(at),
     };
@@ -1074,6 +1079,334 @@ pub async fn usage_recording(store: &dyn KeyStore) {
     assert_eq!((ub.total, ub.last_used_at), (10, Some(t(40))));
     assert_eq!((ub.by_outcome["ok"], ub.by_outcome["forbidden"]), (8, 2));
     assert_eq!(store.change_seq().await.expect("seq"), seq);
+}
+
+/// 2026-11-23T00:00:00Z plus `secs`: usage cases count from midnight, so
+/// minute, hour and day edges are easy to read.
+fn day0(secs: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0)
+        .single()
+        .expect("a valid instant")
+        + Duration::seconds(secs)
+}
+
+/// `count` requests of `id` with `outcome` at `at`, as one flush carries
+/// them.
+fn counted(id: &KeyId, outcome: &str, count: u64, at: DateTime<Utc>) -> UsageDelta {
+    UsageDelta {
+        key_id: id.clone(),
+        outcome: outcome.into(),
+        minute: Granularity::Minute.floor(at),
+        count,
+        last_used_at: at,
+    }
+}
+
+/// A key owned by `owner`, created at midnight.
+async fn create_owned(store: &dyn KeyStore, short_prefix: &str, owner: Option<&str>) -> Key {
+    let mut k = key(short_prefix, day0(0));
+    k.owner = owner.map(str::to_owned);
+    store
+        .create_key(new_key(k), &Actor::cli())
+        .await
+        .expect("create_key")
+}
+
+/// `subject`'s stored buckets of `granularity` over `[from, to)`, as
+/// (seconds after midnight, outcome, count).
+async fn buckets(
+    store: &dyn KeyStore,
+    subject: UsageSubject<'_>,
+    granularity: Granularity,
+    from: i64,
+    to: i64,
+) -> Vec<(i64, String, u64)> {
+    let span = SeriesRange {
+        granularity,
+        from: day0(from),
+        to: day0(to),
+    };
+    let found = store.usage_buckets(subject, span).await.expect("usage_buckets");
+    found
+        .into_iter()
+        .map(
+            |BucketCount {
+                 start,
+                 outcome,
+                 count,
+             }| ((start - day0(0)).num_seconds(), outcome, count),
+        )
+        .collect()
+}
+
+fn row(at: i64, outcome: &str, count: u64) -> (i64, String, u64) {
+    (at, outcome.to_owned(), count)
+}
+
+/// Every flush adds its minutes to the minute, hour and day buckets of the
+/// key and of its owner; buckets are half-open, read ascending, and hold
+/// nothing for deleted keys or ownerless owners.
+pub async fn usage_history_buckets(store: &dyn KeyStore) {
+    let a = create_owned(store, "hist0001", Some("acme")).await;
+    let b = create_owned(store, "hist0002", Some("acme")).await;
+    let c = create_owned(store, "hist0003", None).await;
+    let gone = KeyId::generate(day0(0));
+    // 00:00:10 and 00:00:50 share a minute; 00:59:59 is the hour's last;
+    // 01:00:00 starts the next hour; 1 day later is the next day.
+    store
+        .record_usage(&[
+            counted(&a.id, "ok", 2, day0(10)),
+            counted(&a.id, "ok", 3, day0(50)),
+            counted(&a.id, "rate_limited", 1, day0(50)),
+            counted(&a.id, "ok", 4, day0(3_599)),
+            counted(&b.id, "ok", 5, day0(3_600)),
+            counted(&c.id, "ok", 6, day0(30)),
+            counted(&gone, "ok", 7, day0(30)),
+        ])
+        .await
+        .expect("record");
+    // A later flush adds to buckets already there.
+    store
+        .record_usage(&[
+            counted(&a.id, "ok", 1, day0(20)),
+            counted(&a.id, "ok", 8, day0(86_400 + 5)),
+        ])
+        .await
+        .expect("record");
+
+    let key_a = UsageSubject::Key(&a.id);
+    assert_eq!(
+        buckets(store, key_a, Granularity::Minute, 0, 3_600).await,
+        vec![row(0, "ok", 6), row(0, "rate_limited", 1), row(3_540, "ok", 4)]
+    );
+    // [from, to): the bucket starting at `to` is not read.
+    assert_eq!(
+        buckets(store, key_a, Granularity::Minute, 60, 3_540).await,
+        vec![]
+    );
+    assert_eq!(
+        buckets(store, key_a, Granularity::Hour, 0, 7_200).await,
+        vec![row(0, "ok", 10), row(0, "rate_limited", 1)]
+    );
+    assert_eq!(
+        buckets(store, key_a, Granularity::Day, 0, 2 * 86_400).await,
+        vec![row(0, "ok", 10), row(0, "rate_limited", 1), row(86_400, "ok", 8)]
+    );
+    assert_eq!(
+        buckets(store, UsageSubject::Key(&b.id), Granularity::Hour, 0, 7_200).await,
+        vec![row(3_600, "ok", 5)]
+    );
+    assert_eq!(
+        buckets(store, UsageSubject::Key(&gone), Granularity::Day, 0, 86_400).await,
+        vec![]
+    );
+
+    // The owner's buckets are its keys' sums; a key without an owner
+    // counts for no owner.
+    let acme = UsageSubject::Owner("acme");
+    assert_eq!(
+        buckets(store, acme, Granularity::Hour, 0, 7_200).await,
+        vec![row(0, "ok", 10), row(0, "rate_limited", 1), row(3_600, "ok", 5)]
+    );
+    assert_eq!(
+        buckets(store, acme, Granularity::Day, 0, 2 * 86_400).await,
+        vec![row(0, "ok", 15), row(0, "rate_limited", 1), row(86_400, "ok", 8)]
+    );
+    assert_eq!(
+        buckets(store, UsageSubject::Owner(""), Granularity::Day, 0, 86_400).await,
+        vec![]
+    );
+
+    // All-time usage per owner, over its keys.
+    let owned = store
+        .owner_usage("acme")
+        .await
+        .expect("owner_usage")
+        .expect("known owner");
+    assert_eq!(owned.total, 24);
+    assert_eq!(owned.by_outcome["ok"], 23);
+    assert_eq!(owned.last_used_at, Some(day0(86_405)));
+    assert_eq!(store.owner_usage("nobody").await.expect("owner_usage"), None);
+    // Keys that change hands keep their history; the owner they left keeps
+    // its own (counted while it owned them) and stays known by it.
+    for id in [&a.id, &b.id] {
+        let patch = KeyPatch {
+            owner: Some(Some("globex".into())),
+            ..KeyPatch::default()
+        };
+        store
+            .update_key(id, &patch, day0(90_000), &Actor::cli())
+            .await
+            .expect("update");
+    }
+    let former = store
+        .owner_usage("acme")
+        .await
+        .expect("owner_usage")
+        .expect("known by its history");
+    assert_eq!((former.total, former.last_used_at), (0, None));
+    assert_eq!(buckets(store, acme, Granularity::Day, 0, 86_400).await.len(), 2);
+    assert_eq!(
+        buckets(store, UsageSubject::Owner("globex"), Granularity::Day, 0, 86_400).await,
+        vec![]
+    );
+    assert_eq!(buckets(store, key_a, Granularity::Day, 0, 86_400).await.len(), 2);
+    assert_eq!(
+        store
+            .owner_usage("globex")
+            .await
+            .expect("owner_usage")
+            .expect("owner")
+            .total,
+        24
+    );
+}
+
+/// The busiest keys of a span: by all requests or by refusals, ties by id,
+/// at most `limit`.
+pub async fn usage_history_ranking(store: &dyn KeyStore) {
+    let a = create_owned(store, "rank0001", Some("acme")).await;
+    let b = create_owned(store, "rank0002", None).await;
+    let c = create_owned(store, "rank0003", Some("zeta")).await;
+    store
+        .record_usage(&[
+            counted(&a.id, "ok", 10, day0(60)),
+            counted(&b.id, "ok", 2, day0(60)),
+            counted(&b.id, "invalid_key", 5, day0(120)),
+            counted(&c.id, "ok", 3, day0(4_000)),
+            counted(&c.id, "forbidden", 1, day0(4_000)),
+            // Outside the span below.
+            counted(&c.id, "ok", 100, day0(86_400)),
+        ])
+        .await
+        .expect("record");
+    let span = SeriesRange {
+        granularity: Granularity::Hour,
+        from: day0(0),
+        to: day0(86_400),
+    };
+    let top = store.usage_top(span, UsageRank::Requests, 10).await.expect("top");
+    let summary: Vec<(&KeyId, u64, u64)> = top.iter().map(|t| (&t.key_id, t.total, t.ok)).collect();
+    assert_eq!(summary, vec![(&a.id, 10, 10), (&b.id, 7, 2), (&c.id, 4, 3)]);
+    assert_eq!(
+        (top[0].owner.as_deref(), top[0].name.as_str()),
+        (Some("acme"), "key rank0001")
+    );
+    assert_eq!(top[1].owner, None);
+
+    let refused = store.usage_top(span, UsageRank::Refused, 10).await.expect("top");
+    let summary: Vec<&KeyId> = refused.iter().map(|t| &t.key_id).collect();
+    assert_eq!(
+        summary,
+        vec![&b.id, &c.id],
+        "a key refused nothing is not ranked by refusals"
+    );
+
+    let first = store.usage_top(span, UsageRank::Requests, 1).await.expect("top");
+    assert_eq!(first.len(), 1);
+    let minutes = SeriesRange {
+        granularity: Granularity::Minute,
+        from: day0(60),
+        to: day0(120),
+    };
+    let top = store
+        .usage_top(minutes, UsageRank::Requests, 10)
+        .await
+        .expect("top");
+    let summary: Vec<(&KeyId, u64)> = top.iter().map(|t| (&t.key_id, t.total)).collect();
+    assert_eq!(summary, vec![(&a.id, 10), (&b.id, 2)]);
+}
+
+/// Each tier is pruned up to its own cutoff, for keys and owners alike;
+/// pruning again deletes nothing (replicas may all prune).
+pub async fn usage_history_pruning(store: &dyn KeyStore) {
+    let a = create_owned(store, "prun0001", Some("acme")).await;
+    store
+        .record_usage(&[
+            counted(&a.id, "ok", 1, day0(0)),
+            counted(&a.id, "ok", 2, day0(7_200)),
+            counted(&a.id, "ok", 4, day0(2 * 86_400)),
+        ])
+        .await
+        .expect("record");
+    let cutoffs = [
+        (Granularity::Minute, day0(7_200)),
+        (Granularity::Hour, day0(86_400)),
+        (Granularity::Day, day0(0)),
+    ];
+    // Deleted: minutes 00:00 (key and owner); hours 00:00 and 02:00 (key
+    // and owner); no day.
+    assert_eq!(store.prune_usage(&cutoffs).await.expect("prune"), 6);
+    assert_eq!(store.prune_usage(&cutoffs).await.expect("prune again"), 0);
+    for subject in [UsageSubject::Key(&a.id), UsageSubject::Owner("acme")] {
+        assert_eq!(
+            buckets(store, subject, Granularity::Minute, 0, 3 * 86_400).await,
+            vec![row(7_200, "ok", 2), row(2 * 86_400, "ok", 4)]
+        );
+        assert_eq!(
+            buckets(store, subject, Granularity::Hour, 0, 3 * 86_400).await,
+            vec![row(2 * 86_400, "ok", 4)]
+        );
+        assert_eq!(
+            buckets(store, subject, Granularity::Day, 0, 3 * 86_400).await,
+            vec![row(0, "ok", 3), row(2 * 86_400, "ok", 4)]
+        );
+    }
+}
+
+/// Flushes from two gateways (`a` and `b`: two stores on one database) at
+/// once: every count lands once, in every tier, for keys and owners.
+pub async fn concurrent_usage_flushes_add_up(a: SharedStore, b: SharedStore) {
+    let mut keys = Vec::new();
+    for i in 0..4 {
+        keys.push(create_owned(&*a, &format!("conc{i:04}"), Some("acme")).await.id);
+    }
+    let keys = Arc::new(keys);
+    let mut tasks = Vec::new();
+    for flush in 0..20_i64 {
+        let store = if flush % 2 == 0 {
+            Arc::clone(&a)
+        } else {
+            Arc::clone(&b)
+        };
+        let keys = Arc::clone(&keys);
+        tasks.push(tokio::spawn(async move {
+            // Each flush carries every key, in a different order, over two
+            // minutes (one at an hour's edge).
+            let mut batch: Vec<UsageDelta> = Vec::new();
+            for (i, id) in keys.iter().enumerate() {
+                batch.push(counted(id, "ok", 1, day0(3_599)));
+                batch.push(counted(
+                    id,
+                    "invalid_key",
+                    2,
+                    day0(3_600 + i64::try_from(i).expect("small")),
+                ));
+            }
+            if flush % 3 == 0 {
+                batch.reverse();
+            }
+            store.record_usage(&batch).await
+        }));
+    }
+    for task in tasks {
+        task.await.expect("flush task").expect("flush");
+    }
+    for id in keys.iter() {
+        assert_eq!(
+            buckets(&*a, UsageSubject::Key(id), Granularity::Hour, 0, 7_200).await,
+            vec![row(0, "ok", 20), row(3_600, "invalid_key", 40)]
+        );
+        assert_eq!(
+            buckets(&*b, UsageSubject::Key(id), Granularity::Day, 0, 86_400).await,
+            vec![row(0, "invalid_key", 40), row(0, "ok", 20)]
+        );
+        assert_eq!(a.usage(id).await.expect("usage").total, 60);
+    }
+    assert_eq!(
+        buckets(&*b, UsageSubject::Owner("acme"), Granularity::Minute, 0, 7_200).await,
+        vec![row(3_540, "ok", 80), row(3_600, "invalid_key", 160)]
+    );
 }
 
 /// Migrating a migrated store applies nothing and reports the same version.

@@ -35,6 +35,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::keys::usage::{Granularity, SeriesRange};
 use crate::keys::{
     Key, KeyHash, KeyId, KeyPatch, KeySource, KeyStatus, ModelError, RevokeReason, SecretRecord, Session,
     SessionId,
@@ -237,10 +238,59 @@ pub struct UsageDelta {
     pub key_id: KeyId,
     /// The SPEC outcome code, or `ok`.
     pub outcome: String,
+    /// The minute the requests fell in (its start: the usage-history
+    /// bucket they are added to).
+    pub minute: DateTime<Utc>,
     /// Requests to add.
     pub count: u64,
     /// Latest use in this batch.
     pub last_used_at: DateTime<Utc>,
+}
+
+/// Whose usage history a query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSubject<'a> {
+    /// One key's.
+    Key(&'a KeyId),
+    /// One owner's: the requests of the keys it owned when they were
+    /// counted.
+    Owner(&'a str),
+}
+
+/// One stored bucket's count of one outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketCount {
+    /// The bucket's start.
+    pub start: DateTime<Utc>,
+    /// `ok` or a SPEC code.
+    pub outcome: String,
+    /// Requests.
+    pub count: u64,
+}
+
+/// What the busiest-keys ranking orders by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageRank {
+    /// All requests, allowed and refused.
+    Requests,
+    /// Refused requests (every outcome but `ok`); keys without any are
+    /// left out.
+    Refused,
+}
+
+/// One key of the busiest-keys ranking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTotals {
+    /// The key.
+    pub key_id: KeyId,
+    /// Its owner.
+    pub owner: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// Requests in the span, all outcomes.
+    pub total: u64,
+    /// Of which allowed (`ok`).
+    pub ok: u64,
 }
 
 /// A key's usage: request counts by outcome and last use.
@@ -416,6 +466,31 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
 
     /// A key's usage.
     async fn usage(&self, id: &KeyId) -> Result<Usage, StoreError>;
+
+    /// The all-time usage of an owner's keys (`None`: the owner has no key
+    /// and no usage history).
+    async fn owner_usage(&self, owner: &str) -> Result<Option<Usage>, StoreError>;
+
+    /// The stored buckets of `subject`'s history in `span`, ascending
+    /// (buckets nothing was counted in are absent).
+    async fn usage_buckets(
+        &self,
+        subject: UsageSubject<'_>,
+        span: SeriesRange,
+    ) -> Result<Vec<BucketCount>, StoreError>;
+
+    /// The `limit` busiest keys in `span` by `rank`, busiest first (ties by
+    /// key id).
+    async fn usage_top(
+        &self,
+        span: SeriesRange,
+        rank: UsageRank,
+        limit: u32,
+    ) -> Result<Vec<KeyTotals>, StoreError>;
+
+    /// Deletes the buckets of each tier that start before its cutoff;
+    /// returns how many rows went. Idempotent: replicas may all run it.
+    async fn prune_usage(&self, cutoffs: &[(Granularity, DateTime<Utc>)]) -> Result<u64, StoreError>;
 
     /// One session by id (`None`: no such session).
     async fn session(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;

@@ -492,14 +492,15 @@ async fn follow_changes(options: PgConnectOptions, timeout: Duration, url: Strin
 
 /// The usage flush ([`KeyStore::record_usage`](super::KeyStore::record_usage)) for a non-empty batch.
 async fn record_usage(store: &PostgresStore, batch: &[UsageDelta]) -> Result<(), StoreError> {
-    // The whole batch travels as parallel arrays and is applied by three
-    // set-based statements, so a flush costs the same whether it carries
-    // one key or ten thousand (a statement per key made flushing the
-    // busiest thing a loaded gateway did).
+    // The whole batch travels as parallel arrays and is applied by
+    // set-based statements, so a flush costs the same number of round
+    // trips whether it carries one key or ten thousand (a statement per
+    // key made flushing the busiest thing a loaded gateway did).
     let mut ordered: Vec<&UsageDelta> = batch.iter().collect();
-    ordered.sort_by(|a, b| (&a.key_id, &a.outcome).cmp(&(&b.key_id, &b.outcome)));
+    ordered.sort_by(|a, b| (&a.key_id, &a.outcome, a.minute).cmp(&(&b.key_id, &b.outcome, b.minute)));
     let ids: Vec<&str> = ordered.iter().map(|d| d.key_id.as_str()).collect();
     let outcomes: Vec<&str> = ordered.iter().map(|d| d.outcome.as_str()).collect();
+    let minutes: Vec<i64> = ordered.iter().map(|d| d.minute.timestamp()).collect();
     let counts: Vec<i64> = ordered.iter().map(|d| rows::count_to_db(d.count)).collect();
     let lasts: Vec<DateTime<Utc>> = ordered
         .iter()
@@ -508,7 +509,8 @@ async fn record_usage(store: &PostgresStore, batch: &[UsageDelta]) -> Result<(),
     let mut tx = store.begin_write().await?;
     // Two gateways flushing overlapping batches at once must queue, not
     // deadlock: the key rows are locked first, in id order, and every
-    // later row lock of this transaction is on a row of those keys.
+    // later row lock of this transaction is on a row of those keys, or on
+    // an owner's bucket taken in (owner, width, bucket, outcome) order.
     sqlx::query("SELECT 1 FROM keys WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
         .bind(&ids)
         .execute(&mut *tx)
@@ -528,6 +530,42 @@ async fn record_usage(store: &PostgresStore, batch: &[UsageDelta]) -> Result<(),
     )
     .bind(&ids)
     .bind(&outcomes)
+    .bind(&counts)
+    .execute(&mut *tx)
+    .await
+    .map_err(store_error)?;
+    // The history: each minute's counts added to its minute, hour and day
+    // bucket, per key and per the key's owner (see the migration).
+    sqlx::query(
+        "INSERT INTO usage_buckets (key_id, width, bucket, outcome, count) \
+         SELECT d.id, w.width, d.minute / w.width * w.width, d.outcome, SUM(d.count)::bigint \
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS d(id, outcome, minute, count) \
+         CROSS JOIN (VALUES (60), (3600), (86400)) AS w(width) \
+         WHERE EXISTS (SELECT 1 FROM keys WHERE keys.id = d.id) \
+         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 \
+         ON CONFLICT (key_id, width, bucket, outcome) DO UPDATE SET count = usage_buckets.count + excluded.count",
+    )
+    .bind(&ids)
+    .bind(&outcomes)
+    .bind(&minutes)
+    .bind(&counts)
+    .execute(&mut *tx)
+    .await
+    .map_err(store_error)?;
+    sqlx::query(
+        "INSERT INTO owner_usage_buckets (owner, width, bucket, outcome, count) \
+         SELECT k.owner, w.width, d.minute / w.width * w.width, d.outcome, SUM(d.count)::bigint \
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS d(id, outcome, minute, count) \
+         JOIN keys k ON k.id = d.id \
+         CROSS JOIN (VALUES (60), (3600), (86400)) AS w(width) \
+         WHERE k.owner IS NOT NULL \
+         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 \
+         ON CONFLICT (owner, width, bucket, outcome) \
+         DO UPDATE SET count = owner_usage_buckets.count + excluded.count",
+    )
+    .bind(&ids)
+    .bind(&outcomes)
+    .bind(&minutes)
     .bind(&counts)
     .execute(&mut *tx)
     .await

@@ -19,7 +19,11 @@ use sqlx::error::DatabaseError;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::types::Json;
 
-use super::{Actor, AuditEntry, Candidate, Change, ChangeEntry, Page, StoreError, Usage, source_from_db};
+use super::{
+    Actor, AuditEntry, BucketCount, Candidate, Change, ChangeEntry, KeyTotals, Page, StoreError, Usage,
+    source_from_db,
+};
+use crate::keys::usage;
 use crate::keys::{
     Key, KeyHash, KeyId, KeySource, KeyStatus, RevokeReason, SecretRecord, Session, SessionId, TokenDigest,
 };
@@ -422,6 +426,49 @@ pub(crate) fn usage_from_rows(rows: Vec<UsageRow>) -> Result<Option<Usage>, Stor
     }))
 }
 
+/// One stored usage-history bucket count: start (seconds since the
+/// epoch), outcome, count.
+#[derive(Debug, FromRow)]
+pub(crate) struct BucketRow {
+    bucket: i64,
+    outcome: String,
+    count: i64,
+}
+
+impl TryFrom<BucketRow> for BucketCount {
+    type Error = StoreError;
+    fn try_from(row: BucketRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            start: usage::instant(row.bucket),
+            outcome: row.outcome,
+            count: count_from_db("usage bucket count", row.count)?,
+        })
+    }
+}
+
+/// One key's sums over a span of usage buckets, with its owner and name.
+#[derive(Debug, FromRow)]
+pub(crate) struct TotalsRow {
+    id: String,
+    owner: Option<String>,
+    name: String,
+    total: i64,
+    ok: i64,
+}
+
+impl TryFrom<TotalsRow> for KeyTotals {
+    type Error = StoreError;
+    fn try_from(row: TotalsRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            key_id: key_id_from_db(row.id)?,
+            owner: row.owner,
+            name: row.name,
+            total: count_from_db("usage total", row.total)?,
+            ok: count_from_db("usage ok count", row.ok)?,
+        })
+    }
+}
+
 /// The audit action for a patch that changed `changed` and left the key in
 /// `status`: the most specific name for a status change, else `updated`.
 pub(crate) fn update_action(changed: &[&str], status: KeyStatus) -> &'static str {
@@ -657,6 +704,8 @@ mod tests {
         decodes::<CandidateRow>();
         decodes::<AuditRow>();
         decodes::<UsageRow>();
+        decodes::<BucketRow>();
+        decodes::<TotalsRow>();
         decodes::<SessionRow>();
     }
 }

@@ -34,13 +34,14 @@ use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Transaction
 use tokio::sync::watch;
 
 use super::rows::{
-    self, AUDIT_COLUMNS, AuditRow, CandidateRow, KEY_COLUMNS, KeyRow, SECRET_COLUMNS, SESSION_COLUMNS,
-    SessionRow, SessionSave, UsageRow,
+    self, AUDIT_COLUMNS, AuditRow, BucketRow, CandidateRow, KEY_COLUMNS, KeyRow, SECRET_COLUMNS,
+    SESSION_COLUMNS, SessionRow, SessionSave, TotalsRow, UsageRow,
 };
 use super::{
-    Actor, AuditEntry, Candidate, KeyFilter, KeyStore, MigrationReport, NewKey, Page, PageRequest,
-    SessionWrite, StoreError, Usage, UsageDelta,
+    Actor, AuditEntry, BucketCount, Candidate, KeyFilter, KeyStore, KeyTotals, MigrationReport, NewKey, Page,
+    PageRequest, SessionWrite, StoreError, Usage, UsageDelta, UsageRank, UsageSubject,
 };
+use crate::keys::usage::{Granularity, SeriesRange};
 use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeyStatus, ModelError, RevokeReason, Session, SessionId};
 
 /// A connection of the dialect's driver.
@@ -367,6 +368,8 @@ where
     CandidateRow: for<'r> FromRow<'r, <D::Db as Database>::Row>,
     AuditRow: for<'r> FromRow<'r, <D::Db as Database>::Row>,
     UsageRow: for<'r> FromRow<'r, <D::Db as Database>::Row>,
+    BucketRow: for<'r> FromRow<'r, <D::Db as Database>::Row>,
+    TotalsRow: for<'r> FromRow<'r, <D::Db as Database>::Row>,
     (i32,): for<'r> FromRow<'r, <D::Db as Database>::Row>,
     (i64,): for<'r> FromRow<'r, <D::Db as Database>::Row>,
     (String,): for<'r> FromRow<'r, <D::Db as Database>::Row>,
@@ -624,6 +627,116 @@ where
         .await
         .map_err(D::store_error)?;
         rows::usage_from_rows(fetched)?.ok_or_else(|| StoreError::NotFound(id.clone()))
+    }
+
+    async fn owner_usage(&self, owner: &str) -> Result<Option<Usage>, StoreError> {
+        // The owner is known while it has a key or a history.
+        let known: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM keys WHERE owner = $1) \
+             + (SELECT COUNT(*) FROM (SELECT 1 FROM owner_usage_buckets WHERE owner = $1 LIMIT 1) AS h)",
+        )
+        .bind(owner)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(D::store_error)?;
+        if known == 0 {
+            return Ok(None);
+        }
+        // One row at least (the latest use, NULL without keys), then one per
+        // outcome its current keys have counted.
+        let fetched: Vec<UsageRow> = sqlx::query_as(
+            "SELECT m.last_used_at, u.outcome, u.count \
+             FROM (SELECT MAX(last_used_at) AS last_used_at FROM keys WHERE owner = $1) AS m \
+             LEFT JOIN (SELECT ku.outcome, CAST(SUM(ku.count) AS BIGINT) AS count \
+                        FROM key_usage ku JOIN keys k ON k.id = ku.key_id \
+                        WHERE k.owner = $1 GROUP BY ku.outcome) AS u ON TRUE \
+             ORDER BY u.outcome",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(D::store_error)?;
+        Ok(Some(rows::usage_from_rows(fetched)?.unwrap_or_default()))
+    }
+
+    async fn usage_buckets(
+        &self,
+        subject: UsageSubject<'_>,
+        span: SeriesRange,
+    ) -> Result<Vec<BucketCount>, StoreError> {
+        // A bucket is one row per outcome in either table (its primary key),
+        // so this is a range scan of that key with nothing to add up.
+        let (sql, who) = match subject {
+            UsageSubject::Key(id) => (
+                "SELECT bucket, outcome, count FROM usage_buckets \
+                 WHERE key_id = $1 AND width = $2 AND bucket >= $3 AND bucket < $4 ORDER BY bucket, outcome",
+                id.as_str(),
+            ),
+            UsageSubject::Owner(owner) => (
+                "SELECT bucket, outcome, count FROM owner_usage_buckets \
+                 WHERE owner = $1 AND width = $2 AND bucket >= $3 AND bucket < $4 ORDER BY bucket, outcome",
+                owner,
+            ),
+        };
+        let fetched: Vec<BucketRow> = sqlx::query_as(sql)
+            .bind(who)
+            .bind(span.granularity.seconds())
+            .bind(span.from.timestamp())
+            .bind(span.to.timestamp())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(D::store_error)?;
+        fetched.into_iter().map(BucketCount::try_from).collect()
+    }
+
+    async fn usage_top(
+        &self,
+        span: SeriesRange,
+        rank: UsageRank,
+        limit: u32,
+    ) -> Result<Vec<KeyTotals>, StoreError> {
+        // Sums per key first (the tier's (width, bucket) index), then the
+        // keys' names for the few that rank.
+        let (keep, order) = match rank {
+            UsageRank::Requests => ("TRUE", "t.total DESC"),
+            UsageRank::Refused => ("t.total > t.ok", "t.total - t.ok DESC, t.total DESC"),
+        };
+        let sql = format!(
+            "SELECT k.id, k.owner, k.name, t.total, t.ok FROM \
+             (SELECT key_id, CAST(SUM(count) AS BIGINT) AS total, \
+                     CAST(SUM(CASE WHEN outcome = 'ok' THEN count ELSE 0 END) AS BIGINT) AS ok \
+              FROM usage_buckets WHERE width = $1 AND bucket >= $2 AND bucket < $3 GROUP BY key_id) AS t \
+             JOIN keys k ON k.id = t.key_id WHERE {keep} ORDER BY {order}, k.id LIMIT $4"
+        );
+        let fetched: Vec<TotalsRow> = sqlx::query_as(&sql)
+            .bind(span.granularity.seconds())
+            .bind(span.from.timestamp())
+            .bind(span.to.timestamp())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(D::store_error)?;
+        fetched.into_iter().map(KeyTotals::try_from).collect()
+    }
+
+    async fn prune_usage(&self, cutoffs: &[(Granularity, DateTime<Utc>)]) -> Result<u64, StoreError> {
+        let mut pruned = 0;
+        for (granularity, cutoff) in cutoffs {
+            for table in ["usage_buckets", "owner_usage_buckets"] {
+                // A transaction per statement: pruning never holds the
+                // writer (SQLite) longer than one tier of one table.
+                let mut tx = self.begin_write().await?;
+                let deleted = sqlx::query(&format!("DELETE FROM {table} WHERE width = $1 AND bucket < $2"))
+                    .bind(granularity.seconds())
+                    .bind(cutoff.timestamp())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(D::store_error)?;
+                tx.commit().await.map_err(D::store_error)?;
+                pruned += D::rows_affected(&deleted);
+            }
+        }
+        Ok(pruned)
     }
 
     async fn session(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {

@@ -198,13 +198,14 @@ async fn applied_versions(conn: &mut SqliteConnection) -> Result<Vec<i64>, Store
 /// The usage flush ([`KeyStore::record_usage`](super::KeyStore::record_usage)) for a non-empty batch.
 async fn record_usage(store: &SqliteStore, batch: &[UsageDelta]) -> Result<(), StoreError> {
     // The batch travels as JSON objects keyed by key id and is applied
-    // by set-based statements: one upsert per outcome present (usually
-    // only `ok`) and one update of the keys, however many keys it
-    // carries (a statement per key made flushing the busiest thing a
-    // loaded gateway did). `json_each` over an object yields each key
-    // and value without parsing it again, where `->>` on the elements
-    // of an array of arrays re-parsed every element per field: with
-    // 10,000 keys this form takes half the time.
+    // by set-based statements: per outcome present (usually only `ok`)
+    // one upsert of the all-time counters, per outcome and minute (one or
+    // two minutes a flush) two upserts of the history, and one update of
+    // the keys, however many keys it carries (a statement per key made
+    // flushing the busiest thing a loaded gateway did). `json_each` over
+    // an object yields each key and value without parsing it again, where
+    // `->>` on the elements of an array of arrays re-parsed every element
+    // per field: with 10,000 keys this form takes half the time.
     let usage = UsageObjects::of(batch);
     let mut tx = store.begin_write().await?;
     for (outcome, counts) in &usage.by_outcome {
@@ -217,6 +218,37 @@ async fn record_usage(store: &SqliteStore, batch: &[UsageDelta]) -> Result<(), S
              ON CONFLICT (key_id, outcome) DO UPDATE SET count = count + excluded.count",
         )
         .bind(*outcome)
+        .bind(counts)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+    }
+    // The history: each minute's counts added to its minute, hour and day
+    // bucket, per key and per the key's owner (see the migration).
+    for ((outcome, minute), counts) in &usage.by_minute {
+        sqlx::query(
+            "INSERT INTO usage_buckets (key_id, width, bucket, outcome, count) \
+             SELECT key, w.width, ?2 / w.width * w.width, ?1, value \
+             FROM json_each(?3) CROSS JOIN (SELECT 60 AS width UNION ALL SELECT 3600 UNION ALL SELECT 86400) AS w \
+             WHERE EXISTS (SELECT 1 FROM keys WHERE id = key) \
+             ON CONFLICT (key_id, width, bucket, outcome) DO UPDATE SET count = count + excluded.count",
+        )
+        .bind(*outcome)
+        .bind(*minute)
+        .bind(counts)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        sqlx::query(
+            "INSERT INTO owner_usage_buckets (owner, width, bucket, outcome, count) \
+             SELECT k.owner, w.width, ?2 / w.width * w.width, ?1, SUM(j.value) \
+             FROM json_each(?3) AS j JOIN keys AS k ON k.id = j.key \
+             CROSS JOIN (SELECT 60 AS width UNION ALL SELECT 3600 UNION ALL SELECT 86400) AS w \
+             WHERE k.owner IS NOT NULL GROUP BY k.owner, w.width \
+             ON CONFLICT (owner, width, bucket, outcome) DO UPDATE SET count = count + excluded.count",
+        )
+        .bind(*outcome)
+        .bind(*minute)
         .bind(counts)
         .execute(&mut *tx)
         .await
@@ -309,50 +341,60 @@ impl Dialect for SqliteDialect {
 }
 
 /// A usage batch as the flush statements read it: per outcome, a JSON
-/// object of key id -> count; and one object of key id -> `[total, last
-/// use]` over all outcomes. Repeated (key, outcome) pairs are summed and
-/// counts saturate at the largest stored integer.
+/// object of key id -> count; the same per outcome and minute (seconds
+/// since the epoch); and one object of key id -> `[total, last use]` over
+/// all outcomes. Repeated pairs are summed and counts saturate at the
+/// largest stored integer.
 struct UsageObjects<'a> {
     by_outcome: BTreeMap<&'a str, String>,
+    by_minute: BTreeMap<(&'a str, i64), String>,
     by_key: String,
 }
 
 impl<'a> UsageObjects<'a> {
     fn of(batch: &'a [UsageDelta]) -> Self {
         let mut counts: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
+        let mut minutes: BTreeMap<(&str, i64), BTreeMap<&str, u64>> = BTreeMap::new();
         let mut keys: BTreeMap<&str, (u64, DateTime<Utc>)> = BTreeMap::new();
         for delta in batch {
             let id = delta.key_id.as_str();
-            let count = counts
-                .entry(delta.outcome.as_str())
-                .or_default()
-                .entry(id)
-                .or_default();
-            *count = count.saturating_add(delta.count);
+            let outcome = delta.outcome.as_str();
+            for per_key in [
+                counts.entry(outcome).or_default(),
+                minutes.entry((outcome, delta.minute.timestamp())).or_default(),
+            ] {
+                let count = per_key.entry(id).or_default();
+                *count = count.saturating_add(delta.count);
+            }
             let (total, last) = keys.entry(id).or_insert((0, delta.last_used_at));
             *total = total.saturating_add(delta.count);
             *last = (*last).max(delta.last_used_at);
         }
-        let object = |entries: serde_json::Map<String, Value>| Value::Object(entries).to_string();
-        let by_outcome = counts
+        let object = |per_key: BTreeMap<&str, u64>| {
+            let entries: serde_json::Map<String, Value> = per_key
+                .into_iter()
+                .map(|(id, count)| (id.to_owned(), Value::from(rows::count_to_db(count))))
+                .collect();
+            Value::Object(entries).to_string()
+        };
+        let by_key = keys
             .into_iter()
-            .map(|(outcome, per_key)| {
-                let entries = per_key
-                    .into_iter()
-                    .map(|(id, count)| (id.to_owned(), Value::from(rows::count_to_db(count))))
-                    .collect();
-                (outcome, object(entries))
+            .map(|(id, (total, last))| {
+                let value = serde_json::json!([rows::count_to_db(total), timestamp_text(last)]);
+                (id.to_owned(), value)
             })
             .collect();
-        let by_key = object(
-            keys.into_iter()
-                .map(|(id, (total, last))| {
-                    let value = serde_json::json!([rows::count_to_db(total), timestamp_text(last)]);
-                    (id.to_owned(), value)
-                })
+        Self {
+            by_outcome: counts
+                .into_iter()
+                .map(|(o, per_key)| (o, object(per_key)))
                 .collect(),
-        );
-        Self { by_outcome, by_key }
+            by_minute: minutes
+                .into_iter()
+                .map(|(m, per_key)| (m, object(per_key)))
+                .collect(),
+            by_key: Value::Object(by_key).to_string(),
+        }
     }
 }
 
@@ -363,6 +405,7 @@ mod tests {
 
     use super::*;
     use crate::keys::KeyPatch;
+    use crate::keys::usage::Granularity;
     use crate::keys::{RevokeReason, Session, TokenDigest};
     use crate::store::conformance::{self, Fixture, key, new_key, session, t};
     use crate::store::{Actor, KeyStore, SessionWrite};
@@ -418,7 +461,7 @@ mod tests {
         let first = store.migrate().await.unwrap();
         assert_eq!(
             first.applied,
-            vec![20261123000001, 20261123000002, 20261123000003]
+            vec![20261123000001, 20261123000002, 20261123000003, 20261207000001]
         );
         assert_eq!(first.current, latest_known());
         let second = store.migrate().await.unwrap();
@@ -550,6 +593,14 @@ mod tests {
         }
     }
 
+    /// Usage flushes from two stores (two gateways) on one file add up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_usage_flushes_add_up() {
+        let (first, dir) = migrated().await;
+        let second = open_file(&dir.path().join("keys.db")).await;
+        conformance::concurrent_usage_flushes_add_up(Arc::new(first), Arc::new(second)).await;
+    }
+
     /// Many read-then-write transactions from two stores (two gateways) on
     /// one file: with BEGIN IMMEDIATE they queue on busy_timeout instead of
     /// failing with SQLITE_BUSY.
@@ -573,6 +624,7 @@ mod tests {
                 let delta = UsageDelta {
                     key_id: id.clone(),
                     outcome: "ok".into(),
+                    minute: Granularity::Minute.floor(t(i)),
                     count: 1,
                     last_used_at: t(i),
                 };

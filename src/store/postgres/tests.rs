@@ -150,7 +150,7 @@ async fn migrating_twice_applies_once_into_the_test_schema() {
     let first = store.migrate().await.unwrap();
     assert_eq!(
         first.applied,
-        vec![20261123000001, 20261123000002, 20261123000003]
+        vec![20261123000001, 20261123000002, 20261123000003, 20261207000001]
     );
     assert_eq!(first.current, latest_known());
     let second = store.migrate().await.unwrap();
@@ -170,7 +170,9 @@ async fn migrating_twice_applies_once_into_the_test_schema() {
             "key_secrets",
             "key_usage",
             "keys",
-            "sessions"
+            "owner_usage_buckets",
+            "sessions",
+            "usage_buckets"
         ]
     );
 }
@@ -188,7 +190,10 @@ async fn replicas_migrating_at_once_both_succeed_and_apply_once() {
     applied.sort();
     assert_eq!(
         applied,
-        vec![vec![], vec![20261123000001, 20261123000002, 20261123000003]]
+        vec![
+            vec![],
+            vec![20261123000001, 20261123000002, 20261123000003, 20261207000001]
+        ]
     );
     assert_eq!((ra.current, rb.current), (latest_known(), latest_known()));
     let k = a
@@ -268,6 +273,19 @@ async fn a_newer_schema_is_refused_like_sqlite_and_leaves_no_lock() {
         .expect("no leaked migration lock")
         .unwrap();
     assert!(report.applied.is_empty());
+}
+
+/// Usage flushes from two stores (two replicas) at once add up: every
+/// count once, in every tier, without deadlocks between the key rows and
+/// the owners' buckets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Postgres: set KEYGATE_TEST_PG"]
+async fn concurrent_usage_flushes_add_up() {
+    let schema = PgSchema::create().await;
+    let first = Arc::new(schema.open().await);
+    first.migrate().await.unwrap();
+    let second = Arc::new(schema.open().await);
+    crate::store::conformance::concurrent_usage_flushes_add_up(first, second).await;
 }
 
 /// Six fields of one key changed at once, round after round, through two
