@@ -23,7 +23,7 @@ use crate::auth::extract::CredentialHeaders;
 use crate::auth::usage::{self, UsageRecorder};
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::manage::KeyManager;
+use crate::manage::{KeyManager, history};
 use crate::policy::routes::RouteTable;
 use crate::problem::ProblemRenderer;
 use crate::proxy::exchange::Exchange;
@@ -170,18 +170,22 @@ impl Gateway {
             config.server.header_read_timeout,
             config.server.max_connections,
         );
+        let manager = KeyManager::new(
+            store.clone(),
+            config.keys.clone(),
+            config.plans.keys().cloned().collect(),
+            clock.clone(),
+        )
+        .with_retention(config.usage.retention);
         let mut tasks = vec![
             authenticator.spawn_change_poller(shutdown_rx.clone()),
             usage.spawn_flusher(shutdown_rx.clone()),
+            // Every replica prunes: the deletes are idempotent.
+            manager.spawn_pruner(history::PRUNE_INTERVAL, shutdown_rx.clone()),
             tokio::spawn(admin::serve(
                 admin_listener,
                 admin::AdminState::new(
-                    KeyManager::new(
-                        store.clone(),
-                        config.keys.clone(),
-                        config.plans.keys().cloned().collect(),
-                        clock.clone(),
-                    ),
+                    manager,
                     &config.admin,
                     clock.clone(),
                     MetricsSources {
@@ -234,6 +238,12 @@ impl Gateway {
     /// The store this gateway uses.
     pub fn store(&self) -> &SharedStore {
         &self.store
+    }
+
+    /// Writes the usage counted so far to the store now, as the flusher
+    /// does every `usage.flush_interval`; returns the requests written.
+    pub async fn flush_usage(&self) -> Result<u64, StoreError> {
+        self.usage.flush().await
     }
 
     /// Stops accepting, drains in-flight requests (bounded by

@@ -8,7 +8,7 @@
 //! same validation functions as [`crate::manage`] (which checks again), so a
 //! client fixes all its fields in one round trip.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -23,8 +23,10 @@ use super::error::AdminError;
 use crate::keys::model::{parse_duration, parse_expiry};
 use crate::keys::{KeyId, KeyPatch, KeyStatus, SecretString};
 use crate::keys::{RevokeReason, Session, SessionId};
+use crate::manage::history::{Series, Top, TopQuery, parse_rank, parse_top_limit, rank_name};
+use crate::manage::series::{SeriesPoint, SeriesQuery};
 use crate::manage::{CreateKey, FieldError, Issued, KeyFields, KeyManager, KeyView};
-use crate::store::{AuditEntry, Usage};
+use crate::store::{AuditEntry, KeyTotals, Usage};
 
 /// Items per page when `limit` is not given.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -621,14 +623,176 @@ pub struct AuditPage {
     pub next_cursor: Option<String>,
 }
 
-/// A key's usage.
+/// A key's usage: all-time counters and a series (SPEC §13).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UsageView {
     /// The key.
     pub key_id: String,
-    /// Counts by outcome (`ok` or a SPEC error code), total and last use.
+    /// Counts by outcome (`ok` or a SPEC error code), total and last use,
+    /// all time.
     #[serde(flatten)]
     pub usage: Usage,
+    /// Requests per bucket over the range asked for.
+    pub series: SeriesView,
+}
+
+/// An owner's usage: all-time counters over its keys and a series over
+/// every key it owned (SPEC §13).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OwnerUsageView {
+    /// The owner.
+    pub owner: String,
+    /// Counts by outcome, total and latest use of the owner's keys, all
+    /// time.
+    #[serde(flatten)]
+    pub usage: Usage,
+    /// Requests per bucket over the range asked for.
+    pub series: SeriesView,
+}
+
+/// A usage series: `[from, to)` on bucket edges, every bucket ascending and
+/// zero-filled.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeriesView {
+    /// The first bucket's start (`from` rounded down to a bucket edge).
+    pub from: DateTime<Utc>,
+    /// The last bucket's end (`to` rounded up to a bucket edge).
+    pub to: DateTime<Utc>,
+    /// `minute`, `hour` or `day`.
+    #[schema(example = "hour")]
+    pub granularity: &'static str,
+    /// One entry per bucket.
+    pub data: Vec<PointView>,
+}
+
+impl SeriesView {
+    /// The view of a series.
+    pub fn new(series: &Series) -> Self {
+        Self {
+            from: series.range.from,
+            to: series.range.to,
+            granularity: series.range.granularity.as_str(),
+            data: series.points.iter().map(PointView::new).collect(),
+        }
+    }
+}
+
+/// One bucket: `[time, time + 1 granularity)`; `total`, `ok`, and one member
+/// per SPEC code counted in it (absent codes are 0).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"time": "2026-12-07T10:00:00Z", "total": 42, "ok": 40, "rate_limited": 2}))]
+pub struct PointView {
+    /// The bucket's start.
+    pub time: DateTime<Utc>,
+    /// Requests, all outcomes.
+    pub total: u64,
+    /// Allowed requests.
+    pub ok: u64,
+    /// Refused requests per SPEC code.
+    #[serde(flatten)]
+    #[schema(additional_properties)]
+    pub refused: BTreeMap<String, u64>,
+}
+
+impl PointView {
+    fn new(point: &SeriesPoint) -> Self {
+        let mut refused = point.by_outcome.clone();
+        let ok = refused.remove("ok").unwrap_or(0);
+        Self {
+            time: point.time,
+            total: point.total,
+            ok,
+            refused,
+        }
+    }
+}
+
+/// `GET /v1/keys/{id}/usage` and `GET /v1/owners/{owner}/usage` query
+/// parameters.
+pub fn series_query(raw: Option<&str>) -> Result<SeriesQuery, AdminError> {
+    let mut errors = Errors::default();
+    let mut params = Params::parse(raw, &["from", "to", "granularity"], &mut errors)?;
+    let (from, to, granularity) = (params.take("from"), params.take("to"), params.take("granularity"));
+    let query = SeriesQuery::parse(from.as_deref(), to.as_deref(), granularity.as_deref())
+        .map_err(|e| errors.extend(e))
+        .unwrap_or_default();
+    errors.finish(query)
+}
+
+/// `GET /v1/usage/top` query parameters.
+pub fn top_query(raw: Option<&str>) -> Result<TopQuery, AdminError> {
+    let mut errors = Errors::default();
+    let mut params = Params::parse(raw, &["from", "to", "by", "limit"], &mut errors)?;
+    let (from, to) = (params.take("from"), params.take("to"));
+    let mut query = TopQuery::default();
+    match SeriesQuery::parse(from.as_deref(), to.as_deref(), None) {
+        Ok(range) => query.range = range,
+        Err(e) => errors.extend(e),
+    }
+    if let Some(by) = params.take("by") {
+        parse_rank(&by).map_or_else(|e| errors.extend([e]), |rank| query.rank = rank);
+    }
+    if let Some(limit) = params.take("limit") {
+        parse_top_limit(&limit).map_or_else(|e| errors.extend([e]), |limit| query.limit = limit);
+    }
+    errors.finish(query)
+}
+
+/// The busiest keys of a range (SPEC §13).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopView {
+    /// The range's start, on a bucket edge.
+    pub from: DateTime<Utc>,
+    /// The range's end, on a bucket edge.
+    pub to: DateTime<Utc>,
+    /// `requests` (all requests) or `refused` (refusals).
+    #[schema(example = "requests")]
+    pub by: &'static str,
+    /// Busiest first.
+    pub data: Vec<TopKeyView>,
+}
+
+impl TopView {
+    /// The view of a ranking.
+    pub fn new(top: &Top) -> Self {
+        Self {
+            from: top.range.from,
+            to: top.range.to,
+            by: rank_name(top.rank),
+            data: top.keys.iter().map(TopKeyView::new).collect(),
+        }
+    }
+}
+
+/// One ranked key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopKeyView {
+    /// The key.
+    #[schema(value_type = String)]
+    pub key_id: KeyId,
+    /// Its owner.
+    pub owner: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// Requests in the range, all outcomes.
+    pub total: u64,
+    /// Allowed requests.
+    pub ok: u64,
+    /// Refused requests.
+    pub refused: u64,
+}
+
+impl TopKeyView {
+    fn new(totals: &KeyTotals) -> Self {
+        Self {
+            key_id: totals.key_id.clone(),
+            owner: totals.owner.clone(),
+            name: totals.name.clone(),
+            total: totals.total,
+            ok: totals.ok,
+            refused: totals.total.saturating_sub(totals.ok),
+        }
+    }
 }
 
 /// A token-exchange session as the admin API shows it: who opened it, what

@@ -13,7 +13,7 @@ use super::auth::AdminPrincipal;
 use super::cursor::{CursorError, Position};
 use super::dto::{
     AdminJson, AuditPage, AuditQuery, CreateKeyRequest, IssuedKey, KeyPage, ListKeysQuery, OptionalJson,
-    ProblemBody, RotateKeyRequest, UpdateKeyRequest, UsageView,
+    ProblemBody, RotateKeyRequest, UpdateKeyRequest,
 };
 use super::error::AdminError;
 use crate::keys::{KeyId, KeyStatus};
@@ -210,29 +210,6 @@ pub async fn rotate_key(
     let grace = body.check(|body, errors| body.check(errors))?;
     let issued = state.manager.rotate(&id, grace, &caller.actor()).await?;
     Ok(Json(IssuedKey::new(&issued, state.manager.now())))
-}
-
-/// A key's request counts by outcome and its last use, from the batched
-/// usage counters (a few seconds behind the traffic).
-#[utoipa::path(
-    get,
-    path = "/v1/keys/{id}/usage",
-    tag = "keys",
-    params(("id" = String, Path, description = "The key id (`key_…`).")),
-    responses(
-        (status = 200, description = "The key's usage.", body = UsageView),
-        (status = 404, description = "No key has this id.", body = ProblemBody, content_type = "application/problem+json"),
-    )
-)]
-pub async fn key_usage(
-    State(state): State<AdminState>,
-    Path(id): Path<String>,
-) -> Result<Json<UsageView>, AdminError> {
-    let usage = state.manager.usage(&id).await?;
-    Ok(Json(UsageView {
-        key_id: id.to_ascii_lowercase(),
-        usage,
-    }))
 }
 
 /// The audit trail, oldest first: who changed which key, how, when.

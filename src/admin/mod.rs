@@ -39,6 +39,7 @@ pub mod keys;
 pub mod metrics;
 pub mod openapi;
 pub mod sessions;
+pub mod usage;
 
 pub use auth::{AdminAuth, AdminPrincipal, AdminSettings};
 pub use error::AdminError;
@@ -123,7 +124,9 @@ pub fn routes() -> Vec<Route> {
         route!(PATCH "/v1/keys/{id}", AdminToken, keys::update_key),
         route!(POST "/v1/keys/{id}/revoke", AdminToken, keys::revoke_key),
         route!(POST "/v1/keys/{id}/rotate", AdminToken, keys::rotate_key),
-        route!(GET "/v1/keys/{id}/usage", AdminToken, keys::key_usage),
+        route!(GET "/v1/keys/{id}/usage", AdminToken, usage::key_usage),
+        route!(GET "/v1/owners/{owner}/usage", AdminToken, usage::owner_usage),
+        route!(GET "/v1/usage/top", AdminToken, usage::top),
         route!(GET "/v1/audit", AdminToken, keys::audit),
         route!(DELETE "/v1/sessions/{id}", AdminToken, sessions::revoke_session),
     ]

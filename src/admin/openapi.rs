@@ -10,8 +10,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::{Modify, OpenApi};
 
 use super::dto::{
-    AuditPage, CreateKeyRequest, FieldErrorBody, IssuedKey, KeyPage, ProblemBody, RotateKeyRequest,
-    SessionView, UpdateKeyRequest, UsageView,
+    AuditPage, CreateKeyRequest, FieldErrorBody, IssuedKey, KeyPage, OwnerUsageView, PointView, ProblemBody,
+    RotateKeyRequest, SeriesView, SessionView, TopKeyView, TopView, UpdateKeyRequest, UsageView,
 };
 use crate::manage::KeyView;
 use crate::store::{AuditEntry, Usage};
@@ -39,7 +39,9 @@ const SECURITY_SCHEME: &str = "admin_token";
         super::keys::update_key,
         super::keys::revoke_key,
         super::keys::rotate_key,
-        super::keys::key_usage,
+        super::usage::key_usage,
+        super::usage::owner_usage,
+        super::usage::top,
         super::keys::audit,
         super::sessions::revoke_session,
     ),
@@ -51,6 +53,11 @@ const SECURITY_SCHEME: &str = "admin_token";
         AuditEntry,
         Usage,
         UsageView,
+        OwnerUsageView,
+        SeriesView,
+        PointView,
+        TopView,
+        TopKeyView,
         SessionView,
         CreateKeyRequest,
         UpdateKeyRequest,
@@ -61,6 +68,7 @@ const SECURITY_SCHEME: &str = "admin_token";
     modifiers(&AdminSecurity),
     tags(
         (name = "keys", description = "Issue, inspect, change, rotate and revoke API keys."),
+        (name = "usage", description = "Usage history: a key's or an owner's requests per minute, hour or day, and the busiest keys."),
         (name = "audit", description = "Who changed which key, when."),
         (name = "sessions", description = "Revoke token-exchange sessions (the `sid` of access tokens)."),
         (name = "operations", description = "Health probes and this document."),

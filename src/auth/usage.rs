@@ -42,13 +42,14 @@ use tracing::{debug, info, warn};
 use super::Identity;
 use crate::clock::SharedClock;
 use crate::keys::KeyId;
+use crate::keys::usage::Retention;
 use crate::store::{SharedStore, StoreError, UsageDelta};
 
 /// How often the background flusher writes counts to the store by default
 /// (`usage.flush_interval`, 5 s: usage shown by the admin API lags by at
-/// most about this). A flush writes one
-/// row per key and outcome seen since the last one, so on a busy gateway its
-/// cost grows with the interval's distinct keys, not its requests: at 1 s,
+/// most about this). A flush writes a few rows per key, outcome and minute
+/// seen since the last one, so on a busy gateway its cost grows with the
+/// interval's distinct keys, not its requests: at 1 s (before the history),
 /// 10,000 keys in rotation kept SQLite's writer at about 13% of the
 /// gateway's CPU in `bench/proxy.sh`.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
@@ -58,12 +59,15 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 pub struct UsageSettings {
     /// How often counts are written to the store (`usage.flush_interval`).
     pub flush_interval: Duration,
+    /// How long the history keeps each tier (`usage.retention.*`).
+    pub retention: Retention,
 }
 
 impl UsageSettings {
     /// The defaults SPEC §13 gives.
     pub const DEFAULT: Self = Self {
         flush_interval: FLUSH_INTERVAL,
+        retention: Retention::DEFAULT,
     };
 }
 
@@ -449,10 +453,11 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
+    use crate::keys::usage::{Granularity, SeriesRange};
     use crate::keys::{HashParams, KeyFormat, KeyPrefix, KeySettings};
     use crate::manage::{CreateKey, KeyManager};
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{Actor, KeyStore, StoreSettings};
+    use crate::store::{Actor, KeyStore, StoreSettings, UsageSubject};
 
     const TINY: HashParams = HashParams {
         memory_kib: 64,
@@ -479,6 +484,30 @@ mod tests {
                 StdDuration::from_millis(10),
                 max_retained,
             ))
+        }
+
+        /// The key's minute buckets over `[t(from), t(to))` as (seconds
+        /// after t(0), requests of every outcome).
+        async fn minutes(&self, id: &KeyId, from: i64, to: i64) -> Vec<(i64, u64)> {
+            let range = SeriesRange {
+                granularity: Granularity::Minute,
+                from: t(from),
+                to: t(to),
+            };
+            let stored = self
+                .store
+                .usage_buckets(UsageSubject::Key(id), range)
+                .await
+                .unwrap();
+            let mut minutes: Vec<(i64, u64)> = Vec::new();
+            for bucket in stored {
+                let at = (bucket.start - t(0)).num_seconds();
+                match minutes.last_mut() {
+                    Some((last, count)) if *last == at => *count += bucket.count,
+                    _ => minutes.push((at, bucket.count)),
+                }
+            }
+            minutes
         }
 
         async fn usage(&self, id: &KeyId) -> Vec<(String, u64)> {
@@ -609,8 +638,10 @@ mod tests {
             .map(|_| {
                 let (r, identity) = (Arc::clone(&r), Arc::clone(&identity));
                 tokio::task::spawn_blocking(move || {
+                    // Over five minutes, back and forth: minutes change
+                    // under the other threads' feet.
                     for i in 0..5_000 {
-                        r.record_identity(&identity, "ok", t(i % 60));
+                        r.record_identity(&identity, "ok", t(i * 7 % 300));
                     }
                 })
             })
@@ -625,6 +656,55 @@ mod tests {
         flushed += r.flush().await.unwrap();
         assert_eq!(flushed, 20_000);
         assert_eq!(f.usage(&f.a).await, pairs(&[("ok", 20_000)]));
+        let expected: Vec<(i64, u64)> = (0..5)
+            .map(|m| {
+                (
+                    m * 60,
+                    4 * (0..5_000_i64).filter(|i| i * 7 % 300 / 60 == m).count() as u64,
+                )
+            })
+            .collect();
+        assert_eq!(
+            f.minutes(&f.a, 0, 300).await,
+            expected,
+            "every count in its own minute"
+        );
+    }
+
+    #[tokio::test]
+    async fn counts_land_in_the_minute_they_were_made() {
+        let f = fixture().await;
+        let r = f.recorder(MAX_RETAINED);
+        let identity = Arc::new(Identity::of(Arc::new(f.store.get_key(&f.a).await.unwrap())));
+        for at in [1, 59, 30] {
+            r.record_identity(&identity, "ok", t(at));
+        }
+        // The first request of the next minute moves the previous one's
+        // count aside; a late request of that minute still counts there.
+        r.record_identity(&identity, "ok", t(60));
+        r.record_identity(&identity, "ok", t(61));
+        r.record_identity(&identity, "ok", t(50));
+        r.record(&arc(&f.a), "invalid_key", t(62));
+        r.record_identity(&identity, "ok", t(185));
+        assert_eq!(r.flush().await.unwrap(), 8);
+        assert_eq!(
+            f.minutes(&f.a, 0, 240).await,
+            vec![(0, 4), (60, 3), (180, 1)],
+            "per minute, all outcomes"
+        );
+        let hour = SeriesRange {
+            granularity: Granularity::Hour,
+            from: t(0),
+            to: t(3_600),
+        };
+        let stored = f
+            .store
+            .usage_buckets(UsageSubject::Key(&f.a), hour)
+            .await
+            .unwrap();
+        let counts: Vec<(&str, u64)> = stored.iter().map(|b| (b.outcome.as_str(), b.count)).collect();
+        assert_eq!(counts, vec![("invalid_key", 1), ("ok", 7)]);
+        assert_eq!(f.store.get_key(&f.a).await.unwrap().last_used_at, Some(t(185)));
     }
 
     #[tokio::test]

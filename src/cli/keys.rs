@@ -178,7 +178,8 @@ async fn open_manager(config: &Config) -> Result<KeyManager, CliError> {
         config.keys.clone(),
         config.plans.keys().cloned().collect(),
         Arc::new(SystemClock),
-    ))
+    )
+    .with_retention(config.usage.retention))
 }
 
 async fn create(manager: &KeyManager, args: CreateArgs, actor: &Actor) -> Result<(), CliError> {

@@ -588,6 +588,20 @@ pub struct RawErrorTemplate {
 pub struct RawUsage {
     /// How often usage counts are written to the store.
     pub flush_interval: Lenient<String>,
+    /// How long the usage history keeps each tier.
+    pub retention: Section<RawRetention>,
+}
+
+/// `[usage.retention]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct RawRetention {
+    /// Minute buckets.
+    pub minute: Lenient<String>,
+    /// Hour buckets.
+    pub hour: Lenient<String>,
+    /// Day buckets.
+    pub day: Lenient<String>,
 }
 
 /// `[log]`.

@@ -29,6 +29,7 @@ use super::{Config, ConfigError};
 use crate::auth::AuthSettings;
 use crate::auth::usage::UsageSettings;
 use crate::keys::model::{parse_duration, validate_scope};
+use crate::keys::usage::Retention;
 use crate::keys::{HashParams, KeyFormat, KeyHash, KeyPrefix, KeySettings, SecretString};
 use crate::policy::{LimitScope, PathGlob, PlanLimit, PlanSettings, RouteSettings};
 use crate::problem::{ErrorTemplate, TEMPLATE_PLACEHOLDERS};
@@ -69,6 +70,7 @@ const STAND_IN_KID: &str = "stand-in";
 const SECOND: Duration = Duration::from_secs(1);
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
 /// Longest duration any setting accepts; keeps arithmetic on it far from
 /// overflow.
 const FOREVER: Duration = Duration::from_secs(10 * 365 * 86_400);
@@ -1044,6 +1046,32 @@ impl Resolver {
 
     fn usage(&mut self, raw: &Section<RawUsage>) -> UsageSettings {
         let u = self.section("usage", raw);
+        let r = self.section("usage.retention", &u.retention);
+        let default = Retention::DEFAULT;
+        let mut tier = |path: &str, field: &Lenient<String>, default: chrono::Duration, min: Duration| {
+            let default = default.to_std().unwrap_or(min);
+            let kept = self.duration(path, field, default, min..=FOREVER);
+            chrono::Duration::from_std(kept).unwrap_or(chrono::Duration::MAX)
+        };
+        let retention = Retention {
+            minute: tier("usage.retention.minute", &r.minute, default.minute, HOUR),
+            hour: tier("usage.retention.hour", &r.hour, default.hour, DAY),
+            day: tier("usage.retention.day", &r.day, default.day, DAY),
+        };
+        // A coarser tier kept for less time than a finer one would only
+        // make queries pick the finer one's rows further back.
+        if retention.hour < retention.minute {
+            self.err(
+                "usage.retention.hour",
+                "must be at least usage.retention.minute: hour buckets outlive minute buckets",
+            );
+        }
+        if retention.day < retention.hour {
+            self.err(
+                "usage.retention.day",
+                "must be at least usage.retention.hour: day buckets outlive hour buckets",
+            );
+        }
         UsageSettings {
             flush_interval: self.duration(
                 "usage.flush_interval",
@@ -1051,6 +1079,7 @@ impl Resolver {
                 UsageSettings::DEFAULT.flush_interval,
                 SECOND..=MAX_FLUSH_INTERVAL,
             ),
+            retention,
         }
     }
 

@@ -40,6 +40,50 @@ pub struct SeriesQuery {
     pub granularity: Option<Granularity>,
 }
 
+/// An instant of a query (`from`, `to`) in RFC 3339, or an error naming
+/// `field`.
+pub fn parse_instant(field: &str, text: &str) -> Result<DateTime<Utc>, FieldError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|_| {
+            FieldError::new(
+                field,
+                format!("{text:?} is not an RFC 3339 instant, e.g. 2026-12-07T00:00:00Z"),
+            )
+        })
+}
+
+impl SeriesQuery {
+    /// A query from its text parameters (`from`, `to`, `granularity`), or
+    /// every bad one.
+    pub fn parse(
+        from: Option<&str>,
+        to: Option<&str>,
+        granularity: Option<&str>,
+    ) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut instant = |field: &str, text: Option<&str>| {
+            text.and_then(|t| parse_instant(field, t).map_err(|e| errors.push(e)).ok())
+        };
+        let from = instant("from", from);
+        let to = instant("to", to);
+        let granularity = granularity.and_then(|g| {
+            g.parse::<Granularity>()
+                .map_err(|e| errors.push(FieldError::new("granularity", e)))
+                .ok()
+        });
+        if errors.is_empty() {
+            Ok(Self {
+                from,
+                to,
+                granularity,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
 impl SeriesQuery {
     /// The range this query means at `now`, or every problem with it (the
     /// fields named as in the query string).

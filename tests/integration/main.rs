@@ -24,3 +24,4 @@ mod replicas;
 mod serve_binary;
 mod support;
 mod tokens;
+mod usage_history;

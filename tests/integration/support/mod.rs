@@ -204,3 +204,24 @@ impl Served {
         .unwrap()
     }
 }
+
+/// Replaces the last 6 characters of a base62 key so its checksum is valid.
+pub fn with_valid_checksum(unsigned: &str) -> Option<String> {
+    let signed = &unsigned[..unsigned.len() - 6];
+    let crc = crc32fast_hash(signed.as_bytes());
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = [b'0'; 6];
+    let mut n = u64::from(crc);
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    let candidate = format!("{signed}{}", String::from_utf8_lossy(&out));
+    keygate::keys::format::parse_generated(&candidate)
+        .ok()
+        .map(|_| candidate)
+}
+
+fn crc32fast_hash(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
