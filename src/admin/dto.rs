@@ -8,7 +8,7 @@
 //! same validation functions as [`crate::manage`] (which checks again), so a
 //! client fixes all its fields in one round trip.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -23,8 +23,9 @@ use super::error::AdminError;
 use crate::keys::model::{parse_duration, parse_expiry};
 use crate::keys::{KeyId, KeyPatch, KeyStatus, SecretString};
 use crate::keys::{RevokeReason, Session, SessionId};
-use crate::manage::history::{Series, Top, TopQuery, parse_rank, parse_top_limit, rank_name};
-use crate::manage::series::{SeriesPoint, SeriesQuery};
+pub use crate::manage::history::{PointView, SeriesView, UsageView};
+use crate::manage::history::{Top, TopQuery, parse_rank, parse_top_limit, rank_name};
+use crate::manage::series::SeriesQuery;
 use crate::manage::{CreateKey, FieldError, Issued, KeyFields, KeyManager, KeyView};
 use crate::store::{AuditEntry, KeyTotals, Usage};
 
@@ -623,19 +624,6 @@ pub struct AuditPage {
     pub next_cursor: Option<String>,
 }
 
-/// A key's usage: all-time counters and a series (SPEC §13).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct UsageView {
-    /// The key.
-    pub key_id: String,
-    /// Counts by outcome (`ok` or a SPEC error code), total and last use,
-    /// all time.
-    #[serde(flatten)]
-    pub usage: Usage,
-    /// Requests per bucket over the range asked for.
-    pub series: SeriesView,
-}
-
 /// An owner's usage: all-time counters over its keys and a series over
 /// every key it owned (SPEC §13).
 #[derive(Debug, Serialize, ToSchema)]
@@ -648,63 +636,6 @@ pub struct OwnerUsageView {
     pub usage: Usage,
     /// Requests per bucket over the range asked for.
     pub series: SeriesView,
-}
-
-/// A usage series: `[from, to)` on bucket edges, every bucket ascending and
-/// zero-filled.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SeriesView {
-    /// The first bucket's start (`from` rounded down to a bucket edge).
-    pub from: DateTime<Utc>,
-    /// The last bucket's end (`to` rounded up to a bucket edge).
-    pub to: DateTime<Utc>,
-    /// `minute`, `hour` or `day`.
-    #[schema(example = "hour")]
-    pub granularity: &'static str,
-    /// One entry per bucket.
-    pub data: Vec<PointView>,
-}
-
-impl SeriesView {
-    /// The view of a series.
-    pub fn new(series: &Series) -> Self {
-        Self {
-            from: series.range.from,
-            to: series.range.to,
-            granularity: series.range.granularity.as_str(),
-            data: series.points.iter().map(PointView::new).collect(),
-        }
-    }
-}
-
-/// One bucket: `[time, time + 1 granularity)`; `total`, `ok`, and one member
-/// per SPEC code counted in it (absent codes are 0).
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"time": "2026-12-07T10:00:00Z", "total": 42, "ok": 40, "rate_limited": 2}))]
-pub struct PointView {
-    /// The bucket's start.
-    pub time: DateTime<Utc>,
-    /// Requests, all outcomes.
-    pub total: u64,
-    /// Allowed requests.
-    pub ok: u64,
-    /// Refused requests per SPEC code.
-    #[serde(flatten)]
-    #[schema(additional_properties)]
-    pub refused: BTreeMap<String, u64>,
-}
-
-impl PointView {
-    fn new(point: &SeriesPoint) -> Self {
-        let mut refused = point.by_outcome.clone();
-        let ok = refused.remove("ok").unwrap_or(0);
-        Self {
-            time: point.time,
-            total: point.total,
-            ok,
-            refused,
-        }
-    }
 }
 
 /// `GET /v1/keys/{id}/usage` and `GET /v1/owners/{owner}/usage` query

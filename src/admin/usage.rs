@@ -36,11 +36,7 @@ pub async fn key_usage(
 ) -> Result<Json<UsageView>, AdminError> {
     let query = series_query(query.as_deref())?;
     let history = state.manager.key_history(&id, &query).await?;
-    Ok(Json(UsageView {
-        key_id: id.to_ascii_lowercase(),
-        usage: history.usage,
-        series: SeriesView::new(&history.series),
-    }))
+    Ok(Json(UsageView::new(&id, history)))
 }
 
 /// An owner's usage: request counts by outcome and latest use of its keys

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -16,7 +17,9 @@ use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::keys::model::{parse_duration, parse_expiry};
 use crate::keys::{Key, KeyPatch, KeyStatus};
-use crate::manage::{CreateKey, Issued, KeyManager, KeyView};
+use crate::manage::history::{PointView, UsageView};
+use crate::manage::series::{Granularity, SeriesQuery, parse_instant};
+use crate::manage::{CreateKey, FieldError, Issued, KeyManager, KeyView, ManageError};
 use crate::store::{self, Actor, KeyFilter};
 
 /// `keys` subcommands.
@@ -40,6 +43,8 @@ pub enum KeysCommand {
     Rotate(RotateArgs),
     /// Import existing keys from a JSON-lines file, all or nothing.
     Import(ImportArgs),
+    /// Show a key's requests per minute, hour or day, by outcome.
+    Usage(UsageArgs),
 }
 
 /// Arguments of `keys create`.
@@ -136,6 +141,25 @@ pub struct RotateArgs {
     pub json: bool,
 }
 
+/// Arguments of `keys usage`.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// The key id (key_…).
+    pub id: String,
+    /// Start: RFC 3339, or a duration ago such as 7d (default: --to minus 24h).
+    #[arg(long, value_name = "WHEN")]
+    pub from: Option<String>,
+    /// End (exclusive): RFC 3339, or a duration ago (default: now).
+    #[arg(long, value_name = "WHEN")]
+    pub to: Option<String>,
+    /// minute, hour or day (default: the finest giving at most 1,000 rows).
+    #[arg(long)]
+    pub granularity: Option<String>,
+    /// Print JSON (the admin API's GET /v1/keys/{id}/usage body).
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Arguments of `keys import`.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
@@ -163,6 +187,7 @@ pub async fn run(config: Config, cmd: KeysCommand) -> Result<(), CliError> {
         KeysCommand::Revoke(args) => set_status(&manager, args, KeyStatus::Revoked, &actor).await,
         KeysCommand::Rotate(args) => rotate(&manager, args, &actor).await,
         KeysCommand::Import(args) => import(&manager, args, &actor).await,
+        KeysCommand::Usage(args) => usage(&manager, args).await,
     }
 }
 
@@ -395,6 +420,105 @@ fn print_key(manager: &KeyManager, key: &Key, json: bool) -> Result<(), CliError
         output::line(format_args!("metadata:      {}", view.metadata))?;
     }
     Ok(())
+}
+
+async fn usage(manager: &KeyManager, args: UsageArgs) -> Result<(), CliError> {
+    let now = manager.now();
+    let mut errors = Vec::new();
+    let mut instant = |field: &str, text: Option<&str>| {
+        text.and_then(|t| instant_or_ago(field, t, now).map_err(|e| errors.push(e)).ok())
+    };
+    let from = instant("from", args.from.as_deref());
+    let to = instant("to", args.to.as_deref());
+    let granularity = args.granularity.as_deref().and_then(|g| {
+        g.parse::<Granularity>()
+            .map_err(|e| errors.push(FieldError::new("granularity", e)))
+            .ok()
+    });
+    if !errors.is_empty() {
+        return Err(ManageError::Invalid(errors).into());
+    }
+    let query = SeriesQuery {
+        from,
+        to,
+        granularity,
+    };
+    let history = manager.key_history(&args.id, &query).await?;
+    let view = UsageView::new(&args.id, history);
+    if args.json {
+        return output::json(&view);
+    }
+    let series = &view.series;
+    output::line(format_args!(
+        "key {}: {} requests all time, last used {}",
+        view.key_id,
+        view.usage.total,
+        view.usage
+            .last_used_at
+            .map_or_else(|| "never".into(), |t| t.to_rfc3339())
+    ))?;
+    output::line(format_args!(
+        "{} to {}, per {}:",
+        series.from.to_rfc3339(),
+        series.to.to_rfc3339(),
+        series.granularity
+    ))?;
+    if std::io::stdout().is_terminal() {
+        let totals: Vec<u64> = series.data.iter().map(|p| p.total).collect();
+        output::line(format_args!("{}", sparkline(&totals)))?;
+    }
+    output::line(format_args!("{}", series_table(&series.data).trim_end()))
+}
+
+/// `text` as an instant: RFC 3339, or a duration (`7d`) before `now`.
+fn instant_or_ago(field: &str, text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, FieldError> {
+    if let Ok(ago) = parse_duration(text) {
+        return Ok(now.checked_sub_signed(ago).unwrap_or(DateTime::<Utc>::MIN_UTC));
+    }
+    parse_instant(field, text)
+        .map_err(|e| FieldError::new(field, format!("{}, or a duration ago such as 7d", e.message)))
+}
+
+/// A series as a table: one row per bucket, a column per outcome seen.
+fn series_table(points: &[PointView]) -> String {
+    let codes: BTreeSet<&str> = points
+        .iter()
+        .flat_map(|p| p.refused.keys().map(String::as_str))
+        .collect();
+    let upper: Vec<String> = codes.iter().map(|c| c.to_uppercase()).collect();
+    let mut header = vec!["TIME", "TOTAL", "OK"];
+    header.extend(upper.iter().map(String::as_str));
+    let rows: Vec<Vec<String>> = points
+        .iter()
+        .map(|p| {
+            let mut row = vec![p.time.to_rfc3339(), p.total.to_string(), p.ok.to_string()];
+            row.extend(
+                codes
+                    .iter()
+                    .map(|c| p.refused.get(*c).copied().unwrap_or(0).to_string()),
+            );
+            row
+        })
+        .collect();
+    output::table(&header, &rows)
+}
+
+/// One character per value, `▁` (zero) to `█` (the largest).
+fn sparkline(values: &[u64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = values.iter().copied().max().unwrap_or(0);
+    values
+        .iter()
+        .map(|&v| {
+            if max == 0 {
+                BARS[0]
+            } else {
+                // Any request shows above the baseline.
+                let level = (u128::from(v) * 7).div_ceil(u128::from(max));
+                BARS[usize::try_from(level).unwrap_or(7).min(7)]
+            }
+        })
+        .collect()
 }
 
 fn print_issued(manager: &KeyManager, issued: &Issued, json: bool, verb: &str) -> Result<(), CliError> {

@@ -96,7 +96,10 @@ impl From<ManageError> for CliError {
 fn flag_of(field: &str) -> String {
     let member = field.split('[').next().unwrap_or(field);
     match member {
-        "name" | "owner" | "scopes" | "plan" | "prefix" | "metadata" | "grace" => format!("--{member}"),
+        "name" | "owner" | "scopes" | "plan" | "prefix" | "metadata" | "grace" | "from" | "to"
+        | "granularity" => {
+            format!("--{member}")
+        }
         "expires_at" => "--expires".to_owned(),
         _ => field.to_owned(),
     }

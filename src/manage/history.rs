@@ -7,7 +7,10 @@
 
 use std::time::Duration as StdDuration;
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -15,6 +18,7 @@ use tracing::{debug, warn};
 use super::series::{Granularity, SeriesPoint, SeriesQuery, SeriesRange};
 use super::{FieldError, KeyManager, ManageError, parse_id};
 use crate::store::{KeyTotals, Usage, UsageRank, UsageSubject};
+use utoipa::ToSchema;
 
 /// How often each gateway prunes the usage history by default: often
 /// enough that the minute tier never holds much more than its retention,
@@ -204,5 +208,86 @@ impl KeyManager {
         let stored = self.store.usage_buckets(subject, range).await?;
         let points = range.fill(stored.into_iter().map(|b| (b.start, b.outcome, b.count)));
         Ok(Series { range, points })
+    }
+}
+
+/// A key's usage: all-time counters and a series (SPEC §13).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageView {
+    /// The key.
+    pub key_id: String,
+    /// Counts by outcome (`ok` or a SPEC error code), total and last use,
+    /// all time.
+    #[serde(flatten)]
+    pub usage: Usage,
+    /// Requests per bucket over the range asked for.
+    pub series: SeriesView,
+}
+
+impl UsageView {
+    /// The view of key `key_id`'s history.
+    pub fn new(key_id: &str, history: History) -> Self {
+        Self {
+            key_id: key_id.to_ascii_lowercase(),
+            usage: history.usage,
+            series: SeriesView::new(&history.series),
+        }
+    }
+}
+
+/// A usage series: `[from, to)` on bucket edges, every bucket ascending and
+/// zero-filled.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeriesView {
+    /// The first bucket's start (`from` rounded down to a bucket edge).
+    pub from: DateTime<Utc>,
+    /// The last bucket's end (`to` rounded up to a bucket edge).
+    pub to: DateTime<Utc>,
+    /// `minute`, `hour` or `day`.
+    #[schema(example = "hour")]
+    pub granularity: &'static str,
+    /// One entry per bucket.
+    pub data: Vec<PointView>,
+}
+
+impl SeriesView {
+    /// The view of a series.
+    pub fn new(series: &Series) -> Self {
+        Self {
+            from: series.range.from,
+            to: series.range.to,
+            granularity: series.range.granularity.as_str(),
+            data: series.points.iter().map(PointView::new).collect(),
+        }
+    }
+}
+
+/// One bucket: `[time, time + 1 granularity)`; `total`, `ok`, and one member
+/// per SPEC code counted in it (absent codes are 0).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"time": "2026-12-07T10:00:00Z", "total": 42, "ok": 40, "rate_limited": 2}))]
+pub struct PointView {
+    /// The bucket's start.
+    pub time: DateTime<Utc>,
+    /// Requests, all outcomes.
+    pub total: u64,
+    /// Allowed requests.
+    pub ok: u64,
+    /// Refused requests per SPEC code.
+    #[serde(flatten)]
+    #[schema(additional_properties)]
+    pub refused: BTreeMap<String, u64>,
+}
+
+impl PointView {
+    fn new(point: &SeriesPoint) -> Self {
+        let mut refused = point.by_outcome.clone();
+        let ok = refused.remove("ok").unwrap_or(0);
+        Self {
+            time: point.time,
+            total: point.total,
+            ok,
+            refused,
+        }
     }
 }

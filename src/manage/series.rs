@@ -88,7 +88,12 @@ impl SeriesQuery {
     /// The range this query means at `now`, or every problem with it (the
     /// fields named as in the query string).
     pub fn resolve(&self, retention: &Retention, now: DateTime<Utc>) -> Result<SeriesRange, Vec<FieldError>> {
-        let to = self.to.unwrap_or(now);
+        // Without a `to`, the range ends just after now, so the bucket
+        // holding now (the current, partial one) is in it even when now
+        // falls on its edge.
+        let to = self
+            .to
+            .unwrap_or_else(|| now.checked_add_signed(Duration::nanoseconds(1)).unwrap_or(now));
         let from = self
             .from
             .unwrap_or_else(|| to.checked_sub_signed(DEFAULT_SPAN).unwrap_or(to));
@@ -217,6 +222,20 @@ mod tests {
         assert_eq!(range.granularity, Granularity::Minute);
         assert_eq!(range.from, at("2026-12-07T06:34:00Z"));
         assert_eq!(range.to, at("2026-12-07T12:35:00Z"));
+        // Now on an hour's edge: the hour it starts is in the range (a
+        // request made now shows), an explicit `to` there is not.
+        let edge = at("2026-12-07T12:00:00Z");
+        let range = SeriesQuery::default().resolve(&Retention::DEFAULT, edge).unwrap();
+        assert_eq!(
+            (range.from, range.to),
+            (at("2026-12-06T12:00:00Z"), at("2026-12-07T13:00:00Z"))
+        );
+        let explicit = SeriesQuery {
+            to: Some(edge),
+            ..SeriesQuery::default()
+        };
+        let range = explicit.resolve(&Retention::DEFAULT, edge).unwrap();
+        assert_eq!((range.from, range.to), (at("2026-12-06T12:00:00Z"), edge));
     }
 
     #[test]

@@ -270,10 +270,13 @@ async fn usage_counts_requests_by_outcome() {
         api(&gw, Method::GET, &format!("/v1/keys/{id}/usage"), "").await,
         StatusCode::OK,
     );
+    let mut all_time = fresh.clone();
+    let series = all_time.as_object_mut().unwrap().remove("series").unwrap();
     assert_eq!(
-        fresh,
+        all_time,
         json!({"key_id": id, "by_outcome": {}, "total": 0, "last_used_at": null})
     );
+    assert_eq!(series["granularity"], "hour", "the last 24 h by default");
     for _ in 0..3 {
         gw.get("/v1/orders/1", &[("x-api-key", secret)]).await.echoed();
     }
@@ -287,7 +290,13 @@ async fn usage_counts_requests_by_outcome() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let usage = loop {
         let usage = ok(
-            api(&gw, Method::GET, &format!("/v1/keys/{id}/usage"), "").await,
+            api(
+                &gw,
+                Method::GET,
+                &format!("/v1/keys/{id}/usage?from=2026-11-23T11:00:00Z&granularity=hour"),
+                "",
+            )
+            .await,
             StatusCode::OK,
         );
         if usage["total"] == 5 || Instant::now() > deadline {

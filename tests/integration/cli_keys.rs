@@ -329,3 +329,84 @@ fn rust_log_with_spaces_is_read_as_written() {
         typo.stderr
     );
 }
+
+/// `keys usage`: what `keygate serve` counted (written at shutdown at the
+/// latest) as a table, or as the admin API's JSON; bad flags named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_prints_the_history_as_a_table_or_json() {
+    let (sb, _echo, proxy) =
+        crate::support::serve_sandbox("warn", crate::support::gateway::DEFAULT_ROUTES).await;
+    let created = create(&sb, &["--name", "history", "--scopes", "can_read_order"]);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let secret = created["key"].as_str().unwrap().to_owned();
+    let served = crate::support::Served::start(&sb, proxy).await;
+    let client = crate::support::gateway::JsonClient::new(proxy);
+    for (method, status) in [("GET", 200), ("GET", 200), ("GET", 200), ("POST", 403)] {
+        let method: http::Method = method.parse().unwrap();
+        let (got, body) = client
+            .send(method, "/v1/orders/1", vec![("x-api-key", secret.clone())], "{}".into())
+            .await;
+        assert_eq!(got.as_u16(), status, "{body}");
+    }
+    let (code, logs) = served.stop().await;
+    assert_eq!(code, Some(0), "{logs}");
+
+    let json = sb.run(&["keys", "usage", &id, "--json"]).expect(0).json();
+    assert_eq!(json["key_id"], id.as_str());
+    assert_eq!(json["total"], 4);
+    let series = &json["series"];
+    assert_eq!(series["granularity"], "hour");
+    let data = series["data"].as_array().unwrap();
+    assert_eq!(data.len(), 25, "the last 24 h and the current hour");
+    // (Summed: the requests may straddle an hour's edge.)
+    let sum = |field: &str| data.iter().map(|p| p[field].as_u64().unwrap_or(0)).sum::<u64>();
+    assert_eq!(
+        (sum("total"), sum("ok"), sum("insufficient_scope")),
+        (4, 3, 1),
+        "{series}"
+    );
+
+    let text = sb.run(&["keys", "usage", &id, "--from", "2h"]).expect(0).stdout;
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("key {id}: 4 requests all time")),
+        "{text}"
+    );
+    assert!(lines[1].ends_with("per minute:"), "{text}");
+    // Not a terminal: no sparkline; a header and a row per minute.
+    let header: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(header, ["TIME", "TOTAL", "OK", "INSUFFICIENT_SCOPE"], "{text}");
+    assert!((121..=122).contains(&(lines.len() - 3)), "{text}");
+    let mut sums = [0_u64; 3];
+    for line in &lines[3..] {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        for (sum, cell) in sums.iter_mut().zip(&cells[1..]) {
+            *sum += cell.parse::<u64>().unwrap();
+        }
+    }
+    assert_eq!(sums, [4, 3, 1], "{text}");
+
+    let bad = sb
+        .run(&["keys", "usage", &id, "--granularity", "week", "--to", "soon"])
+        .expect(2);
+    assert!(
+        bad.stderr.contains("--granularity: unknown granularity"),
+        "{}",
+        bad.stderr
+    );
+    assert!(
+        bad.stderr.contains("--to: \"soon\" is not an RFC 3339 instant"),
+        "{}",
+        bad.stderr
+    );
+    let retention = sb
+        .run(&["keys", "usage", &id, "--granularity", "minute", "--from", "3d"])
+        .expect(2);
+    assert!(
+        retention
+            .stderr
+            .contains("--granularity: minute buckets are kept for 2 days only"),
+        "{}",
+        retention.stderr
+    );
+}

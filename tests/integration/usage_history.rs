@@ -385,16 +385,17 @@ async fn bad_ranges_and_parameters_are_refused_naming_the_field() {
     // An owner with keys but no traffic: zeros, every bucket present.
     let quiet = admin_ok(&gw, "/v1/owners/acme/usage?granularity=hour").await;
     assert_eq!(quiet["total"], 0);
-    assert_eq!(quiet["series"]["data"].as_array().unwrap().len(), 24);
+    assert_eq!(quiet["series"]["data"].as_array().unwrap().len(), 25);
     assert_eq!(
         quiet["series"]["data"][0],
         json!({"time": "2026-11-22T12:00:00Z", "total": 0, "ok": 0})
     );
-    // Nothing counted yet: an empty ranking.
+    // Nothing counted yet: an empty ranking. By default the last 24 h and
+    // the current hour (now is on its edge).
     let top = admin_ok(&gw, "/v1/usage/top").await;
     assert_eq!(
         top,
-        json!({"from": "2026-11-22T12:00:00Z", "to": "2026-11-23T12:00:00Z", "by": "requests", "data": []})
+        json!({"from": "2026-11-22T12:00:00Z", "to": "2026-11-23T13:00:00Z", "by": "requests", "data": []})
     );
     // Without a token, nothing.
     let anonymous = gw.admin_send(Method::GET, "/v1/usage/top", None, "").await;
