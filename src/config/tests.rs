@@ -116,6 +116,31 @@ fn value_checks_table() {
             "unknown key",
         ),
         (
+            "usage.retention.minute = \"10m\"",
+            "usage.retention.minute",
+            "too short",
+        ),
+        (
+            "usage.retention.hour = \"1h\"",
+            "usage.retention.hour",
+            "too short",
+        ),
+        (
+            "usage.retention.hour = \"24h\"\nusage.retention.minute = \"48h\"",
+            "usage.retention.hour",
+            "at least usage.retention.minute",
+        ),
+        (
+            "usage.retention.day = \"30d\"",
+            "usage.retention.day",
+            "at least usage.retention.hour",
+        ),
+        (
+            "usage.retention.weeks = \"30d\"",
+            "usage.retention.weeks",
+            "unknown key",
+        ),
+        (
             "server.listen = \"localhost:80\"",
             "server.listen",
             "socket address",
@@ -398,6 +423,27 @@ fn the_usage_flush_interval_is_read_from_the_file_or_the_environment() {
     assert_eq!(config.usage.flush_interval, Duration::from_secs(1));
     let config = ok("", &env(&[("KEYGATE_USAGE__FLUSH_INTERVAL", "10m")]));
     assert_eq!(config.usage.flush_interval, Duration::from_secs(600));
+}
+
+#[test]
+fn usage_retention_is_read_from_the_file_or_the_environment() {
+    use crate::keys::usage::Retention;
+    assert_eq!(ok("", &no_env()).usage.retention, Retention::DEFAULT);
+    let config = ok(
+        "[usage.retention]\nminute = \"6h\"\nhour = \"30d\"\nday = \"365d\"\n",
+        &no_env(),
+    );
+    let days = chrono::Duration::days;
+    assert_eq!(
+        config.usage.retention,
+        Retention {
+            minute: chrono::Duration::hours(6),
+            hour: days(30),
+            day: days(365),
+        }
+    );
+    let config = ok("", &env(&[("KEYGATE_USAGE__RETENTION__DAY", "3650d")]));
+    assert_eq!(config.usage.retention.day, days(3650));
 }
 
 #[test]

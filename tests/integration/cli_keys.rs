@@ -344,7 +344,12 @@ async fn usage_prints_the_history_as_a_table_or_json() {
     for (method, status) in [("GET", 200), ("GET", 200), ("GET", 200), ("POST", 403)] {
         let method: http::Method = method.parse().unwrap();
         let (got, body) = client
-            .send(method, "/v1/orders/1", vec![("x-api-key", secret.clone())], "{}".into())
+            .send(
+                method,
+                "/v1/orders/1",
+                vec![("x-api-key", secret.clone())],
+                "{}".into(),
+            )
             .await;
         assert_eq!(got.as_u16(), status, "{body}");
     }
