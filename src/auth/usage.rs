@@ -5,17 +5,17 @@
 //! store every [`FLUSH_INTERVAL`]; the gateway calls [`UsageRecorder::flush`]
 //! once more after draining on shutdown, so SIGTERM loses nothing.
 //!
-//! Design: counters live in 16 `std::sync::Mutex<HashMap>` shards
-//! keyed by (key id, outcome, minute), picked by a hash of the key id; a flush swaps
-//! each shard's map out wholesale. Chosen over a bounded channel because a
-//! request then costs one short uncontended lock and a map update instead of
-//! a message per request, memory is bounded by distinct (key, outcome) pairs
-//! (and minutes) seen per interval rather than by request rate, and nothing is ever
-//! dropped on a traffic burst. A batch the store refused is kept and merged
-//! into the next flush, bounded by a cap (the oldest pairs are dropped and
-//! counted past it).
+//! Design: counters live in 16 `std::sync::Mutex<HashMap>` shards keyed
+//! by (key id, outcome, minute), picked by a hash of the key id; a flush
+//! swaps each shard's map out wholesale. Chosen over a bounded channel
+//! because a request then costs one short uncontended lock and a map update
+//! instead of a message per request, memory is bounded by the distinct
+//! (key, outcome, minute) triples seen per interval rather than by request
+//! rate, and nothing is ever dropped on a traffic burst. A batch the store
+//! refused is kept and merged into the next flush, bounded by a cap (the
+//! oldest triples are dropped and counted past it).
 //!
-//! The most frequent pair, a key's forwarded (`ok`) requests, skips the map:
+//! The most frequent triple, a key's forwarded (`ok`) requests, skips the map:
 //! each cached key's [`Identity`] carries an [`OkCounter`], which a request
 //! bumps with a few atomic operations on memory it has just read anyway; the
 //! first bump after a flush queues the identity, and the flush drains the
@@ -71,10 +71,11 @@ impl UsageSettings {
     };
 }
 
-/// Most (key, outcome) pairs kept for retry while the store refuses
-/// batches (~100 bytes each, so about 10 MB at worst); past it the pairs
-/// with the oldest last use are dropped and counted.
-pub const MAX_RETAINED: usize = 100_000;
+/// Most (key, outcome, minute) triples kept for retry while the store
+/// refuses batches (~100 bytes each, so about 50 MB at worst: 10,000 busy
+/// keys' counts for 50 minutes of outage); past it the triples with the
+/// oldest last use are dropped and counted.
+pub const MAX_RETAINED: usize = 500_000;
 
 /// Counter shards: enough that concurrent requests for different keys
 /// rarely meet on one lock, few enough that a flush's sweep is trivial.
@@ -90,7 +91,7 @@ type Minute = i64;
 /// cached key's `ok` (those go to its [`OkCounter`]).
 type Tally = HashMap<(Arc<str>, &'static str, Minute), Count, fnv::FnvBuildHasher>;
 
-/// One pair's requests since the last flush and their latest instant.
+/// One triple's requests since the last flush and their latest instant.
 #[derive(Debug, Clone, Copy)]
 struct Count {
     count: u64,
@@ -168,7 +169,7 @@ pub struct UsageRecorder {
 impl UsageRecorder {
     /// A recorder writing to `store` every `interval` once
     /// [`spawn_flusher`](Self::spawn_flusher) runs, keeping at most
-    /// `max_retained` pairs of a refused batch for retry.
+    /// `max_retained` triples of a refused batch for retry.
     pub fn new(store: SharedStore, clock: SharedClock, interval: Duration, max_retained: usize) -> Self {
         Self {
             store,
@@ -338,7 +339,7 @@ impl UsageRecorder {
         }
     }
 
-    /// Merges a refused batch back for the next flush, dropping the pairs
+    /// Merges a refused batch back for the next flush, dropping the triples
     /// with the oldest last use beyond the cap.
     fn retain(&self, batch: Tally) {
         let mut retained = lock(&self.retained);

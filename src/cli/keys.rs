@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::keys::model::{parse_duration, parse_expiry};
 use crate::keys::{Key, KeyPatch, KeyStatus};
 use crate::manage::history::{PointView, UsageView};
-use crate::manage::series::{Granularity, SeriesQuery, parse_instant};
+use crate::manage::series::{SeriesQuery, parse_instant};
 use crate::manage::{CreateKey, FieldError, Issued, KeyManager, KeyView, ManageError};
 use crate::store::{self, Actor, KeyFilter};
 
@@ -424,25 +424,13 @@ fn print_key(manager: &KeyManager, key: &Key, json: bool) -> Result<(), CliError
 
 async fn usage(manager: &KeyManager, args: UsageArgs) -> Result<(), CliError> {
     let now = manager.now();
-    let mut errors = Vec::new();
-    let mut instant = |field: &str, text: Option<&str>| {
-        text.and_then(|t| instant_or_ago(field, t, now).map_err(|e| errors.push(e)).ok())
-    };
-    let from = instant("from", args.from.as_deref());
-    let to = instant("to", args.to.as_deref());
-    let granularity = args.granularity.as_deref().and_then(|g| {
-        g.parse::<Granularity>()
-            .map_err(|e| errors.push(FieldError::new("granularity", e)))
-            .ok()
-    });
-    if !errors.is_empty() {
-        return Err(ManageError::Invalid(errors).into());
-    }
-    let query = SeriesQuery {
-        from,
-        to,
-        granularity,
-    };
+    let query = SeriesQuery::parse_with(
+        args.from.as_deref(),
+        args.to.as_deref(),
+        args.granularity.as_deref(),
+        |field, text| instant_or_ago(field, text, now),
+    )
+    .map_err(ManageError::Invalid)?;
     let history = manager.key_history(&args.id, &query).await?;
     let view = UsageView::new(&args.id, history);
     if args.json {

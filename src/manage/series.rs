@@ -61,6 +61,17 @@ impl SeriesQuery {
         to: Option<&str>,
         granularity: Option<&str>,
     ) -> Result<Self, Vec<FieldError>> {
+        Self::parse_with(from, to, granularity, parse_instant)
+    }
+
+    /// [`parse`](Self::parse) with another reading of `from` and `to`
+    /// (the CLI also takes a duration ago).
+    pub fn parse_with(
+        from: Option<&str>,
+        to: Option<&str>,
+        granularity: Option<&str>,
+        parse_instant: impl Fn(&str, &str) -> Result<DateTime<Utc>, FieldError>,
+    ) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut instant = |field: &str, text: Option<&str>| {
             text.and_then(|t| parse_instant(field, t).map_err(|e| errors.push(e)).ok())
