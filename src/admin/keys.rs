@@ -91,6 +91,7 @@ pub async fn list_keys(
     let filter = KeyFilter {
         owner: query.owner.clone(),
         status: query.status,
+        ..KeyFilter::default()
     };
     let page = state
         .manager

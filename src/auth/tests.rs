@@ -191,6 +191,10 @@ impl KeyStore for TestStore {
         self.inner.usage(id).await
     }
 
+    async fn key_audit(&self, id: &KeyId, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        self.inner.key_audit(id, limit).await
+    }
+
     async fn owner_usage(&self, owner: &str) -> Result<Option<Usage>, StoreError> {
         self.inner.owner_usage(owner).await
     }

@@ -233,6 +233,7 @@ async fn list(manager: &KeyManager, args: ListArgs) -> Result<(), CliError> {
     let filter = KeyFilter {
         owner: args.owner,
         status,
+        ..KeyFilter::default()
     };
     let keys = manager.list_all(&filter).await?;
     let now = manager.now();

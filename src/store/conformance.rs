@@ -450,6 +450,10 @@ pub async fn list_pagination_and_filters(store: &dyn KeyStore) {
         if i % 4 == 0 {
             k.status = KeyStatus::Inactive;
         }
+        if i % 5 == 0 {
+            k.plan = None;
+            k.name = format!("Billing_100% {i}");
+        }
         all.push(store.create_key(new_key(k), &Actor::cli()).await.expect("create"));
     }
     let mut sorted: Vec<KeyId> = all.iter().map(|k| k.id.clone()).collect();
@@ -471,14 +475,14 @@ pub async fn list_pagination_and_filters(store: &dyn KeyStore) {
         (
             KeyFilter {
                 owner: Some("a".into()),
-                status: None,
+                ..KeyFilter::default()
             },
             expect(&|k| k.owner.as_deref() == Some("a")),
         ),
         (
             KeyFilter {
-                owner: None,
                 status: Some(KeyStatus::Inactive),
+                ..KeyFilter::default()
             },
             expect(&|k| k.status == KeyStatus::Inactive),
         ),
@@ -486,15 +490,69 @@ pub async fn list_pagination_and_filters(store: &dyn KeyStore) {
             KeyFilter {
                 owner: Some("b".into()),
                 status: Some(KeyStatus::Active),
+                ..KeyFilter::default()
             },
             expect(&|k| k.owner.as_deref() == Some("b") && k.status == KeyStatus::Active),
         ),
         (
             KeyFilter {
                 owner: Some("nobody".into()),
-                status: None,
+                ..KeyFilter::default()
             },
             Vec::new(),
+        ),
+        (
+            KeyFilter {
+                plan: Some(String::new()),
+                ..KeyFilter::default()
+            },
+            expect(&|k| k.plan.is_none()),
+        ),
+        (
+            KeyFilter {
+                plan: Some("free".into()),
+                status: Some(KeyStatus::Active),
+                ..KeyFilter::default()
+            },
+            expect(&|k| k.plan.as_deref() == Some("free") && k.status == KeyStatus::Active),
+        ),
+        // A search: a name containing it in any case (LIKE's wildcards in
+        // it are plain characters), an owner or a short prefix equal to it.
+        (
+            KeyFilter {
+                search: Some("BILLING_100%".into()),
+                ..KeyFilter::default()
+            },
+            expect(&|k| k.name.starts_with("Billing_100%")),
+        ),
+        (
+            KeyFilter {
+                search: Some("_100".into()),
+                ..KeyFilter::default()
+            },
+            expect(&|k| k.name.starts_with("Billing_100%")),
+        ),
+        (
+            KeyFilter {
+                search: Some("%".into()),
+                owner: Some("a".into()),
+                ..KeyFilter::default()
+            },
+            expect(&|k| k.name.contains('%') && k.owner.as_deref() == Some("a")),
+        ),
+        (
+            KeyFilter {
+                search: Some("b".into()),
+                ..KeyFilter::default()
+            },
+            expect(&|k| k.owner.as_deref() == Some("b") || k.name.to_lowercase().contains('b')),
+        ),
+        (
+            KeyFilter {
+                search: Some("list0007".into()),
+                ..KeyFilter::default()
+            },
+            expect(&|k| k.short_prefix == "list0007" || k.name.contains("list0007")),
         ),
     ];
     for (filter, want) in filters {
@@ -597,6 +655,12 @@ pub async fn update_writes_one_audit_row(store: &dyn KeyStore) {
     assert_eq!(last.details, json!({"changed": ["name", "scopes", "expires_at"]}));
     assert_eq!((&last.key_id, &last.actor, last.at), (&k.id, &actor, t(10)));
     assert_eq!(store.change_seq().await.expect("seq"), last.seq);
+    // The key's own rows, newest first.
+    let own = store.key_audit(&k.id, 10).await.expect("key_audit");
+    let actions: Vec<&str> = own.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["updated", "created"]);
+    assert_eq!(own[0], *last);
+    assert_eq!(store.key_audit(&k.id, 1).await.expect("key_audit").len(), 1);
 
     // The same patch again, and an empty one, change nothing.
     for noop in [change, patch()] {
@@ -1304,6 +1368,16 @@ pub async fn usage_history_ranking(store: &dyn KeyStore) {
 
     let first = store.usage_top(span, UsageRank::Requests, 1).await.expect("top");
     assert_eq!(first.len(), 1);
+    // Every key's buckets summed.
+    assert_eq!(
+        buckets(store, UsageSubject::All, Granularity::Hour, 0, 86_400).await,
+        vec![
+            row(0, "invalid_key", 5),
+            row(0, "ok", 12),
+            row(3_600, "forbidden", 1),
+            row(3_600, "ok", 3)
+        ]
+    );
     let minutes = SeriesRange {
         granularity: Granularity::Minute,
         from: day0(60),

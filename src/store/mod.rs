@@ -138,6 +138,11 @@ pub struct KeyFilter {
     pub owner: Option<String>,
     /// Only keys with this stored status.
     pub status: Option<KeyStatus>,
+    /// Only keys on this plan (`""`: keys without a plan).
+    pub plan: Option<String>,
+    /// Only keys whose name contains this text (any case), or whose owner
+    /// or short prefix is exactly it.
+    pub search: Option<String>,
 }
 
 /// One page request: at most `limit` items after the position `after`
@@ -255,6 +260,8 @@ pub enum UsageSubject<'a> {
     /// One owner's: the requests of the keys it owned when they were
     /// counted.
     Owner(&'a str),
+    /// Every key's, summed.
+    All,
 }
 
 /// One stored bucket's count of one outcome.
@@ -439,6 +446,9 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
 
     /// The audit trail in sequence order, one page.
     async fn audit(&self, page: PageRequest<i64>) -> Result<Page<AuditEntry, i64>, StoreError>;
+
+    /// A key's latest `limit` audit entries, newest first.
+    async fn key_audit(&self, id: &KeyId, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// The change feed after sequence number `after`, typed, one page in
     /// sequence order (what caches evict by; the audit trail's view of

@@ -436,18 +436,34 @@ where
         // (owner, id) or (status, id) index. (The SQL is numbered by hand:
         // sqlx's QueryBuilder cannot be used generically over the driver,
         // since its arguments would have to outlive the builder.)
+        // A search matches a name containing it (LIKE's wildcards in it
+        // escaped), an owner or a short prefix equal to it.
+        let pattern = filter.search.as_deref().map(|text| {
+            let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            format!("%{}%", escaped.to_lowercase())
+        });
         let conditions = [
-            ("k.owner =", filter.owner.as_deref()),
-            ("k.status =", filter.status.map(|status| status.as_str())),
-            ("k.id >", page.after.as_ref().map(KeyId::as_str)),
+            ("k.owner = $", filter.owner.as_deref()),
+            ("k.status = $", filter.status.map(|status| status.as_str())),
+            ("k.plan = $", filter.plan.as_deref()),
+            ("k.id > $", page.after.as_ref().map(KeyId::as_str)),
         ];
         let mut sql = format!("SELECT {KEY_COLUMNS} FROM keys k WHERE TRUE");
         let mut values = Vec::new();
         for (condition, value) in conditions {
             if let Some(value) = value {
                 values.push(value);
-                sql.push_str(&format!(" AND {condition} ${}", values.len()));
+                sql.push_str(&format!(" AND {condition}{}", values.len()));
             }
+        }
+        if let (Some(search), Some(pattern)) = (filter.search.as_deref(), pattern.as_deref()) {
+            values.push(pattern);
+            let like = values.len();
+            values.push(search);
+            let exact = values.len();
+            sql.push_str(&format!(
+                " AND (LOWER(k.name) LIKE ${like} ESCAPE '\\' OR k.owner = ${exact} OR k.short_prefix = ${exact})"
+            ));
         }
         sql.push_str(&format!(" ORDER BY k.id LIMIT ${}", values.len() + 1));
         let query = values
@@ -602,6 +618,19 @@ where
         Ok(rows::into_page(entries, page.limit, |entry| entry.seq))
     }
 
+    async fn key_audit(&self, id: &KeyId, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        // The (key_id, seq) index, backwards.
+        let fetched: Vec<AuditRow> = sqlx::query_as(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE key_id = $1 ORDER BY seq DESC LIMIT $2"
+        ))
+        .bind(id.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(D::store_error)?;
+        fetched.into_iter().map(AuditRow::into_entry).collect()
+    }
+
     async fn change_seq(&self) -> Result<i64, StoreError> {
         // `seq` is a 64-bit integer on both, and so is its COALESCE with 0.
         sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_log")
@@ -676,6 +705,14 @@ where
                 "SELECT bucket, outcome, count FROM owner_usage_buckets \
                  WHERE owner = $1 AND width = $2 AND bucket >= $3 AND bucket < $4 ORDER BY bucket, outcome",
                 owner,
+            ),
+            // Summed over every key: the tier's (width, bucket) index. ($1
+            // is bound but unused, so the numbering stays the same.)
+            UsageSubject::All => (
+                "SELECT bucket, outcome, CAST(SUM(count) AS BIGINT) AS count FROM usage_buckets \
+                 WHERE $1 = $1 AND width = $2 AND bucket >= $3 AND bucket < $4 \
+                 GROUP BY bucket, outcome ORDER BY bucket, outcome",
+                "",
             ),
         };
         let fetched: Vec<BucketRow> = sqlx::query_as(sql)
