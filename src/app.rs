@@ -195,7 +195,8 @@ impl Gateway {
                         usage: usage.clone(),
                         proxy_connections: serve_settings.open_connections(),
                     },
-                ),
+                )
+                .with_console_scopes(route_scopes(config)),
                 shutdown_rx.clone(),
                 grace,
             )),
@@ -334,4 +335,11 @@ pub async fn signal() {
         () = ctrl_c => {}
         () = term => {}
     }
+}
+
+/// Every scope the route table requires, sorted: what the console offers
+/// when creating a key.
+fn route_scopes(config: &Config) -> Vec<String> {
+    let scopes: std::collections::BTreeSet<&String> = config.routes.iter().flat_map(|r| &r.scopes).collect();
+    scopes.into_iter().cloned().collect()
 }

@@ -22,7 +22,9 @@
 //!   the request's log record); [`admin`] — the
 //!   admin listener; [`echo`] — the built-in echo upstream (demo, tests);
 //!   [`problem`] — the one renderer of keygate's own error responses
-//!   (problem+json or the `[errors]` templates).
+//!   (problem+json or the `[errors]` templates); [`ui`] — what the
+//!   dashboard looks like (page shell, assets, SVG charts), shared by the
+//!   console (admin listener) and the portal.
 //! - Wiring: [`app`] — state, listeners, lifecycle; [`config`] — TOML + env overrides → validated settings;
 //!   [`telemetry`] — tracing subscriber; [`cli`] — the command line.
 //! - Shared: [`clock`] — injected time.
@@ -44,3 +46,4 @@ pub mod ratelimit;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod ui;

@@ -164,6 +164,18 @@ impl AdminAuth {
             return Err(Refusal::NotConfigured);
         }
         let presented = authorization.and_then(bearer).ok_or(Refusal::Missing)?;
+        self.authenticate_token(presented).await
+    }
+
+    /// Checks a presented admin token (the console's sign-in form), with
+    /// the same budget of wrong tokens as the header.
+    pub async fn authenticate_token(&self, presented: &str) -> Result<AdminPrincipal, Refusal> {
+        if !self.has_tokens() {
+            return Err(Refusal::NotConfigured);
+        }
+        if presented.is_empty() {
+            return Err(Refusal::Missing);
+        }
         let presented_digest = digest(&self.digest_key, presented);
         if let Some(env) = &self.env_digest {
             if constant_time_eq(env, &presented_digest) {

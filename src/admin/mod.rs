@@ -32,6 +32,7 @@ use crate::manage::KeyManager;
 use crate::store::SharedStore;
 
 pub mod auth;
+pub mod console;
 pub mod cursor;
 pub mod dto;
 mod error;
@@ -55,6 +56,11 @@ pub struct AdminState {
     auth: Arc<AdminAuth>,
     cursors: cursor::CursorSigner,
     metrics: MetricsSources,
+    /// The console's signed-in operators.
+    console: Arc<console::session::ConsoleSessions>,
+    /// The scopes the console offers when creating a key (the route
+    /// table's).
+    console_scopes: Arc<Vec<String>>,
 }
 
 impl AdminState {
@@ -70,10 +76,18 @@ impl AdminState {
         Self {
             store: manager.store().clone(),
             manager,
-            auth: Arc::new(AdminAuth::new(settings, clock)),
+            auth: Arc::new(AdminAuth::new(settings, clock.clone())),
             cursors: cursor::CursorSigner::new(settings),
             metrics,
+            console: Arc::new(console::session::ConsoleSessions::new(clock)),
+            console_scopes: Arc::new(Vec::new()),
         }
+    }
+
+    /// Offers `scopes` (the route table's) in the console's create form.
+    pub fn with_console_scopes(mut self, scopes: Vec<String>) -> Self {
+        self.console_scopes = Arc::new(scopes);
+        self
     }
 }
 
@@ -146,6 +160,7 @@ pub fn router(state: AdminState) -> Router {
     protected
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .merge(open)
+        .merge(console::router())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)

@@ -116,7 +116,7 @@ impl KeyManager {
         let id = parse_id(id)?;
         let range = self.resolve(query)?;
         let usage = self.store.usage(&id).await?;
-        let series = self.series(UsageSubject::Key(&id), range).await?;
+        let series = self.read_series(UsageSubject::Key(&id), range).await?;
         Ok(History { usage, series })
     }
 
@@ -129,7 +129,7 @@ impl KeyManager {
             .owner_usage(owner)
             .await?
             .ok_or_else(|| ManageError::OwnerNotFound(owner.to_owned()))?;
-        let series = self.series(UsageSubject::Owner(owner), range).await?;
+        let series = self.read_series(UsageSubject::Owner(owner), range).await?;
         Ok(History { usage, series })
     }
 
@@ -198,13 +198,20 @@ impl KeyManager {
         })
     }
 
+    /// `subject`'s series over `query`'s range (the console's charts; the
+    /// overview reads every key's).
+    pub async fn series(&self, subject: UsageSubject<'_>, query: &SeriesQuery) -> Result<Series, ManageError> {
+        let range = self.resolve(query)?;
+        self.read_series(subject, range).await
+    }
+
     fn resolve(&self, query: &SeriesQuery) -> Result<SeriesRange, ManageError> {
         query
             .resolve(&self.retention, self.clock.now())
             .map_err(ManageError::Invalid)
     }
 
-    async fn series(&self, subject: UsageSubject<'_>, range: SeriesRange) -> Result<Series, ManageError> {
+    async fn read_series(&self, subject: UsageSubject<'_>, range: SeriesRange) -> Result<Series, ManageError> {
         let stored = self.store.usage_buckets(subject, range).await?;
         let points = range.fill(stored.into_iter().map(|b| (b.start, b.outcome, b.count)));
         Ok(Series { range, points })

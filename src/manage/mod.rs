@@ -373,6 +373,21 @@ impl KeyManager {
         Ok(self.store.usage(&id).await?)
     }
 
+    /// A key's latest `limit` audit entries, newest first.
+    pub async fn key_audit(&self, id: &KeyId, limit: u32) -> Result<Vec<AuditEntry>, ManageError> {
+        Ok(self.store.key_audit(id, limit).await?)
+    }
+
+    /// The configured plan names.
+    pub fn plans(&self) -> &BTreeSet<String> {
+        &self.plans
+    }
+
+    /// The plan of keys created without one (`keys.default_plan`).
+    pub fn default_plan(&self) -> Option<String> {
+        self.settings.default_plan.clone()
+    }
+
     /// One page of the audit trail.
     pub async fn audit(&self, page: PageRequest<i64>) -> Result<Page<AuditEntry, i64>, ManageError> {
         Ok(self.store.audit(page).await?)

@@ -110,6 +110,12 @@ impl Actor {
         Self(format!("admin:{id}"))
     }
 
+    /// The operator console, signed in with an admin token, by its id:
+    /// `console:<token id>`.
+    pub fn console(token_id: &str) -> Self {
+        Self(format!("console:{token_id}"))
+    }
+
     /// A client of the token exchange, by the key it authenticated with
     /// (logins, and revocations after refresh-token reuse): `key:<key id>`.
     pub fn key(id: &KeyId) -> Self {
