@@ -200,7 +200,11 @@ impl KeyManager {
 
     /// `subject`'s series over `query`'s range (the console's charts; the
     /// overview reads every key's).
-    pub async fn series(&self, subject: UsageSubject<'_>, query: &SeriesQuery) -> Result<Series, ManageError> {
+    pub async fn series(
+        &self,
+        subject: UsageSubject<'_>,
+        query: &SeriesQuery,
+    ) -> Result<Series, ManageError> {
         let range = self.resolve(query)?;
         self.read_series(subject, range).await
     }
@@ -211,7 +215,11 @@ impl KeyManager {
             .map_err(ManageError::Invalid)
     }
 
-    async fn read_series(&self, subject: UsageSubject<'_>, range: SeriesRange) -> Result<Series, ManageError> {
+    async fn read_series(
+        &self,
+        subject: UsageSubject<'_>,
+        range: SeriesRange,
+    ) -> Result<Series, ManageError> {
         let stored = self.store.usage_buckets(subject, range).await?;
         let points = range.fill(stored.into_iter().map(|b| (b.start, b.outcome, b.count)));
         Ok(Series { range, points })
