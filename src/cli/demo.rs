@@ -1,6 +1,7 @@
 //! `keygate demo`: one command for a newcomer. Starts an embedded store in a
 //! temp dir, the built-in echo upstream and the gateway on loopback, issues a
-//! demo key and prints curl lines that work when pasted. Ctrl-C stops it all
+//! demo key and an admin token, and prints the console's URL and curl lines
+//! that work when pasted. Ctrl-C stops it all
 //! and removes the temp dir.
 
 use std::net::SocketAddr;
@@ -71,12 +72,14 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     } else {
         args.port.saturating_add(1)
     };
-    let config = demo_config(args.port, admin_port, &database, &upstream)?;
+    // A fresh admin token each run: the console's sign-in.
+    let admin_token = crate::admin::console::session::random_hex();
+    let config = demo_config(args.port, admin_port, &database, &upstream, &admin_token)?;
     let gateway = match Gateway::start(&config, Arc::new(SystemClock)).await {
         Ok(gateway) => gateway,
         // The ports are taken: any free ones will do for a demo.
         Err(AppError::Bind { .. }) => {
-            Gateway::start(&demo_config(0, 0, &database, &upstream)?, Arc::new(SystemClock))
+            Gateway::start(&demo_config(0, 0, &database, &upstream, &admin_token)?, Arc::new(SystemClock))
                 .await
                 .map_err(|e| CliError::Failure(e.to_string()))?
         }
@@ -104,10 +107,11 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let proxy = gateway.proxy_addr();
     let admin = gateway.admin_addr();
     println!("keygate demo is running");
-    println!("  gateway   http://{proxy}");
-    println!("  admin     http://{admin}/healthz");
-    println!("  upstream  {upstream} (echoes what it receives)");
-    println!("  demo key  {key}  (scope can_read_order, plan pro)");
+    println!("  console      http://{admin}/console/  (open it; sign in with the admin token)");
+    println!("  admin token  {admin_token}");
+    println!("  gateway      http://{proxy}");
+    println!("  upstream     {upstream} (echoes what it receives)");
+    println!("  demo key     {key}  (scope can_read_order, plan pro)");
     println!();
     println!("# allowed: the upstream sees identity headers, never the key");
     println!("curl -i -H 'Authorization: Bearer {key}' http://{proxy}/v1/orders/42");
@@ -130,7 +134,13 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn demo_config(port: u16, admin_port: u16, database: &str, upstream: &str) -> Result<Config, CliError> {
+fn demo_config(
+    port: u16,
+    admin_port: u16,
+    database: &str,
+    upstream: &str,
+    admin_token: &str,
+) -> Result<Config, CliError> {
     let text = DEMO_CONFIG
         .replace("{PORT}", &port.to_string())
         .replace("{ADMIN_PORT}", &admin_port.to_string())
@@ -138,8 +148,10 @@ fn demo_config(port: u16, admin_port: u16, database: &str, upstream: &str) -> Re
         .replace("{UPSTREAM}", upstream);
     // The demo ignores the environment: it must work whatever is set.
     let no_env = std::collections::BTreeMap::<String, String>::new();
-    config::load_str(&text, "demo", &no_env).map_err(|errors| CliError::Config {
+    let mut config = config::load_str(&text, "demo", &no_env).map_err(|errors| CliError::Config {
         path: "demo".into(),
         errors,
-    })
+    })?;
+    config.admin.env_token = Some(admin_token.into());
+    Ok(config)
 }

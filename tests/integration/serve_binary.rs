@@ -383,3 +383,109 @@ async fn each_refusal_is_logged_with_its_reason_and_caller() {
     );
     assert_eq!(logged, expected, "{logs}");
 }
+
+/// `keygate demo` prints the console's URL and an admin token that signs in
+/// there, and the demo key works on the printed gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_a_console_to_sign_in_to() {
+    use std::io::BufRead as _;
+    let mut child = crate::support::keygate()
+        .args(["demo", "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let printed = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.starts_with("Press Ctrl-C");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    let printed = tokio::time::timeout(Duration::from_secs(30), printed)
+        .await
+        .unwrap()
+        .unwrap();
+    let field = |name: &str| -> String {
+        let line = printed
+            .iter()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{name}: {printed:#?}"));
+        line.trim_start()[name.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let console = field("console");
+    let token = field("admin token");
+    assert!(
+        console.starts_with("http://127.0.0.1:") && console.ends_with("/console/"),
+        "{console}"
+    );
+    let client = reqwest_like::Client::new();
+    let form = client.get(&format!("{console}login"), "").await;
+    assert_eq!(form.0, 200);
+    let cookie = form.1.split(';').next().unwrap().to_owned();
+    let at = form.2.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = form.2[at..].split('"').next().unwrap().to_owned();
+    let body = format!("csrf={csrf}&token={token}");
+    let signed_in = client.post_form(&format!("{console}login"), &cookie, &body).await;
+    assert_eq!(signed_in.0, 303, "{}", signed_in.2);
+    assert!(signed_in.1.starts_with("kg_console="), "{}", signed_in.1);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Just enough of an HTTP client for the demo test: (status, first
+/// Set-Cookie, body).
+mod reqwest_like {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client as Hyper;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+
+    pub struct Client(Hyper<HttpConnector, Full<Bytes>>);
+
+    impl Client {
+        pub fn new() -> Self {
+            Self(Hyper::builder(TokioExecutor::new()).build_http())
+        }
+
+        pub async fn get(&self, url: &str, cookie: &str) -> (u16, String, String) {
+            let request = http::Request::get(url)
+                .header("cookie", cookie)
+                .body(Full::default())
+                .unwrap();
+            self.send(request).await
+        }
+
+        pub async fn post_form(&self, url: &str, cookie: &str, body: &str) -> (u16, String, String) {
+            let request = http::Request::post(url)
+                .header("cookie", cookie)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Full::new(Bytes::from(body.to_owned())))
+                .unwrap();
+            self.send(request).await
+        }
+
+        async fn send(&self, request: http::Request<Full<Bytes>>) -> (u16, String, String) {
+            let response = self.0.request(request).await.unwrap();
+            let status = response.status().as_u16();
+            let cookie = response
+                .headers()
+                .get("set-cookie")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, cookie, String::from_utf8_lossy(&body).into_owned())
+        }
+    }
+}
