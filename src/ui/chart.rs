@@ -20,6 +20,8 @@ const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 200.0;
 const LEFT: f64 = 48.0;
 const BOTTOM: f64 = 24.0;
+const TOP: f64 = 12.0;
+const RIGHT: f64 = 28.0;
 
 /// One coloured series of the chart.
 struct Layer {
@@ -44,11 +46,11 @@ pub fn usage_chart(title: &str, series: &Series) -> Markup {
     let max = totals.iter().copied().max().unwrap_or(0);
     let top = nice_ceiling(max);
     let count = series.points.len().max(1);
-    let plot_width = WIDTH - LEFT;
-    let plot_height = HEIGHT - BOTTOM;
+    let plot_width = WIDTH - LEFT - RIGHT;
+    let plot_height = HEIGHT - BOTTOM - TOP;
     let step = plot_width / count as f64;
     let bar = (step * 0.8).max(1.0);
-    let y = |v: u64| plot_height - (v as f64 / top as f64) * plot_height;
+    let y = |v: u64| TOP + plot_height - (v as f64 / top as f64) * plot_height;
     let sum: u64 = totals.iter().sum();
     let mut rects = Vec::new();
     for (i, point) in series.points.iter().enumerate() {
@@ -80,10 +82,10 @@ pub fn usage_chart(title: &str, series: &Series) -> Markup {
     );
     html! {
         figure.chart {
-            svg viewBox={"0 0 " (WIDTH) " " (HEIGHT)} role="img" aria-label=(summary) preserveAspectRatio="none" {
+            svg viewBox={"0 0 " (WIDTH) " " (HEIGHT)} role="img" aria-label=(summary) {
                 title { (summary) }
                 @for tick in [0, top / 2, top] {
-                    line.grid x1=(LEFT) x2=(WIDTH) y1=(y(tick)) y2=(y(tick)) {}
+                    line.grid x1=(LEFT) x2=(WIDTH - RIGHT) y1=(y(tick)) y2=(y(tick)) {}
                     text.axis x=(LEFT - 6.0) y=(y(tick) + 4.0) text-anchor="end" { (compact(tick)) }
                 }
                 @for rect in &rects {
@@ -93,7 +95,7 @@ pub fn usage_chart(title: &str, series: &Series) -> Markup {
                 }
                 @for (i, point) in series.points.iter().enumerate() {
                     @if i % label_every(count) == 0 {
-                        text.axis x=(LEFT + i as f64 * step) y=(HEIGHT - 6.0) { (label(point.time, series.range.granularity)) }
+                        text.axis x=(LEFT + (i as f64 + 0.5) * step) y=(HEIGHT - 6.0) text-anchor="middle" { (label(point.time, series.range.granularity)) }
                     }
                 }
             }

@@ -25,6 +25,7 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const input of document.querySelectorAll("input[data-filter]")) {
     const table = document.getElementById(input.dataset.filter);
     const count = document.getElementById(input.dataset.filter + "-count");
+    input.hidden = false;
     input.addEventListener("input", () => {
       const needle = input.value.trim().toLowerCase();
       let shown = 0;

@@ -1,6 +1,7 @@
 //! Test harness: a temp dir with a config file and a SQLite store, and a
 //! runner for the real `keygate` binary.
 
+pub mod browser;
 pub mod chaos;
 pub mod gateway;
 pub mod pg;
