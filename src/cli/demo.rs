@@ -78,11 +78,12 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let gateway = match Gateway::start(&config, Arc::new(SystemClock)).await {
         Ok(gateway) => gateway,
         // The ports are taken: any free ones will do for a demo.
-        Err(AppError::Bind { .. }) => {
-            Gateway::start(&demo_config(0, 0, &database, &upstream, &admin_token)?, Arc::new(SystemClock))
-                .await
-                .map_err(|e| CliError::Failure(e.to_string()))?
-        }
+        Err(AppError::Bind { .. }) => Gateway::start(
+            &demo_config(0, 0, &database, &upstream, &admin_token)?,
+            Arc::new(SystemClock),
+        )
+        .await
+        .map_err(|e| CliError::Failure(e.to_string()))?,
         Err(e) => return Err(CliError::Failure(e.to_string())),
     };
 
