@@ -57,7 +57,7 @@ pub struct AdminState {
     cursors: cursor::CursorSigner,
     metrics: MetricsSources,
     /// The console's signed-in operators.
-    console: Arc<console::session::ConsoleSessions>,
+    console: console::session::ConsoleSessions,
     /// The scopes the console offers when creating a key (the route
     /// table's).
     console_scopes: Arc<Vec<String>>,
@@ -73,13 +73,14 @@ impl AdminState {
         clock: SharedClock,
         metrics: MetricsSources,
     ) -> Self {
+        let store = manager.store().clone();
         Self {
-            store: manager.store().clone(),
+            console: console::session::ConsoleSessions::new(store.clone(), clock.clone()),
+            store,
             manager,
             auth: Arc::new(AdminAuth::new(settings, clock.clone())),
             cursors: cursor::CursorSigner::new(settings),
             metrics,
-            console: Arc::new(console::session::ConsoleSessions::new(clock)),
             console_scopes: Arc::new(Vec::new()),
         }
     }

@@ -23,6 +23,7 @@ use crate::keys::{
     SecretString, Session, SessionId,
 };
 use crate::manage::{CreateKey, KeyGenerator, KeyManager};
+use crate::store::DashboardSession;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
     Actor, AuditEntry, BucketCount, Candidate, KeyFilter, KeyStore, KeyTotals, MigrationReport, NewKey, Page,
@@ -193,6 +194,30 @@ impl KeyStore for TestStore {
 
     async fn key_audit(&self, id: &KeyId, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
         self.inner.key_audit(id, limit).await
+    }
+
+    async fn open_dashboard_session(
+        &self,
+        id_digest: &[u8; 32],
+        session: &DashboardSession,
+    ) -> Result<(), StoreError> {
+        self.inner.open_dashboard_session(id_digest, session).await
+    }
+
+    async fn dashboard_session(
+        &self,
+        id_digest: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<DashboardSession>, StoreError> {
+        self.inner.dashboard_session(id_digest, now).await
+    }
+
+    async fn end_dashboard_session(&self, id_digest: &[u8; 32]) -> Result<bool, StoreError> {
+        self.inner.end_dashboard_session(id_digest).await
+    }
+
+    async fn delete_expired_dashboard_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.inner.delete_expired_dashboard_sessions(before).await
     }
 
     async fn owner_usage(&self, owner: &str) -> Result<Option<Usage>, StoreError> {

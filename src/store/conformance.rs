@@ -38,6 +38,7 @@ use super::{
     Actor, AuditEntry, BucketCount, Change, KeyFilter, KeyStore, NewKey, PageRequest, SessionWrite,
     SharedStore, StoreError, StoreSettings, UsageDelta, UsageRank, UsageSubject, redact_url,
 };
+use super::{DashboardKind, DashboardSession};
 use crate::keys::usage::{Granularity, SeriesRange};
 use crate::keys::{
     Key, KeyHash, KeyId, KeyPatch, KeySource, KeyStatus, ModelError, RevokeReason, Session, SessionId,
@@ -73,6 +74,7 @@ macro_rules! conformance_tests {
             usage_history_buckets,
             usage_history_ranking,
             usage_history_pruning,
+            dashboard_sessions,
             migrate_is_idempotent,
             session_round_trip,
             session_uniqueness_per_key_and_client_session,
@@ -1480,6 +1482,62 @@ pub async fn concurrent_usage_flushes_add_up(a: SharedStore, b: SharedStore) {
     assert_eq!(
         buckets(&*b, UsageSubject::Owner("acme"), Granularity::Minute, 0, 7_200).await,
         vec![row(3_540, "ok", 80), row(3_600, "invalid_key", 160)]
+    );
+}
+
+/// Dashboard sessions: found by their digest while live, never after
+/// their expiry or their end; expired ones cleaned up.
+pub async fn dashboard_sessions(store: &dyn KeyStore) {
+    let console = DashboardSession {
+        kind: DashboardKind::Console,
+        subject: "env".into(),
+        grant: json!({}),
+        csrf: "c".repeat(64),
+        created_at: t(0),
+        expires_at: t(3_600),
+    };
+    let portal = DashboardSession {
+        kind: DashboardKind::Portal,
+        subject: "acme".into(),
+        grant: json!({"scopes": ["orders:read"], "plans": ["pro"]}),
+        csrf: "p".repeat(64),
+        created_at: t(0),
+        expires_at: t(60),
+    };
+    let (a, b, unknown) = ([1_u8; 32], [2_u8; 32], [3_u8; 32]);
+    store.open_dashboard_session(&a, &console).await.expect("open");
+    store.open_dashboard_session(&b, &portal).await.expect("open");
+    assert!(
+        store.open_dashboard_session(&a, &portal).await.is_err(),
+        "a digest is taken once"
+    );
+    assert_eq!(
+        store.dashboard_session(&a, t(10)).await.expect("get"),
+        Some(console.clone())
+    );
+    assert_eq!(
+        store.dashboard_session(&b, t(59)).await.expect("get"),
+        Some(portal)
+    );
+    assert_eq!(
+        store.dashboard_session(&b, t(60)).await.expect("get"),
+        None,
+        "expired"
+    );
+    assert_eq!(store.dashboard_session(&unknown, t(10)).await.expect("get"), None);
+    assert_eq!(
+        store
+            .delete_expired_dashboard_sessions(t(60))
+            .await
+            .expect("cleanup"),
+        1
+    );
+    assert!(store.end_dashboard_session(&a).await.expect("end"));
+    assert!(!store.end_dashboard_session(&a).await.expect("end again"));
+    assert_eq!(
+        store.dashboard_session(&a, t(10)).await.expect("get"),
+        None,
+        "ended"
     );
 }
 

@@ -317,6 +317,45 @@ pub struct Usage {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
+/// What a dashboard session is for (SPEC §14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DashboardKind {
+    /// An operator signed in to the console; the subject is the admin
+    /// token's public id.
+    Console,
+    /// A customer in the portal; the subject is the owner.
+    Portal,
+}
+
+impl DashboardKind {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Console => "console",
+            Self::Portal => "portal",
+        }
+    }
+}
+
+/// A dashboard session as stored: found by a digest of the id in its
+/// cookie, which the store never sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DashboardSession {
+    /// Console or portal.
+    pub kind: DashboardKind,
+    /// The admin token's id (console) or the owner (portal).
+    pub subject: String,
+    /// What the session may do beyond its kind (the portal's scopes and
+    /// plans); `{}` for the console.
+    pub grant: serde_json::Value,
+    /// The token its forms carry.
+    pub csrf: String,
+    /// When it was opened.
+    pub created_at: DateTime<Utc>,
+    /// When it ends.
+    pub expires_at: DateTime<Utc>,
+}
+
 /// What `migrate` did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MigrationReport {
@@ -507,6 +546,28 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Deletes the buckets of each tier that start before its cutoff;
     /// returns how many rows went. Idempotent: replicas may all run it.
     async fn prune_usage(&self, cutoffs: &[(Granularity, DateTime<Utc>)]) -> Result<u64, StoreError>;
+
+    /// Stores a new dashboard session under `id_digest` (a BLAKE3 digest
+    /// of the id in its cookie).
+    async fn open_dashboard_session(
+        &self,
+        id_digest: &[u8; 32],
+        session: &DashboardSession,
+    ) -> Result<(), StoreError>;
+
+    /// The dashboard session stored under `id_digest`, if it is still live
+    /// at `now`.
+    async fn dashboard_session(
+        &self,
+        id_digest: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<DashboardSession>, StoreError>;
+
+    /// Ends a dashboard session (signing out); whether there was one.
+    async fn end_dashboard_session(&self, id_digest: &[u8; 32]) -> Result<bool, StoreError>;
+
+    /// Deletes the dashboard sessions that ended at or before `before`.
+    async fn delete_expired_dashboard_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// One session by id (`None`: no such session).
     async fn session(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;

@@ -20,8 +20,8 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::types::Json;
 
 use super::{
-    Actor, AuditEntry, BucketCount, Candidate, Change, ChangeEntry, KeyTotals, Page, StoreError, Usage,
-    source_from_db,
+    Actor, AuditEntry, BucketCount, Candidate, Change, ChangeEntry, DashboardKind, DashboardSession,
+    KeyTotals, Page, StoreError, Usage, source_from_db,
 };
 use crate::keys::usage;
 use crate::keys::{
@@ -426,6 +426,40 @@ pub(crate) fn usage_from_rows(rows: Vec<UsageRow>) -> Result<Option<Usage>, Stor
     }))
 }
 
+/// One `dashboard_sessions` row (without its key).
+#[derive(Debug, FromRow)]
+pub(crate) struct DashboardRow {
+    kind: String,
+    subject: String,
+    grant_json: Json<Value>,
+    csrf: String,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+impl TryFrom<DashboardRow> for DashboardSession {
+    type Error = StoreError;
+    fn try_from(row: DashboardRow) -> Result<Self, StoreError> {
+        let kind = match row.kind.as_str() {
+            "console" => DashboardKind::Console,
+            "portal" => DashboardKind::Portal,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "dashboard_sessions.kind is {other:?}"
+                )));
+            }
+        };
+        Ok(Self {
+            kind,
+            subject: row.subject,
+            grant: row.grant_json.0,
+            csrf: row.csrf,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+        })
+    }
+}
+
 /// One stored usage-history bucket count: start (seconds since the
 /// epoch), outcome, count.
 #[derive(Debug, FromRow)]
@@ -705,6 +739,7 @@ mod tests {
         decodes::<AuditRow>();
         decodes::<UsageRow>();
         decodes::<BucketRow>();
+        decodes::<DashboardRow>();
         decodes::<TotalsRow>();
         decodes::<SessionRow>();
     }

@@ -34,12 +34,13 @@ use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Transaction
 use tokio::sync::watch;
 
 use super::rows::{
-    self, AUDIT_COLUMNS, AuditRow, BucketRow, CandidateRow, KEY_COLUMNS, KeyRow, SECRET_COLUMNS,
-    SESSION_COLUMNS, SessionRow, SessionSave, TotalsRow, UsageRow,
+    self, AUDIT_COLUMNS, AuditRow, BucketRow, CandidateRow, DashboardRow, KEY_COLUMNS, KeyRow,
+    SECRET_COLUMNS, SESSION_COLUMNS, SessionRow, SessionSave, TotalsRow, UsageRow,
 };
 use super::{
-    Actor, AuditEntry, BucketCount, Candidate, KeyFilter, KeyStore, KeyTotals, MigrationReport, NewKey, Page,
-    PageRequest, SessionWrite, StoreError, Usage, UsageDelta, UsageRank, UsageSubject,
+    Actor, AuditEntry, BucketCount, Candidate, DashboardSession, KeyFilter, KeyStore, KeyTotals,
+    MigrationReport, NewKey, Page, PageRequest, SessionWrite, StoreError, Usage, UsageDelta, UsageRank,
+    UsageSubject,
 };
 use crate::keys::usage::{Granularity, SeriesRange};
 use crate::keys::{Key, KeyHash, KeyId, KeyPatch, KeyStatus, ModelError, RevokeReason, Session, SessionId};
@@ -369,6 +370,7 @@ where
     AuditRow: for<'r> FromRow<'r, <D::Db as Database>::Row>,
     UsageRow: for<'r> FromRow<'r, <D::Db as Database>::Row>,
     BucketRow: for<'r> FromRow<'r, <D::Db as Database>::Row>,
+    DashboardRow: for<'r> FromRow<'r, <D::Db as Database>::Row>,
     TotalsRow: for<'r> FromRow<'r, <D::Db as Database>::Row>,
     (i32,): for<'r> FromRow<'r, <D::Db as Database>::Row>,
     (i64,): for<'r> FromRow<'r, <D::Db as Database>::Row>,
@@ -774,6 +776,68 @@ where
             }
         }
         Ok(pruned)
+    }
+
+    async fn open_dashboard_session(
+        &self,
+        id_digest: &[u8; 32],
+        session: &DashboardSession,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO dashboard_sessions (id_digest, kind, subject, grant_json, csrf, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&id_digest[..])
+        .bind(session.kind.as_str())
+        .bind(session.subject.as_str())
+        .bind(Json(&session.grant))
+        .bind(session.csrf.as_str())
+        .bind(D::stamp(session.created_at))
+        .bind(D::stamp(session.expires_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(D::store_error)?;
+        tx.commit().await.map_err(D::store_error)
+    }
+
+    async fn dashboard_session(
+        &self,
+        id_digest: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<DashboardSession>, StoreError> {
+        let found: Option<DashboardRow> = sqlx::query_as(
+            "SELECT kind, subject, grant_json, csrf, created_at, expires_at FROM dashboard_sessions \
+             WHERE id_digest = $1 AND expires_at > $2",
+        )
+        .bind(&id_digest[..])
+        .bind(D::stamp(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(D::store_error)?;
+        found.map(DashboardSession::try_from).transpose()
+    }
+
+    async fn end_dashboard_session(&self, id_digest: &[u8; 32]) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM dashboard_sessions WHERE id_digest = $1")
+            .bind(&id_digest[..])
+            .execute(&mut *tx)
+            .await
+            .map_err(D::store_error)?;
+        tx.commit().await.map_err(D::store_error)?;
+        Ok(D::rows_affected(&deleted) > 0)
+    }
+
+    async fn delete_expired_dashboard_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM dashboard_sessions WHERE expires_at <= $1")
+            .bind(D::stamp(before))
+            .execute(&mut *tx)
+            .await
+            .map_err(D::store_error)?;
+        tx.commit().await.map_err(D::store_error)?;
+        Ok(D::rows_affected(&deleted))
     }
 
     async fn session(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {

@@ -461,7 +461,13 @@ mod tests {
         let first = store.migrate().await.unwrap();
         assert_eq!(
             first.applied,
-            vec![20261123000001, 20261123000002, 20261123000003, 20261207000001]
+            vec![
+                20261123000001,
+                20261123000002,
+                20261123000003,
+                20261207000001,
+                20261207000002
+            ]
         );
         assert_eq!(first.current, latest_known());
         let second = store.migrate().await.unwrap();

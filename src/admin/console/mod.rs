@@ -108,9 +108,13 @@ impl FromRequestParts<AdminState> for Operator {
             .get(header::COOKIE)
             .and_then(|v| v.to_str().ok())
             .and_then(|h| cookie(h, COOKIE));
-        match presented.and_then(|c| state.console.get(c)) {
-            Some(session) => Ok(Self { session }),
-            None => Err(see_other("/console/login")),
+        let Some(presented) = presented else {
+            return Err(see_other("/console/login"));
+        };
+        match state.console.get(presented).await {
+            Ok(Some(session)) => Ok(Self { session }),
+            Ok(None) => Err(see_other("/console/login")),
+            Err(e) => Err(pages::store_down(&e)),
         }
     }
 }

@@ -179,12 +179,32 @@ fn presented_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .and_then(|h| cookie(h, name))
 }
 
+/// The page for a key store that cannot be asked (before any session is
+/// known).
+pub fn store_down(e: &crate::store::StoreError) -> Response {
+    tracing::warn!(error = %e, "console: the key store is unavailable");
+    let flash = Flash::Problem(
+        "keygate cannot reach its key store right now. Try again in a moment; /readyz says when it is back."
+            .into(),
+    );
+    ui::respond(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ui::page(
+            &signed_out_shell(),
+            "The key store is unavailable",
+            Some(&flash),
+            html! {},
+        ),
+    )
+}
+
 pub async fn login_form(State(state): Console, headers: HeaderMap) -> Response {
-    if presented_cookie(&headers, COOKIE)
-        .and_then(|c| state.console.get(c))
-        .is_some()
-    {
-        return see_other("/console/");
+    if let Some(presented) = presented_cookie(&headers, COOKIE) {
+        match state.console.get(presented).await {
+            Ok(Some(_)) => return see_other("/console/"),
+            Ok(None) => {}
+            Err(e) => return store_down(&e),
+        }
     }
     login_page(StatusCode::OK, None, state.auth.has_tokens())
 }
@@ -206,7 +226,10 @@ pub async fn login(State(state): Console, headers: HeaderMap, Form(fields): Form
         .await
     {
         Ok(principal) => {
-            let (cookie_value, _) = state.console.open(principal.token_id());
+            let (cookie_value, _) = match state.console.open(principal.token_id()).await {
+                Ok(opened) => opened,
+                Err(e) => return store_down(&e),
+            };
             tracing::info!(token_id = principal.token_id(), "console sign-in");
             let mut response = see_other("/console/");
             let headers = response.headers_mut();
@@ -248,7 +271,9 @@ pub async fn logout(
         return csrf_refused(&operator);
     }
     if let Some(presented) = presented_cookie(&headers, COOKIE) {
-        state.console.close(presented);
+        if let Err(e) = state.console.close(presented).await {
+            return store_down(&e);
+        }
     }
     let mut response = see_other("/console/login");
     if let Ok(value) = HeaderValue::from_str(&set_cookie(COOKIE, "", Duration::zero())) {

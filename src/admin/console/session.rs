@@ -1,22 +1,19 @@
 //! Console sessions (SPEC §14): a sign-in with an admin token becomes a
 //! random session id in an `HttpOnly; SameSite=Strict` cookie, valid 12 h
-//! from sign-in, ended on the server by signing out. The server keeps only
-//! a BLAKE3 digest of the id, with the token's public id and the session's
-//! CSRF token; forms carry that CSRF token and every POST checks it in
-//! constant time.
-//!
-//! Sessions live in this gateway's memory: a replica behind a load
-//! balancer without affinity asks to sign in again (noted in the README).
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! from sign-in, ended by signing out. The key store keeps the session
+//! (every replica knows it; signing out ends it everywhere) under a BLAKE3
+//! digest of the id, never the id, with the token's public id and the
+//! session's CSRF token; forms carry that CSRF token and every POST checks
+//! it in constant time.
 
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
 use rand::rngs::OsRng;
+use serde_json::json;
 
 use crate::clock::SharedClock;
 use crate::keys::secret::constant_time_eq;
+use crate::store::{DashboardKind, DashboardSession, SharedStore, StoreError};
 
 /// The session cookie.
 pub const COOKIE: &str = "kg_console";
@@ -26,10 +23,6 @@ pub const LOGIN_COOKIE: &str = "kg_console_login";
 pub const LIFETIME: Duration = Duration::hours(12);
 /// How long a sign-in form may be left open.
 pub const LOGIN_LIFETIME: Duration = Duration::minutes(30);
-/// Sessions kept at most (a flood of sign-ins cannot grow memory without
-/// bound; the oldest go first).
-const MAX_SESSIONS: usize = 10_000;
-
 /// A signed-in operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsoleSession {
@@ -48,65 +41,62 @@ impl ConsoleSession {
     }
 }
 
-/// The sessions of this gateway's console.
-#[derive(Debug)]
+/// The console's sessions, in the key store.
+#[derive(Debug, Clone)]
 pub struct ConsoleSessions {
+    store: SharedStore,
     clock: SharedClock,
-    // std Mutex: held for a map operation, never across an await.
-    sessions: Mutex<HashMap<[u8; 32], ConsoleSession>>,
 }
 
 impl ConsoleSessions {
-    /// No sessions yet.
-    pub fn new(clock: SharedClock) -> Self {
-        Self {
-            clock,
-            sessions: Mutex::new(HashMap::new()),
-        }
+    /// Sessions kept in `store`.
+    pub fn new(store: SharedStore, clock: SharedClock) -> Self {
+        Self { store, clock }
     }
 
     /// Opens a session for `token_id`: the cookie value and the session.
-    pub fn open(&self, token_id: &str) -> (String, ConsoleSession) {
-        let id = random_hex();
-        let session = ConsoleSession {
-            token_id: token_id.to_owned(),
-            csrf: random_hex(),
-            expires_at: self.clock.now() + LIFETIME,
-        };
+    /// Expired sessions are cleaned up on the way.
+    pub async fn open(&self, token_id: &str) -> Result<(String, ConsoleSession), StoreError> {
         let now = self.clock.now();
-        let mut sessions = self.lock();
-        sessions.retain(|_, s| s.expires_at > now);
-        if sessions.len() >= MAX_SESSIONS {
-            if let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.expires_at).map(|(k, _)| *k) {
-                sessions.remove(&oldest);
-            }
-        }
-        sessions.insert(digest(&id), session.clone());
-        (id, session)
+        self.store.delete_expired_dashboard_sessions(now).await?;
+        let id = random_hex();
+        let stored = DashboardSession {
+            kind: DashboardKind::Console,
+            subject: token_id.to_owned(),
+            grant: json!({}),
+            csrf: random_hex(),
+            created_at: now,
+            expires_at: now + LIFETIME,
+        };
+        self.store.open_dashboard_session(&digest(&id), &stored).await?;
+        Ok((id, console_session(stored)))
     }
 
-    /// The live session of a cookie value, if any.
-    pub fn get(&self, presented_cookie: &str) -> Option<ConsoleSession> {
-        let now = self.clock.now();
-        let mut sessions = self.lock();
-        let key = digest(presented_cookie);
-        match sessions.get(&key) {
-            Some(session) if session.expires_at > now => Some(session.clone()),
-            Some(_) => {
-                sessions.remove(&key);
-                None
-            }
-            None => None,
-        }
+    /// The live console session of a cookie value, if any.
+    pub async fn get(&self, presented_cookie: &str) -> Result<Option<ConsoleSession>, StoreError> {
+        let found = self
+            .store
+            .dashboard_session(&digest(presented_cookie), self.clock.now())
+            .await?;
+        Ok(found
+            .filter(|s| s.kind == DashboardKind::Console)
+            .map(console_session))
     }
 
     /// Ends a session (signing out).
-    pub fn close(&self, presented_cookie: &str) {
-        self.lock().remove(&digest(presented_cookie));
+    pub async fn close(&self, presented_cookie: &str) -> Result<(), StoreError> {
+        self.store
+            .end_dashboard_session(&digest(presented_cookie))
+            .await?;
+        Ok(())
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], ConsoleSession>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+fn console_session(stored: DashboardSession) -> ConsoleSession {
+    ConsoleSession {
+        token_id: stored.subject,
+        csrf: stored.csrf,
+        expires_at: stored.expires_at,
     }
 }
 
@@ -147,21 +137,41 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
 
-    #[test]
-    fn sessions_open_expire_and_close() {
+    #[tokio::test]
+    async fn sessions_open_expire_and_close_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::store::StoreSettings {
+            url: format!("sqlite://{}?mode=rwc", dir.path().join("keys.db").display()),
+            auto_migrate: true,
+            max_connections: 2,
+            connect_timeout: std::time::Duration::from_secs(5),
+            statement_timeout: std::time::Duration::from_secs(5),
+        };
+        let store = crate::store::open(&settings).await.unwrap();
+        store.migrate().await.unwrap();
         let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 12, 7, 12, 0, 0).unwrap());
-        let sessions = ConsoleSessions::new(Arc::new(clock.clone()));
-        let (cookie, session) = sessions.open("env");
+        let sessions = ConsoleSessions::new(store.clone(), Arc::new(clock.clone()));
+        let (cookie, session) = sessions.open("env").await.unwrap();
         assert_eq!(cookie.len(), 64);
-        assert_eq!(sessions.get(&cookie), Some(session.clone()));
+        // Another replica on the same store knows it.
+        let other = ConsoleSessions::new(store, Arc::new(clock.clone()));
+        assert_eq!(other.get(&cookie).await.unwrap(), Some(session.clone()));
         assert!(session.csrf_ok(&session.csrf));
         assert!(!session.csrf_ok("forged"));
-        assert_eq!(sessions.get("someone-else"), None);
+        assert_eq!(sessions.get("someone-else").await.unwrap(), None);
         clock.advance(LIFETIME);
-        assert_eq!(sessions.get(&cookie), None, "12 h after sign-in it is over");
-        let (cookie, _) = sessions.open("env");
-        sessions.close(&cookie);
-        assert_eq!(sessions.get(&cookie), None, "signing out ends it on the server");
+        assert_eq!(
+            sessions.get(&cookie).await.unwrap(),
+            None,
+            "12 h after sign-in it is over"
+        );
+        let (cookie, _) = sessions.open("env").await.unwrap();
+        other.close(&cookie).await.unwrap();
+        assert_eq!(
+            sessions.get(&cookie).await.unwrap(),
+            None,
+            "signing out ends it everywhere"
+        );
     }
 
     #[test]

@@ -150,7 +150,13 @@ async fn migrating_twice_applies_once_into_the_test_schema() {
     let first = store.migrate().await.unwrap();
     assert_eq!(
         first.applied,
-        vec![20261123000001, 20261123000002, 20261123000003, 20261207000001]
+        vec![
+            20261123000001,
+            20261123000002,
+            20261123000003,
+            20261207000001,
+            20261207000002
+        ]
     );
     assert_eq!(first.current, latest_known());
     let second = store.migrate().await.unwrap();
@@ -167,6 +173,7 @@ async fn migrating_twice_applies_once_into_the_test_schema() {
         [
             "_sqlx_migrations",
             "audit_log",
+            "dashboard_sessions",
             "key_secrets",
             "key_usage",
             "keys",
@@ -192,7 +199,13 @@ async fn replicas_migrating_at_once_both_succeed_and_apply_once() {
         applied,
         vec![
             vec![],
-            vec![20261123000001, 20261123000002, 20261123000003, 20261207000001]
+            vec![
+                20261123000001,
+                20261123000002,
+                20261123000003,
+                20261207000001,
+                20261207000002
+            ]
         ]
     );
     assert_eq!((ra.current, rb.current), (latest_known(), latest_known()));
