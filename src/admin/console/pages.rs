@@ -638,6 +638,19 @@ async fn render_key(
     )
 }
 
+/// The key's page again, answering 422 with what to fix.
+async fn key_problem(state: &AdminState, operator: &Operator, id: &str, flash: Flash) -> Response {
+    render_key(
+        state,
+        operator,
+        id,
+        "",
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some(flash),
+    )
+    .await
+}
+
 fn edit_form(key: &Key, csrf: &str, plans: &[String]) -> Markup {
     let scopes: Vec<&str> = key.scopes.iter().map(String::as_str).collect();
     html! {
@@ -714,15 +727,7 @@ pub async fn edit_key(
         Ok(expires) => expires,
         Err(e) => {
             let flash = Flash::Problem(format!("Expires: {e}. Nothing was changed."));
-            return render_key(
-                &state,
-                &operator,
-                &id,
-                "",
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Some(flash),
-            )
-            .await;
+            return key_problem(&state, &operator, &id, flash).await;
         }
     };
     let owner = fields.text("owner");
@@ -739,15 +744,7 @@ pub async fn edit_key(
         Err(e) => match invalid_message(&e) {
             Some(message) => {
                 let flash = Flash::Problem(format!("Nothing was changed: {message}."));
-                render_key(
-                    &state,
-                    &operator,
-                    &id,
-                    "",
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    Some(flash),
-                )
-                .await
+                key_problem(&state, &operator, &id, flash).await
             }
             None => failure(&operator, &e),
         },
@@ -768,15 +765,7 @@ pub async fn set_status(
         Some("inactive") => KeyStatus::Inactive,
         _ => {
             let flash = Flash::Problem("Choose enable or disable.".into());
-            return render_key(
-                &state,
-                &operator,
-                &id,
-                "",
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Some(flash),
-            )
-            .await;
+            return key_problem(&state, &operator, &id, flash).await;
         }
     };
     match state.manager.set_status(&id, status, &operator.actor()).await {
@@ -803,15 +792,7 @@ pub async fn revoke_key(
             "The key was not revoked: type its name, {}, exactly to confirm.",
             key.name
         ));
-        return render_key(
-            &state,
-            &operator,
-            &id,
-            "",
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Some(flash),
-        )
-        .await;
+        return key_problem(&state, &operator, &id, flash).await;
     }
     match state
         .manager
@@ -836,15 +817,7 @@ pub async fn rotate_key(
         Ok(grace) => grace,
         Err(e) => {
             let flash = Flash::Problem(format!("Grace period: {e}."));
-            return render_key(
-                &state,
-                &operator,
-                &id,
-                "",
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Some(flash),
-            )
-            .await;
+            return key_problem(&state, &operator, &id, flash).await;
         }
     };
     match state.manager.rotate(&id, grace, &operator.actor()).await {
