@@ -5,20 +5,19 @@
 //! What a range means is `series`' (pure); this module asks the store and
 //! shapes the answer.
 
-use std::time::Duration as StdDuration;
-
 use std::collections::BTreeMap;
+use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
+use utoipa::ToSchema;
 
 use super::series::{Granularity, SeriesPoint, SeriesQuery, SeriesRange};
 use super::{FieldError, KeyManager, ManageError, parse_id};
 use crate::store::{KeyTotals, Usage, UsageRank, UsageSubject};
-use utoipa::ToSchema;
 
 /// How often each gateway prunes the usage history by default: often
 /// enough that the minute tier never holds much more than its retention,
@@ -102,12 +101,14 @@ pub fn parse_top_limit(text: &str) -> Result<u32, FieldError> {
     text.parse::<u32>()
         .ok()
         .filter(|n| (1..=TOP_MAX_LIMIT).contains(n))
-        .ok_or_else(|| {
-            FieldError::new(
-                "limit",
-                format!("must be a whole number from 1 to {TOP_MAX_LIMIT}"),
-            )
-        })
+        .ok_or_else(bad_limit)
+}
+
+fn bad_limit() -> FieldError {
+    FieldError::new(
+        "limit",
+        format!("must be a whole number from 1 to {TOP_MAX_LIMIT}"),
+    )
 }
 
 impl KeyManager {
@@ -136,10 +137,7 @@ impl KeyManager {
     /// The busiest keys over `query`'s range.
     pub async fn top(&self, query: &TopQuery) -> Result<Top, ManageError> {
         if !(1..=TOP_MAX_LIMIT).contains(&query.limit) {
-            return Err(ManageError::Invalid(vec![FieldError::new(
-                "limit",
-                format!("must be a whole number from 1 to {TOP_MAX_LIMIT}"),
-            )]));
+            return Err(ManageError::Invalid(vec![bad_limit()]));
         }
         let range = self.resolve(&query.range)?;
         let keys = self.store.usage_top(range, query.rank, query.limit).await?;
