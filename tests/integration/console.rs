@@ -310,3 +310,67 @@ async fn without_an_admin_token_the_console_says_how_to_set_one() {
     );
     gw.stop().await;
 }
+
+/// Without `keys.default_plan`, a key made or edited in the console keeps
+/// no plan unless one is chosen (the plan menu offers "none" first).
+#[tokio::test]
+async fn a_key_without_a_plan_keeps_none_through_the_forms() {
+    let gw = TestGateway::start_with(DEFAULT_ROUTES, |c| {
+        c.admin.env_token = Some(keygate::keys::SecretString::from(ADMIN_TOKEN));
+        c.keys.default_plan = None;
+    })
+    .await;
+    let mut browser = Visitor::new(&gw);
+    let login_csrf = csrf(&browser.get("/console/login").await.text());
+    browser
+        .post("/console/login", &[("csrf", &login_csrf), ("token", ADMIN_TOKEN)])
+        .await;
+    let new = browser.get("/console/keys/new").await.text();
+    assert!(
+        new.contains("<option value=\"\" selected>none (no rate limits)</option>"),
+        "{new}"
+    );
+    let token = csrf(&new);
+    let created = browser
+        .post(
+            "/console/keys/new",
+            &[
+                ("csrf", &token),
+                ("name", "planless"),
+                ("plan", ""),
+                ("expires", "never"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.text());
+    let key = gw
+        .manager
+        .list_all(&Default::default())
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(key.plan, None);
+    let page = browser.get(&format!("/console/keys/{}", key.id)).await.text();
+    assert!(
+        page.contains("<option value=\"\" selected>none (no rate limits)</option>"),
+        "{page}"
+    );
+    let edited = browser
+        .post(
+            &format!("/console/keys/{}/edit", key.id),
+            &[
+                ("csrf", &token),
+                ("name", "renamed"),
+                ("owner", ""),
+                ("scopes", ""),
+                ("plan", ""),
+                ("expires", "never"),
+            ],
+        )
+        .await;
+    assert_eq!(edited.status, StatusCode::SEE_OTHER, "{}", edited.text());
+    let key = gw.manager.get(key.id.as_str()).await.unwrap();
+    assert_eq!((key.name.as_str(), key.plan), ("renamed", None));
+    gw.stop().await;
+}

@@ -662,6 +662,8 @@ fn edit_form(key: &Key, csrf: &str, plans: &[String]) -> Markup {
             div {
                 label for="plan" { "Plan" }
                 select #plan name="plan" {
+                    // A key without a plan keeps none unless one is chosen.
+                    @if key.plan.is_none() { option value="" selected { "none (no rate limits)" } }
                     @for p in plans { option value=(p) selected[key.plan.as_deref() == Some(p.as_str())] { (p) } }
                 }
             }
@@ -898,6 +900,10 @@ fn new_key_page(
                 div {
                     label for="plan" { "Plan" }
                     select #plan name="plan" {
+                        // Without keys.default_plan, a new key has no plan unless one is chosen.
+                        @if default_plan.is_none() {
+                            option value="" selected[fields.get("plan").is_none_or(str::is_empty)] { "none (no rate limits)" }
+                        }
                         @for p in &plans { option value=(p) selected[fields.get("plan").map_or(default_plan.as_deref() == Some(p.as_str()), |c| c == p)] { (p) } }
                     }
                 }
