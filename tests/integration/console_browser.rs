@@ -23,6 +23,29 @@ fn shot(name: &str) -> PathBuf {
         .join(format!("{name}.png"))
 }
 
+/// Waits (up to 5 s) until the page's heading is `text`: a click that
+/// submits a form returns before the next page has replaced this one, whose
+/// heading may still be read.
+async fn heading_becomes(browser: &Browser, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let heading = browser
+            .execute(
+                "const h = document.querySelector('main h1'); return h ? h.textContent : null",
+                &[],
+            )
+            .await;
+        if heading == text {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the heading stayed {heading}, not {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Signs in through the form.
 async fn sign_in(browser: &Browser, console: &str) {
     browser.goto(&format!("{console}/")).await;
@@ -32,8 +55,7 @@ async fn sign_in(browser: &Browser, console: &str) {
     );
     browser.find("#token").await.send_keys(ADMIN_TOKEN).await;
     browser.find("form.stack button[type=submit]").await.click().await;
-    browser.wait_for("main h1", Duration::from_secs(5)).await;
-    assert_eq!(browser.find("main h1").await.text().await, "Overview");
+    heading_becomes(browser, "Overview").await;
 }
 
 /// Fills the new-key form and returns the secret shown.
@@ -130,8 +152,16 @@ async fn an_operator_manages_a_key_in_a_real_browser() {
             .await
             .click()
             .await;
+        // The link's page, once it has replaced this one.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !browser.current_url().await.ends_with(&format!("?range={range}")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the {range} tab did not open"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         browser.wait_for("figure.chart svg", Duration::from_secs(5)).await;
-        assert!(browser.current_url().await.ends_with(&format!("?range={range}")));
     }
 
     // Take the read scope away: the proxy refuses the key.
@@ -140,7 +170,7 @@ async fn an_operator_manages_a_key_in_a_real_browser() {
     scopes.clear().await;
     scopes.send_keys("extra:scope").await;
     browser.find("form.stack button[type=submit]").await.click().await;
-    browser.wait_for("main h1", Duration::from_secs(5)).await;
+    heading_becomes(&browser, "orders app").await;
     let refused = gw
         .eventually("/v1/orders/1", &[("x-api-key", &secret)], |r| {
             r.status == StatusCode::FORBIDDEN
@@ -215,8 +245,7 @@ async fn an_operator_manages_a_key_in_a_real_browser() {
         .await;
     browser.find("#name").await.send_keys("forged").await;
     browser.find("form.stack button[type=submit]").await.click().await;
-    browser.wait_for("main h1", Duration::from_secs(5)).await;
-    assert_eq!(browser.find("main h1").await.text().await, "Nothing was changed");
+    heading_becomes(&browser, "Nothing was changed").await;
     assert_eq!(gw.manager.list_all(&Default::default()).await.unwrap().len(), 3);
 
     // A phone: every page fits its width.
