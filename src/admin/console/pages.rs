@@ -98,7 +98,12 @@ fn failure(operator: &Operator, e: &ManageError) -> Response {
             "keygate cannot reach its key store right now. Try again in a moment; /readyz says when it is back."
                 .to_owned(),
         ),
-        other => (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", other.to_string()),
+        // The cause goes to the log (below), never into the page.
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            "keygate could not complete this. Nothing else was changed; the gateway's log says why.".to_owned(),
+        ),
     };
     if status.is_server_error() {
         tracing::warn!(error = %e, "console action failed");
@@ -115,6 +120,13 @@ fn failure(operator: &Operator, e: &ManageError) -> Response {
             },
         ),
     )
+}
+
+/// A part of a page that could not be read: a note on the page, the cause
+/// in the log.
+fn unreadable(what: &str, e: &ManageError) -> Markup {
+    tracing::warn!(error = %e, "console: {what} cannot be read");
+    html! { p.flash.error role="alert" { (what) " cannot be read right now (the key store did not answer). Reload in a moment." } }
 }
 
 /// Field errors as one message.
@@ -305,7 +317,7 @@ pub async fn overview(State(state): Console, operator: Operator) -> Response {
                 (totals_cards(series))
                 (chart::usage_chart("Requests by outcome, last 24 hours", series))
             }
-            Err(e) => { p.flash.error role="alert" { "The usage history cannot be read: " (e) } }
+            Err(e) => { (unreadable("The usage history", e)) }
         }
         h2 { "Busiest keys" }
         @match &top {
@@ -313,7 +325,7 @@ pub async fn overview(State(state): Console, operator: Operator) -> Response {
                 p.empty { "No key has been used in the last 24 hours. " a href="/console/keys/new" { "Create a key" } " and send a request with it." }
             }
             Ok(top) => { (top_table("busiest", &top.keys)) }
-            Err(e) => { p.flash.error role="alert" { (e) } }
+            Err(e) => { (unreadable("This list", e)) }
         }
         @if let Ok(refused) = &refused {
             @if !refused.keys.is_empty() {
@@ -586,7 +598,7 @@ async fn render_key(
         }
         @match &series {
             Ok(series) => { (chart::usage_chart(&format!("Requests of {} by outcome, last {range_label}", key.name), series)) }
-            Err(e) => { p.flash.error role="alert" { "The usage history cannot be read: " (e) } }
+            Err(e) => { (unreadable("The usage history", e)) }
         }
         @if key.status != KeyStatus::Revoked {
             h2 { "Change" }
@@ -629,7 +641,7 @@ async fn render_key(
         h2 { "Audit" }
         @match &audit {
             Ok(entries) => { (audit_table(entries, false)) }
-            Err(e) => { p.flash.error role="alert" { (e) } }
+            Err(e) => { (unreadable("This list", e)) }
         }
     };
     ui::respond(
